@@ -1,0 +1,42 @@
+"""SkunkQueue: task scheduling for humans who use Python.
+
+Jobs that run at a given moment, on a cron, or again after a failure, on the store you
+already run. See the README for the tour.
+"""
+
+from .config import QueueConfig
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    JobFailed,
+    JobTimeout,
+    LeaseLost,
+    SerializationError,
+    SkunkQueueError,
+    UnknownEvent,
+)
+from .events import Event
+from .jobs import BroadcastHandle, JobHandle, JobRecord, JobState
+from .queue import SkunkQueue
+from .retry import Retry
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "BroadcastHandle",
+    "ConfigurationError",
+    "Event",
+    "JobFailed",
+    "JobHandle",
+    "JobRecord",
+    "JobState",
+    "JobTimeout",
+    "LeaseLost",
+    "QueueConfig",
+    "Retry",
+    "SerializationError",
+    "SkunkQueue",
+    "SkunkQueueError",
+    "UnknownEvent",
+]

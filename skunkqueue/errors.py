@@ -1,0 +1,47 @@
+"""Exceptions users can catch. Each says what went wrong and where."""
+
+from __future__ import annotations
+
+
+class SkunkQueueError(Exception):
+    """Base class for every error SkunkQueue raises on purpose."""
+
+
+class ConfigurationError(SkunkQueueError, ValueError):
+    """A queue, event or worker was configured with values that cannot work."""
+
+
+class BackendUnavailable(SkunkQueueError, ConnectionError):
+    """The backend named by a URL could not be opened or reached."""
+
+
+class SerializationError(SkunkQueueError, TypeError):
+    """Arguments or a result cannot be encoded with the event's serializer."""
+
+
+class LeaseLost(SkunkQueueError):
+    """A fenced write was refused because the writer no longer holds the lease."""
+
+
+class JobFailed(SkunkQueueError):
+    """Raised by ``JobHandle.wait`` when the job ended in ``error`` or ``cancelled``."""
+
+    def __init__(self, job_id: str, state: str, error: dict | None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.error = error or {}
+        kind = self.error.get("type") or state
+        message = self.error.get("message") or self.error.get("reason") or ""
+        super().__init__(f"job {job_id} ended in {state}: {kind}: {message}".rstrip(": "))
+
+    @property
+    def traceback(self) -> str | None:
+        return self.error.get("traceback")
+
+
+class JobTimeout(SkunkQueueError):
+    """Raised inside a job that ran past its event's ``timeout``."""
+
+
+class UnknownEvent(SkunkQueueError, LookupError):
+    """A job record names an event that the worker's code did not register."""

@@ -1,0 +1,225 @@
+"""Events: the functions a queue can run, and how firing one becomes job records."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import serialization
+from .errors import ConfigurationError
+from .jobs import JobHandle, JobRecord, JobState
+from .persistence.base import WORKER_LEASE_PREFIX
+from .retry import Retry
+
+if TYPE_CHECKING:
+    from .queue import SkunkQueue
+    from .scheduler.cron import ScheduleSpec
+
+log = logging.getLogger("skunkqueue.events")
+
+When = datetime | timedelta
+
+
+def event_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``; a script run as ``__main__`` is named by its file, so a worker
+    that imports that file under its module name finds the same event."""
+    module = fn.__module__
+    if module == "__main__":
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if main_file:
+            module = os.path.splitext(os.path.basename(main_file))[0]
+    return f"{module}.{fn.__qualname__}"
+
+
+def eta_from(when: When | None, now: float) -> float:
+    """Epoch seconds for an aware or naive (local) datetime, or a delay from ``now``."""
+    if when is None:
+        return now
+    if isinstance(when, timedelta):
+        return now + when.total_seconds()
+    if isinstance(when, datetime):
+        # datetime.timestamp() reads a naive datetime as local time, an aware one exactly.
+        return when.timestamp()
+    raise TypeError(f"a time must be a datetime or a timedelta, not {type(when).__name__}")
+
+
+class Event:
+    """A function registered on a queue. Call it to run it here; fire it to queue a job."""
+
+    def __init__(
+        self,
+        queue: SkunkQueue,
+        fn: Callable[..., Any],
+        *,
+        routes: Sequence[str],
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        serializer: str | None = None,
+        max_deliveries: int | None = None,
+        schedule: ScheduleSpec | None = None,
+    ) -> None:
+        self.queue = queue
+        self.fn = fn
+        self.routes = list(routes)
+        self.name = name or event_name(fn)
+        self.retry = retry
+        self.timeout = timeout
+        self.result_ttl = queue.config.result_ttl if result_ttl is None else result_ttl
+        self.serializer = serializer or queue.config.serializer
+        self.max_deliveries = max_deliveries or queue.config.max_deliveries
+        self.schedule = schedule
+        self.last: JobHandle | None = None
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Event {self.name} on {self.queue.name} routes={self.routes}>"
+
+    # -- firing -------------------------------------------------------------------
+
+    def fire(self, *args: Any, **kwargs: Any) -> JobHandle:
+        """Queue a run now."""
+        return self.send(args=args, kwargs=kwargs)
+
+    def fire_at(self, when: When, *args: Any, **kwargs: Any) -> JobHandle:
+        """Queue a run at ``when``: an aware datetime, a naive one (local time) or a delay."""
+        return self.send(args=args, kwargs=kwargs, eta=when)
+
+    def send(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        eta: When | None = None,
+        job_id: str | None = None,
+        route: str | None = None,
+    ) -> JobHandle:
+        """The explicit form of ``fire``: one job, written once, idempotent by ``job_id``."""
+        now = time.time()
+        jobs = self.build_jobs(args, kwargs, eta_from(eta, now), now, job_id, route)
+        self.queue.backend.put(jobs, now)
+        handle = self.queue.handle(job_id or jobs[0].parent or jobs[0].id, jobs)
+        self.last = handle
+        return handle
+
+    def fire_many(self, calls: Iterable[Sequence[Any] | dict[str, Any]]) -> list[JobHandle]:
+        """Queue many runs in one backend write: each item is an args tuple or a kwargs dict."""
+        now = time.time()
+        jobs: list[JobRecord] = []
+        handles = []
+        for call in calls:
+            args, kwargs = ((), call) if isinstance(call, dict) else (call, None)
+            built = self.build_jobs(args, kwargs, now, now, None, None)
+            handles.append(self.queue.handle(built[0].parent or built[0].id, built))
+            jobs += built
+        if jobs:
+            self.queue.backend.put(jobs, now)
+        if handles:
+            self.last = handles[-1]
+        return handles
+
+    def build_jobs(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        eta: float,
+        now: float,
+        job_id: str | None,
+        route: str | None,
+    ) -> list[JobRecord]:
+        """Encode a call into records, raising before anything is written."""
+        if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+            raise TypeError(f"args of {self.name} must be a tuple or list, not {type(args).__name__}")
+        route = route or self.routes[0]
+        payload = serialization.encode_call(self.serializer, args, kwargs, self.name)
+        job = JobRecord(
+            id=job_id or uuid.uuid4().hex,
+            event=self.name,
+            route=route,
+            payload=payload,
+            **self.job_fields(),
+            eta=eta,
+            created_at=now,
+        )
+        if self.queue.config.queue_type == "broadcast":
+            return broadcast_copies(self.queue.backend, job, now)
+        return [job]
+
+    def job_fields(self) -> dict[str, Any]:
+        """The fields every job of this event carries (also a cron tick's template)."""
+        return {
+            "serializer": self.serializer,
+            "max_deliveries": self.max_deliveries,
+            "result_ttl": self.result_ttl,
+            "timeout": self.timeout,
+            "retry": self.retry.describe() if self.retry else None,
+        }
+
+    # -- the seed's view of the most recent fire from this process ----------------
+
+    @property
+    def result(self) -> Any:
+        return self.last.result if self.last else None
+
+    @property
+    def state(self) -> str | None:
+        return self.last.state if self.last else None
+
+
+def broadcast_copies(backend: Any, job: JobRecord, now: float) -> list[JobRecord]:
+    """One copy per worker alive on the job's route now, each on that worker's own route.
+
+    A copy is delivered at most once (a worker's private route has no one else to hand it
+    to), so a copy whose worker dies ends in ``error`` instead of waiting forever.
+    """
+    workers = [
+        lease.name[len(WORKER_LEASE_PREFIX):]
+        for lease in backend.leases(WORKER_LEASE_PREFIX, now)
+        if job.route in lease.info.get("routes", ())
+    ]
+    if not workers:
+        log.warning("broadcast of %s on route %r: no live worker, nothing queued", job.event, job.route)
+        cancelled = JobRecord(**{**job.to_dict(), "state": JobState.CANCELLED.value})
+        cancelled.error = {"reason": f"no live worker on route {job.route!r} at fire time"}
+        cancelled.finished_at = now
+        cancelled.expires_at = now + job.result_ttl
+        return [cancelled]
+    copies = []
+    for worker in sorted(workers):
+        copy = JobRecord(**job.to_dict())
+        copy.id = f"{job.id}@{worker}"
+        copy.route = f"{job.route}@{worker}"
+        copy.parent = job.id
+        copy.max_deliveries = 1
+        copies.append(copy)
+    return copies
+
+
+def validate_event_options(
+    routes: Any, timeout: Any, result_ttl: Any, serializer: Any, max_deliveries: Any
+) -> list[str]:
+    if isinstance(routes, str) or not isinstance(routes, (list, tuple)) or not routes:
+        raise ConfigurationError(f"routes must be a non-empty list of route names, not {routes!r}")
+    if not all(isinstance(r, str) and r and "@" not in r for r in routes):
+        raise ConfigurationError(f"route names must be non-empty strings without '@': {routes!r}")
+    for name, value in (("timeout", timeout), ("result_ttl", result_ttl)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        ):
+            raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+    if serializer is not None and serializer not in serialization.SERIALIZERS:
+        raise ConfigurationError(f"serializer must be one of {serialization.SERIALIZERS}, not {serializer!r}")
+    if max_deliveries is not None and (not isinstance(max_deliveries, int) or max_deliveries < 1):
+        raise ConfigurationError(f"max_deliveries must be a positive integer, not {max_deliveries!r}")
+    return list(routes)

@@ -1,0 +1,38 @@
+"""Backends, chosen by URL scheme and imported only when used.
+
+``open_backend('sqlite:///jobs.db', 'demo')`` returns the queue's ``Backend``. Drivers for
+server backends are extras (``pip install skunkqueue[redis]``), so the default path needs
+nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from ..config import redact
+from ..errors import ConfigurationError
+from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+
+BACKENDS = {
+    "memory": ("skunkqueue.persistence.memory", "MemoryBackend"),
+    "sqlite": ("skunkqueue.persistence.sqlite", "SQLiteBackend"),
+}
+
+
+def open_backend(url: str, queue: str) -> Backend:
+    """Open the backend that ``url`` names, for queue ``queue``."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"backend URL must be a string, not {url!r}")
+    scheme = urlsplit(url).scheme
+    if scheme not in BACKENDS:
+        raise ConfigurationError(
+            f"unsupported backend URL {redact(url)!r}: scheme {scheme!r} is not one of "
+            f"{', '.join(sorted(BACKENDS))}"
+        )
+    module_name, class_name = BACKENDS[scheme]
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(url, queue)
+
+
+__all__ = ["Backend", "Fence", "Lease", "PromoteReport", "ScheduleRecord", "Stats", "open_backend"]

@@ -1,0 +1,225 @@
+"""The backend contract: what every store (memory, SQLite, Redis, MongoDB, FoundationDB) does.
+
+One ``Backend`` instance serves one queue. Every time-dependent verb takes ``now``
+(epoch seconds) from the caller, so tests drive etas and lease expiry with a fake
+clock. Every change to claimed work names its ``owner`` and says whether it took
+effect; the leader's writes carry a ``Fence`` and raise ``LeaseLost`` when the fence
+is stale. The contract test suite (tests/contract/) is the executable form of these
+docstrings and runs unchanged against every backend.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..jobs import JobRecord, Outcome
+
+SCHEDULER_LEASE = "scheduler"
+WORKER_LEASE_PREFIX = "worker:"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A named, owned, expiring claim (leader election, worker liveness).
+
+    ``token`` grows by one every time the lease changes hands, so it fences writes:
+    a writer holding an older token has been deposed.
+    """
+
+    name: str
+    owner: str
+    token: int
+    until: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Proof of leadership passed with the leader's writes."""
+
+    name: str
+    owner: str
+    token: int
+
+
+@dataclass
+class ScheduleRecord:
+    """A stored cron or interval schedule; enough to fire it without user code.
+
+    ``spec`` holds ``cron``/``every``/``timezone``/``misfire``; ``template`` holds the job
+    fields every tick copies (event, route, payload, serializer, retry, timeout, ...).
+    ``next_fire`` is the instant of the next tick not yet fired.
+    """
+
+    name: str
+    spec: dict[str, Any]
+    template: dict[str, Any]
+    next_fire: float
+    updated_at: float = 0.0
+
+
+@dataclass
+class PromoteReport:
+    """What one ``promote`` call did, and when the leader should look again."""
+
+    promoted: int = 0
+    recovered: int = 0
+    failed: int = 0
+    expired: int = 0
+    next_due: float | None = None
+    more: bool = False
+
+
+@dataclass
+class Stats:
+    counts: dict[tuple[str, str], int]
+    next_due: float | None
+
+
+class Backend(ABC):
+    """One queue's storage. Subclasses implement the abstract verbs atomically."""
+
+    #: Whether separate processes opening the same URL see the same data.
+    shared_across_processes: bool = True
+
+    def __init__(self, url: str, queue: str) -> None:
+        self.url = url
+        self.queue = queue
+
+    # -- jobs ---------------------------------------------------------------------
+
+    @abstractmethod
+    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """Store new jobs; one answer per job, ``False`` where the id already exists.
+
+        A job whose ``eta`` is after ``now`` is stored ``scheduled`` in the time index;
+        otherwise it is stored ``queued`` on its route (``retrying`` and ``cancelled``
+        states given by the caller are kept as given). The backend assigns ``seq`` so
+        that jobs with equal etas leave in the order they were put. An existing id is
+        left untouched (idempotent fire). All jobs of one call are written together or,
+        on error, not at all.
+        """
+
+    @abstractmethod
+    def get(self, job_id: str, now: float) -> JobRecord | None:
+        """The job's record, or ``None`` if unknown or past its ``expires_at``."""
+
+    @abstractmethod
+    def list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        """Unexpired jobs, filtered by state and route, oldest eta first."""
+
+    @abstractmethod
+    def stats(self, now: float) -> Stats:
+        """Counts of unexpired jobs per (state, route), and the earliest pending eta."""
+
+    @abstractmethod
+    def claim(
+        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+    ) -> list[JobRecord]:
+        """Atomically take up to ``limit`` queued jobs from ``routes`` for ``owner``.
+
+        Jobs leave in (eta, seq) order across the given routes. Each taken job becomes
+        ``running`` with ``owner``, ``lease_until = now + lease``, ``started_at = now``
+        and ``deliveries + 1``. No job is ever handed to two claimers.
+        """
+
+    @abstractmethod
+    def renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        """Set ``lease_until = now + lease`` on running jobs held by ``owner``.
+
+        Only ``job_ids`` when given, else every job the owner holds; returns the ids
+        the owner still holds. ``lease=0`` gives up the leases at once (a supervisor does
+        this for a worker it saw die), so the next ``promote`` recovers the jobs.
+        """
+
+    @abstractmethod
+    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        """Record outcomes of jobs held by ``owner``; one answer per outcome.
+
+        Takes effect only where the job is ``running`` and held by ``owner`` (else
+        ``False``: the lease was lost and someone else may have the job). ``complete``
+        and ``error`` store result/error, ``attempts + 1``, ``finished_at = now`` and
+        ``expires_at = now + result_ttl``. ``retrying`` stores the error, ``attempts + 1``
+        and the new ``eta``. ``queued`` hands the job back unrun: ``deliveries - 1``,
+        eta unchanged, so it is taken again first. Owner and lease are cleared.
+        """
+
+    @abstractmethod
+    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        """Cancel jobs that are ``scheduled``, ``queued`` or ``retrying``; one answer each.
+
+        A cancelled job keeps ``error = {"reason": reason}`` and expires after its
+        ``result_ttl``. Running and finished jobs are left as they are (``False``).
+        """
+
+    @abstractmethod
+    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+        """The leader's step: move what has come due, in bounded batches.
+
+        Raises ``LeaseLost`` (writing nothing) unless ``fence`` is the current, unexpired
+        holder of its lease at ``now``. Then: ``scheduled``/``retrying`` jobs with
+        ``eta <= now`` become ``queued``; ``running`` jobs with ``lease_until < now``
+        become ``queued`` again, or ``error`` with reason "lost ... deliveries" once
+        ``max_deliveries`` deliveries have been lost; records past ``expires_at`` are
+        deleted. ``more`` says a batch was full; ``next_due`` is the earliest eta or
+        lease expiry still pending.
+        """
+
+    # -- leases (leader election, worker liveness) --------------------------------
+
+    @abstractmethod
+    def acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None:
+        """Take or renew lease ``name`` for ``owner`` until ``now + ttl``.
+
+        Succeeds if the lease is free, expired at ``now``, or already held by ``owner``;
+        returns ``None`` if another owner holds it. The token grows by one whenever the
+        owner changes and stays the same on renewal.
+        """
+
+    @abstractmethod
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Give up lease ``name`` if ``owner`` holds it (its token is kept)."""
+
+    @abstractmethod
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        """Unexpired leases whose name starts with ``prefix``."""
+
+    # -- schedules ----------------------------------------------------------------
+
+    @abstractmethod
+    def save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None:
+        """Insert or replace a schedule. With a ``fence``, raise ``LeaseLost`` (writing
+        nothing) unless it is the current, unexpired holder of its lease at ``now``."""
+
+    @abstractmethod
+    def schedules(self) -> list[ScheduleRecord]:
+        """All stored schedules of this queue, by name."""
+
+    @abstractmethod
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; ``False`` if there was none."""
+
+    # -- optional fast paths with correct defaults ----------------------------------
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, returning early if the data may have changed.
+
+        The default just sleeps a short while; backends that can observe changes
+        (SQLite's data_version, a condition variable, a blocking pop) wake sooner.
+        """
+        time.sleep(max(0.0, min(timeout, 0.005)))
+
+    def close(self) -> None:
+        """Release connections. The instance is not used afterwards."""

@@ -1,0 +1,307 @@
+"""In-memory backend (``memory://NAME``): the contract in plain Python, for tests and one process.
+
+Every ``MemoryBackend`` opened with the same URL and queue name in one process shares one
+store, so producers, worker threads and a scheduler thread see the same jobs. Nothing
+survives the process. One lock makes every verb atomic.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import LeaseLost
+from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from .records import apply_outcome, recover
+from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+
+default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.changed = threading.Condition(threading.RLock())
+        self.jobs: dict[str, JobRecord] = {}
+        self.leases: dict[str, Lease] = {}
+        self.schedules: dict[str, ScheduleRecord] = {}
+        self.seq = itertools.count(1)
+        self.version = 0
+
+
+# The one piece of module state: the stores themselves, since sharing them between the
+# objects of one process is the whole point of this backend.
+_stores: dict[tuple[str, str], _Store] = {}
+_stores_lock = threading.Lock()
+
+
+class MemoryBackend(Backend):
+    shared_across_processes = False
+
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(url, queue)
+        name = urlsplit(url).netloc or "default"
+        with _stores_lock:
+            self._store = _stores.setdefault((name, queue), _Store())
+        self._seen_version = -1
+
+    # The store's lock doubles as the change condition.
+    def _locked(self) -> threading.Condition:
+        return self._store.changed
+
+    def _touch(self) -> None:
+        self._store.version += 1
+        self._store.changed.notify_all()
+
+    @staticmethod
+    def _alive(record: JobRecord, now: float) -> bool:
+        return record.expires_at is None or record.expires_at > now
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        answers = []
+        with self._locked():
+            jobs_by_id = self._store.jobs
+            # Copy all first: a job that cannot be copied fails the call before any is stored.
+            for stored in [copy.deepcopy(job) for job in jobs]:
+                existing = jobs_by_id.get(stored.id)
+                if existing is not None and self._alive(existing, now):
+                    answers.append(False)
+                    continue
+                if stored.state not in (JobState.RETRYING.value, JobState.CANCELLED.value):
+                    stored.state = (
+                        JobState.SCHEDULED.value if stored.eta > now else JobState.QUEUED.value
+                    )
+                stored.seq = next(self._store.seq)
+                jobs_by_id[stored.id] = stored
+                answers.append(True)
+            self._touch()
+        return answers
+
+    def get(self, job_id: str, now: float) -> JobRecord | None:
+        with self._locked():
+            record = self._store.jobs.get(job_id)
+            if record is None or not self._alive(record, now):
+                return None
+            return copy.deepcopy(record)
+
+    def list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        with self._locked():
+            found = [
+                r
+                for r in self._store.jobs.values()
+                if self._alive(r, now)
+                and (state is None or r.state == state)
+                and (route is None or r.route == route)
+            ]
+            found.sort(key=lambda r: (r.eta, r.seq))
+            return copy.deepcopy(found[:limit])
+
+    def stats(self, now: float) -> Stats:
+        counts: dict[tuple[str, str], int] = {}
+        next_due = None
+        with self._locked():
+            for r in self._store.jobs.values():
+                if not self._alive(r, now):
+                    continue
+                counts[(r.state, r.route)] = counts.get((r.state, r.route), 0) + 1
+                if r.state in WAITING and (next_due is None or r.eta < next_due):
+                    next_due = r.eta
+        return Stats(counts=counts, next_due=next_due)
+
+    def claim(
+        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+    ) -> list[JobRecord]:
+        wanted = set(routes)
+        with self._locked():
+            ready = sorted(
+                (
+                    r
+                    for r in self._store.jobs.values()
+                    if r.state == JobState.QUEUED.value and r.route in wanted
+                ),
+                key=lambda r: (r.eta, r.seq),
+            )[:limit]
+            for r in ready:
+                r.state = JobState.RUNNING.value
+                r.owner = owner
+                r.lease_until = now + lease
+                r.started_at = now
+                r.deliveries += 1
+            if ready:
+                self._touch()
+            return copy.deepcopy(ready)
+
+    def renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        held = set()
+        with self._locked():
+            candidates = (
+                self._store.jobs.values()
+                if job_ids is None
+                else filter(None, (self._store.jobs.get(i) for i in job_ids))
+            )
+            for r in candidates:
+                if r.state == JobState.RUNNING.value and r.owner == owner:
+                    r.lease_until = now + lease
+                    held.add(r.id)
+            if held:
+                self._touch()
+        return held
+
+    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        answers = []
+        with self._locked():
+            for outcome in outcomes:
+                r = self._store.jobs.get(outcome.job_id)
+                if r is None or r.state != JobState.RUNNING.value or r.owner != owner:
+                    answers.append(False)
+                    continue
+                apply_outcome(r, outcome, now)
+                answers.append(True)
+            self._touch()
+        return answers
+
+    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        answers = []
+        with self._locked():
+            for job_id in job_ids:
+                r = self._store.jobs.get(job_id)
+                if r is None or r.state not in {s.value for s in CANCELLABLE}:
+                    answers.append(False)
+                    continue
+                r.state = JobState.CANCELLED.value
+                r.error = {"reason": reason}
+                r.finished_at = now
+                r.expires_at = now + r.result_ttl
+                answers.append(True)
+            self._touch()
+        return answers
+
+    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+        report = PromoteReport()
+        waiting = {s.value for s in WAITING}
+        with self._locked():
+            self._check_fence(fence, now)
+            jobs = self._store.jobs
+            due = sorted(
+                (r for r in jobs.values() if r.state in waiting and r.eta <= now),
+                key=lambda r: (r.eta, r.seq),
+            )
+            for r in due[:limit]:
+                r.state = JobState.QUEUED.value
+            report.promoted = min(len(due), limit)
+            lapsed = [
+                r
+                for r in jobs.values()
+                if r.state == JobState.RUNNING.value and r.lease_until is not None and r.lease_until < now
+            ][:limit]
+            for r in lapsed:
+                recover(r, now)
+                if r.state == JobState.ERROR.value:
+                    report.failed += 1
+                else:
+                    report.recovered += 1
+            expired = [i for i, r in jobs.items() if not self._alive(r, now)][:limit]
+            for job_id in expired:
+                del jobs[job_id]
+            report.expired = len(expired)
+            report.more = len(due) >= limit or len(lapsed) == limit or len(expired) == limit
+            pending = [r.eta for r in jobs.values() if r.state in waiting]
+            pending += [
+                r.lease_until
+                for r in jobs.values()
+                if r.state == JobState.RUNNING.value and r.lease_until is not None
+            ]
+            report.next_due = min(pending) if pending else None
+            if report.promoted or lapsed or expired:
+                self._touch()
+        return report
+
+    # -- leases -------------------------------------------------------------------
+
+    def _check_fence(self, fence: Fence, now: float) -> None:
+        lease = self._store.leases.get(fence.name)
+        if (
+            lease is None
+            or lease.owner != fence.owner
+            or lease.token != fence.token
+            or lease.until < now
+        ):
+            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+
+    def acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None:
+        with self._locked():
+            current = self._store.leases.get(name)
+            if (
+                current is not None
+                and current.owner  # a released lease has no owner: it is free
+                and current.owner != owner
+                and current.until >= now
+            ):
+                return None
+            if current is not None and current.owner == owner and current.until >= now:
+                token = current.token
+            else:
+                token = (current.token if current else 0) + 1
+            lease = Lease(name, owner, token, now + ttl, dict(info or {}))
+            self._store.leases[name] = lease
+            self._touch()
+            return lease
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._locked():
+            current = self._store.leases.get(name)
+            if current is None or current.owner != owner:
+                return False
+            self._store.leases[name] = Lease(name, "", current.token, 0.0, {})
+            self._touch()
+            return True
+
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        with self._locked():
+            return sorted(
+                (
+                    lease
+                    for name, lease in self._store.leases.items()
+                    if name.startswith(prefix) and lease.owner and lease.until >= now
+                ),
+                key=lambda lease: lease.name,
+            )
+
+    # -- schedules ----------------------------------------------------------------
+
+    def save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None:
+        with self._locked():
+            if fence is not None:
+                self._check_fence(fence, now)
+            self._store.schedules[schedule.name] = copy.deepcopy(schedule)
+            self._touch()
+
+    def schedules(self) -> list[ScheduleRecord]:
+        with self._locked():
+            return [copy.deepcopy(s) for _, s in sorted(self._store.schedules.items())]
+
+    def remove_schedule(self, name: str) -> bool:
+        with self._locked():
+            found = self._store.schedules.pop(name, None) is not None
+            self._touch()
+            return found
+
+    def wait(self, timeout: float) -> None:
+        with self._locked():
+            if self._store.version == self._seen_version and timeout > 0:
+                self._store.changed.wait(timeout)
+            self._seen_version = self._store.version
+

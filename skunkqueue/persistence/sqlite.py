@@ -1,0 +1,472 @@
+"""Embedded SQLite backend (``sqlite:///relative.db``, ``sqlite:////absolute.db``): the default.
+
+One file serves many worker and scheduler processes on one machine: WAL journal, a busy
+timeout, and ``BEGIN IMMEDIATE`` around every read-then-write so two writers never
+interleave. Reads that only decide whether to write (is anything queued? is anything
+due?) run outside the write lock, so idle processes do not queue up on it. Idle waiting
+watches ``PRAGMA data_version``, which changes whenever another connection commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..config import redact
+from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
+from ..jobs import JobRecord, JobState, Outcome
+from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .records import lost_deliveries_error
+
+default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sq_jobs (
+    seq INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    route TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    serializer TEXT NOT NULL,
+    state TEXT NOT NULL,
+    eta REAL NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL,
+    max_deliveries INTEGER NOT NULL,
+    owner TEXT,
+    lease_until REAL,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL,
+    result_ttl REAL NOT NULL,
+    timeout REAL,
+    retry TEXT,
+    result TEXT,
+    error TEXT,
+    schedule TEXT,
+    parent TEXT,
+    UNIQUE (queue, id)
+);
+CREATE INDEX IF NOT EXISTS sq_jobs_ready ON sq_jobs (queue, state, route, eta, seq);
+CREATE INDEX IF NOT EXISTS sq_jobs_due ON sq_jobs (queue, state, eta);
+CREATE INDEX IF NOT EXISTS sq_jobs_lease ON sq_jobs (queue, state, lease_until);
+CREATE INDEX IF NOT EXISTS sq_jobs_expiry ON sq_jobs (queue, expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sq_leases (
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    until REAL NOT NULL,
+    info TEXT NOT NULL,
+    PRIMARY KEY (queue, name)
+);
+CREATE TABLE IF NOT EXISTS sq_schedules (
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    template TEXT NOT NULL,
+    next_fire REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (queue, name)
+);
+"""
+
+COLUMNS = (
+    "id event route payload serializer state eta created_at seq attempts deliveries "
+    "max_deliveries owner lease_until started_at finished_at expires_at result_ttl timeout "
+    "retry result error schedule parent"
+).split()
+SELECT_JOB = f"SELECT {', '.join(COLUMNS)} FROM sq_jobs"
+INSERT_COLUMNS = [c for c in COLUMNS if c != "seq"] + ["queue"]
+JSON_COLUMNS = ("retry", "error")
+ALIVE = "(expires_at IS NULL OR expires_at > ?)"
+
+INSERT_JOB = f"""
+INSERT INTO sq_jobs ({', '.join(INSERT_COLUMNS)})
+VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})
+ON CONFLICT (queue, id) DO UPDATE SET
+    {', '.join(f'{c} = excluded.{c}' for c in INSERT_COLUMNS if c not in ('queue', 'id'))},
+    seq = (SELECT MAX(seq) + 1 FROM sq_jobs)
+WHERE sq_jobs.expires_at IS NOT NULL AND sq_jobs.expires_at <= ?
+RETURNING seq
+"""
+
+FINISH_SQL = {
+    JobState.QUEUED.value: "state = 'queued', deliveries = deliveries - 1",
+    JobState.RETRYING.value: "state = 'retrying', error = :error, attempts = attempts + 1, eta = :eta",
+    JobState.COMPLETE.value: (
+        "state = :state, result = :result, error = :error, attempts = attempts + 1, "
+        "finished_at = :now, expires_at = :now + result_ttl"
+    ),
+}
+FINISH_SQL[JobState.ERROR.value] = FINISH_SQL[JobState.COMPLETE.value]
+
+
+def _row_to_record(row: Sequence[Any]) -> JobRecord:
+    data = dict(zip(COLUMNS, row))
+    for column in JSON_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    return JobRecord(**data)
+
+
+def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ConfigurationError(
+            f"sqlite URL {redact(url)!r} has a host; use sqlite:///relative.db or sqlite:////abs.db"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ConfigurationError(f"sqlite URL {redact(url)!r} names no file")
+    return path, parse_qs(parts.query)
+
+
+class SQLiteBackend(Backend):
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(url, queue)
+        path, options = _path_from_url(url)
+        synchronous = options.get("synchronous", ["NORMAL"])[0].upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigurationError(f"sqlite synchronous={synchronous!r} is not a SQLite setting")
+        self.shared_across_processes = path != ":memory:"
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._create_schema()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"cannot open SQLite database {redact(url)!r}: {exc}") from exc
+        self._data_version = self._version()
+
+    def _create_schema(self) -> None:
+        with self._write() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so no read inside it goes stale."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _version(self) -> int:
+        return self._read("PRAGMA data_version")[0][0]
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        answers = []
+        with self._write() as db:
+            for job in jobs:
+                data = job.to_dict()
+                if data["state"] not in (JobState.RETRYING.value, JobState.CANCELLED.value):
+                    data["state"] = (
+                        JobState.SCHEDULED.value if job.eta > now else JobState.QUEUED.value
+                    )
+                for column in JSON_COLUMNS:
+                    if data[column] is not None:
+                        data[column] = json.dumps(data[column])
+                data["queue"] = self.queue
+                params = [data[c] for c in INSERT_COLUMNS] + [now]
+                answers.append(db.execute(INSERT_JOB, params).fetchone() is not None)
+        return answers
+
+    def get(self, job_id: str, now: float) -> JobRecord | None:
+        rows = self._read(f"{SELECT_JOB} WHERE queue = ? AND id = ? AND {ALIVE}", (self.queue, job_id, now))
+        return _row_to_record(rows[0]) if rows else None
+
+    def list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        sql = f"{SELECT_JOB} WHERE queue = ? AND {ALIVE}"
+        params: list[Any] = [self.queue, now]
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(state)
+        if route is not None:
+            sql += " AND route = ?"
+            params.append(route)
+        sql += " ORDER BY eta, seq LIMIT ?"
+        params.append(limit)
+        return [_row_to_record(r) for r in self._read(sql, params)]
+
+    def stats(self, now: float) -> Stats:
+        rows = self._read(
+            f"SELECT state, route, COUNT(*) FROM sq_jobs WHERE queue = ? AND {ALIVE} GROUP BY state, route",
+            (self.queue, now),
+        )
+        due = self._read(
+            "SELECT MIN(eta) FROM sq_jobs WHERE queue = ? AND state IN ('scheduled', 'retrying')",
+            (self.queue,),
+        )
+        return Stats(counts={(s, r): n for s, r, n in rows}, next_due=due[0][0])
+
+    def claim(
+        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+    ) -> list[JobRecord]:
+        routes = list(dict.fromkeys(routes))
+        marks = ", ".join("?" for _ in routes)
+        probe = f"SELECT 1 FROM sq_jobs WHERE queue = ? AND state = 'queued' AND route IN ({marks}) LIMIT 1"
+        if not self._read(probe, [self.queue, *routes]):
+            return []
+        with self._write() as db:
+            candidates: list[tuple[float, int]] = []
+            for route in routes:
+                candidates += db.execute(
+                    "SELECT eta, seq FROM sq_jobs WHERE queue = ? AND state = 'queued' AND route = ? "
+                    "ORDER BY eta, seq LIMIT ?",
+                    (self.queue, route, limit),
+                ).fetchall()
+            chosen = [seq for _, seq in sorted(candidates)[:limit]]
+            if not chosen:
+                return []
+            rows = db.execute(
+                f"UPDATE sq_jobs SET state = 'running', owner = ?, lease_until = ?, started_at = ?, "
+                f"deliveries = deliveries + 1 WHERE seq IN ({', '.join('?' for _ in chosen)}) "
+                f"RETURNING {', '.join(COLUMNS)}",
+                [owner, now + lease, now, *chosen],
+            ).fetchall()
+        return sorted((_row_to_record(r) for r in rows), key=lambda r: (r.eta, r.seq))
+
+    def renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        sql = "UPDATE sq_jobs SET lease_until = ? WHERE queue = ? AND state = 'running' AND owner = ?"
+        params: list[Any] = [now + lease, self.queue, owner]
+        if job_ids is not None:
+            if not job_ids:
+                return set()
+            sql += f" AND id IN ({', '.join('?' for _ in job_ids)})"
+            params += list(job_ids)
+        with self._write() as db:
+            return {row[0] for row in db.execute(sql + " RETURNING id", params)}
+
+    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        answers = []
+        with self._write() as db:
+            for outcome in outcomes:
+                params = {
+                    "state": outcome.state,
+                    "result": outcome.result,
+                    "error": None if outcome.error is None else json.dumps(outcome.error),
+                    "eta": outcome.eta if outcome.eta is not None else now,
+                    "now": now,
+                    "queue": self.queue,
+                    "id": outcome.job_id,
+                    "owner": owner,
+                }
+                cursor = db.execute(
+                    f"UPDATE sq_jobs SET {FINISH_SQL[outcome.state]}, owner = NULL, lease_until = NULL "
+                    "WHERE queue = :queue AND id = :id AND state = 'running' AND owner = :owner",
+                    params,
+                )
+                answers.append(cursor.rowcount == 1)
+        return answers
+
+    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        error = json.dumps({"reason": reason})
+        with self._write() as db:
+            return [
+                db.execute(
+                    "UPDATE sq_jobs SET state = 'cancelled', error = ?, finished_at = ?, "
+                    "expires_at = ? + result_ttl WHERE queue = ? AND id = ? "
+                    "AND state IN ('scheduled', 'queued', 'retrying')",
+                    (error, now, now, self.queue, job_id),
+                ).rowcount
+                == 1
+                for job_id in job_ids
+            ]
+
+    def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:
+        """Earliest waiting eta, earliest running lease expiry, earliest record expiry."""
+        return db.execute(
+            "SELECT (SELECT MIN(eta) FROM sq_jobs WHERE queue = :q AND state = 'scheduled'),"
+            " (SELECT MIN(eta) FROM sq_jobs WHERE queue = :q AND state = 'retrying'),"
+            " (SELECT MIN(lease_until) FROM sq_jobs WHERE queue = :q AND state = 'running'),"
+            " (SELECT MIN(expires_at) FROM sq_jobs WHERE queue = :q AND expires_at IS NOT NULL)",
+            {"q": self.queue},
+        ).fetchone()
+
+    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+        with self._lock:
+            scheduled, retrying, lease_end, expiry = self._pending(self._db)
+            self._check_fence(self._db, fence, now)
+        etas = [t for t in (scheduled, retrying) if t is not None]
+        if not any(t is not None and t <= now for t in (*etas, expiry)) and not (
+            lease_end is not None and lease_end < now
+        ):
+            return PromoteReport(next_due=min([*etas, lease_end], key=_inf_if_none, default=None))
+        report = PromoteReport()
+        with self._write() as db:
+            self._check_fence(db, fence, now)
+            report.promoted = db.execute(
+                "UPDATE sq_jobs SET state = 'queued' WHERE seq IN (SELECT seq FROM sq_jobs "
+                "WHERE queue = ? AND state IN ('scheduled', 'retrying') AND eta <= ? ORDER BY eta, seq LIMIT ?)",
+                (self.queue, now, limit),
+            ).rowcount
+            lapsed = db.execute(
+                "SELECT seq, deliveries, attempts, max_deliveries FROM sq_jobs "
+                "WHERE queue = ? AND state = 'running' AND lease_until < ? LIMIT ?",
+                (self.queue, now, limit),
+            ).fetchall()
+            for seq, deliveries, attempts, max_deliveries in lapsed:
+                lost = deliveries - attempts
+                if lost >= max_deliveries:
+                    error = json.dumps(lost_deliveries_error(lost, max_deliveries))
+                    db.execute(
+                        "UPDATE sq_jobs SET state = 'error', error = ?, finished_at = ?, "
+                        "expires_at = ? + result_ttl, owner = NULL, lease_until = NULL WHERE seq = ?",
+                        (error, now, now, seq),
+                    )
+                    report.failed += 1
+                else:
+                    db.execute(
+                        "UPDATE sq_jobs SET state = 'queued', owner = NULL, lease_until = NULL WHERE seq = ?",
+                        (seq,),
+                    )
+                    report.recovered += 1
+            report.expired = db.execute(
+                "DELETE FROM sq_jobs WHERE seq IN (SELECT seq FROM sq_jobs WHERE queue = ? "
+                "AND expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                (self.queue, now, limit),
+            ).rowcount
+            scheduled, retrying, lease_end, _ = self._pending(db)
+        report.more = max(report.promoted, len(lapsed), report.expired) >= limit
+        report.next_due = min([scheduled, retrying, lease_end], key=_inf_if_none, default=None)
+        return report
+
+    # -- leases -------------------------------------------------------------------
+
+    def _check_fence(self, db: sqlite3.Connection, fence: Fence, now: float) -> None:
+        row = db.execute(
+            "SELECT owner, token, until FROM sq_leases WHERE queue = ? AND name = ?",
+            (self.queue, fence.name),
+        ).fetchone()
+        if row is None or row[0] != fence.owner or row[1] != fence.token or row[2] < now:
+            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+
+    def acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT owner, token, until FROM sq_leases WHERE queue = ? AND name = ?",
+                (self.queue, name),
+            ).fetchone()
+            if row is not None and row[0] != owner and row[0] and row[2] >= now:
+                return None
+            if row is not None and row[0] == owner and row[2] >= now:
+                token = row[1]
+            else:
+                token = (row[1] if row else 0) + 1
+            lease = Lease(name, owner, token, now + ttl, dict(info or {}))
+            db.execute(
+                "INSERT OR REPLACE INTO sq_leases (queue, name, owner, token, until, info) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (self.queue, name, owner, token, lease.until, json.dumps(lease.info)),
+            )
+        return lease
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE sq_leases SET owner = '', until = 0, info = '{}' "
+                    "WHERE queue = ? AND name = ? AND owner = ?",
+                    (self.queue, name, owner),
+                ).rowcount
+                == 1
+            )
+
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        rows = self._read(
+            "SELECT name, owner, token, until, info FROM sq_leases WHERE queue = ? "
+            "AND substr(name, 1, ?) = ? AND owner != '' AND until >= ? ORDER BY name",
+            (self.queue, len(prefix), prefix, now),
+        )
+        return [Lease(n, o, t, u, json.loads(i)) for n, o, t, u, i in rows]
+
+    # -- schedules ----------------------------------------------------------------
+
+    def save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None:
+        with self._write() as db:
+            if fence is not None:
+                self._check_fence(db, fence, now)
+            db.execute(
+                "INSERT OR REPLACE INTO sq_schedules (queue, name, spec, template, next_fire, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    self.queue,
+                    schedule.name,
+                    json.dumps(schedule.spec),
+                    json.dumps(schedule.template),
+                    schedule.next_fire,
+                    schedule.updated_at,
+                ),
+            )
+
+    def schedules(self) -> list[ScheduleRecord]:
+        rows = self._read(
+            "SELECT name, spec, template, next_fire, updated_at FROM sq_schedules "
+            "WHERE queue = ? ORDER BY name",
+            (self.queue,),
+        )
+        return [ScheduleRecord(n, json.loads(s), json.loads(t), f, u) for n, s, t, f, u in rows]
+
+    def remove_schedule(self, name: str) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "DELETE FROM sq_schedules WHERE queue = ? AND name = ?", (self.queue, name)
+                ).rowcount
+                == 1
+            )
+
+    # -- waiting ------------------------------------------------------------------
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            version = self._version()
+            if version != self._data_version:
+                self._data_version = version
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(0.002, remaining))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _inf_if_none(value: float | None) -> float:
+    return float("inf") if value is None else value

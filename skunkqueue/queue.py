@@ -1,0 +1,191 @@
+"""``SkunkQueue``: where events are registered and jobs are fired, looked up and cancelled."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, overload
+
+from . import serialization
+from .config import QueueConfig
+from .errors import SerializationError
+from .events import Event, validate_event_options
+from .jobs import BroadcastHandle, JobHandle, JobRecord
+from .persistence import Backend, ScheduleRecord, open_backend
+from .retry import Retry
+
+# Workers find the events that the modules they imported registered, by queue name.
+# This is the one process-wide table: it is what "registered by code the worker
+# imported" means.
+_registry: dict[tuple[str, str], Event] = {}
+_registry_lock = threading.Lock()
+
+
+def lookup_event(queue_name: str, event_name: str) -> Event | None:
+    with _registry_lock:
+        return _registry.get((queue_name, event_name))
+
+
+class SkunkQueue:
+    """A named queue on one backend.
+
+    ``SkunkQueue('demo')`` uses ``$SKUNKQUEUE_URL`` or the SQLite file ``./skunkqueue.db``;
+    ``url='sqlite:///jobs.db'``, ``'memory://'`` or the seed's ``**default_cfg`` pick another.
+    The backend is opened (and checked) here, so a bad URL fails at construction.
+    """
+
+    def __init__(self, name: str, **cfg: Any) -> None:
+        self.config = QueueConfig.from_kwargs(name, **cfg)
+        self.name = name
+        self.events: dict[str, Event] = {}
+        self._backend = open_backend(self.config.url, name)
+        self._pid = os.getpid()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend connection, reopened in a forked child (connections do not survive fork)."""
+        if self._pid != os.getpid():
+            self._backend = open_backend(self.config.url, self.name)
+            self._pid = os.getpid()
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"<SkunkQueue {self.name} ({self.config.queue_type})>"
+
+    # -- registering events ---------------------------------------------------------
+
+    @overload
+    def event(self, fn: Callable[..., Any]) -> Event: ...
+
+    @overload
+    def event(
+        self,
+        fn: None = None,
+        *,
+        routes: Sequence[str] | None = None,
+        name: str | None = None,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: Any = None,
+        misfire: str = "coalesce",
+        retry: Retry | int | None = None,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        serializer: str | None = None,
+        max_deliveries: int | None = None,
+    ) -> Callable[[Callable[..., Any]], Event]: ...
+
+    def event(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        routes: Sequence[str] | None = None,
+        name: str | None = None,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: Any = None,
+        misfire: str = "coalesce",
+        retry: Retry | int | None = None,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        serializer: str | None = None,
+        max_deliveries: int | None = None,
+    ) -> Event | Callable[[Callable[..., Any]], Event]:
+        """Register a function as an event of this queue (``@queue.job`` is the same).
+
+        Everything is validated here, before the function is registered: routes, a cron
+        expression or interval and its time zone, the retry policy and the limits. A cron
+        or interval event stores its schedule in the backend now, so any scheduler fires
+        it without importing this module.
+        """
+        from .scheduler.cron import ScheduleSpec
+
+        routes = validate_event_options(
+            routes or ["default"], timeout, result_ttl, serializer, max_deliveries
+        )
+        retry_policy = Retry.coerce(retry)
+        schedule = None
+        if cron is not None or every is not None:
+            schedule = ScheduleSpec.build(
+                cron=cron, every=every, timezone=timezone, misfire=misfire
+            )
+
+        def register(function: Callable[..., Any]) -> Event:
+            event = Event(
+                self,
+                function,
+                routes=routes,
+                name=name,
+                retry=retry_policy,
+                timeout=timeout,
+                result_ttl=result_ttl,
+                serializer=serializer,
+                max_deliveries=max_deliveries,
+                schedule=schedule,
+            )
+            self.events[event.name] = event
+            with _registry_lock:
+                _registry[(self.name, event.name)] = event
+            if schedule is not None:
+                self._store_schedule(event)
+            return event
+
+        return register(fn) if fn is not None else register
+
+    job = event
+
+    def _store_schedule(self, event: Event) -> None:
+        assert event.schedule is not None
+        spec = event.schedule.to_dict()
+        template = {
+            "event": event.name,
+            "route": event.routes[0],
+            "payload": serialization.encode_call(event.serializer, (), {}, event.name),
+            "queue_type": self.config.queue_type,
+            **event.job_fields(),
+        }
+        now = time.time()
+        existing = next((s for s in self.backend.schedules() if s.name == event.name), None)
+        if existing is not None and existing.spec == spec:
+            if existing.template == template:
+                return
+            next_fire = existing.next_fire
+        else:
+            next_fire = event.schedule.next_after(now)
+        self.backend.save_schedule(ScheduleRecord(event.name, spec, template, next_fire, now), now)
+
+    # -- jobs by id -----------------------------------------------------------------
+
+    def handle(self, job_id: str, jobs: Sequence[JobRecord] = ()) -> JobHandle | BroadcastHandle:
+        if jobs and jobs[0].parent is not None:
+            return BroadcastHandle(self, job_id, [j.id for j in jobs])
+        return JobHandle(self, job_id)
+
+    def get(self, job_id: str) -> JobHandle | None:
+        """A handle on a stored job, or ``None`` if there is none (or it expired)."""
+        if self.backend.get(job_id, time.time()) is None:
+            return None
+        return JobHandle(self, job_id)
+
+    def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
+        """Cancel a job that has not started; ``False`` if it is running, finished or unknown."""
+        return self.backend.cancel([job_id], time.time(), reason)[0]
+
+    def decode_result(self, record: JobRecord) -> Any:
+        if record.serializer == "pickle" and not self._accepts_pickle(record.event):
+            raise SerializationError(
+                f"job {record.id} has a pickled result, but neither queue {self.name!r} nor its "
+                f"event {record.event!r} opted in to pickle here"
+            )
+        assert record.result is not None
+        return serialization.decode(record.serializer, record.result)
+
+    def _accepts_pickle(self, event_name: str) -> bool:
+        event = self.events.get(event_name)
+        return self.config.serializer == "pickle" or (event is not None and event.serializer == "pickle")
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,224 @@
+"""When a cron or interval schedule ticks, and which ticks to fire after a delay.
+
+croniter walks naive wall-clock time; this module maps wall times to instants itself, so
+the DST rules are ours, not whatever croniter's version does:
+
+* a wall time skipped by a spring-forward fires once, at the transition;
+* a wall time repeated by a fall-back fires once, at its first occurrence.
+
+Interval schedules tick at whole multiples of ``every`` since the Unix epoch, so every
+process agrees on the ticks without a stored anchor. Ticks are whole seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from ..errors import ConfigurationError
+
+MISFIRE_POLICIES = ("coalesce", "all", "skip")
+
+_SECOND = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A validated cron or interval schedule; ``to_dict`` is what ``ScheduleRecord.spec`` holds.
+
+    ``cron`` takes 5 fields, or 6 with seconds last (``'* * * * * */10'``), or an
+    ``@hourly``-style alias. Constructing one validates it and raises ``ConfigurationError``.
+    """
+
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    misfire: str = "coalesce"
+    max_catchup: int = 100
+    grace: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Validation lives here, not in build, so specs read back by from_dict are checked too.
+        if (self.cron is None) == (self.every is None):
+            given = "both" if self.cron is not None else "neither"
+            raise ConfigurationError(
+                f"a schedule needs exactly one of cron= or every=, got {given}"
+            )
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ConfigurationError(
+                f"unknown time zone {self.timezone!r}: use an IANA name such as 'Europe/Berlin'"
+            ) from None
+        if self.cron is not None:
+            _check_cron(self.cron)
+        elif not _is_number(self.every):
+            raise ConfigurationError(f"every= must be seconds or a timedelta, not {self.every!r}")
+        # Fractional intervals would give tick instants (and so job ids) with float noise.
+        elif not math.isfinite(self.every) or self.every < 1 or self.every % 1:
+            raise ConfigurationError(f"every= must be whole seconds >= 1, got {self.every!r}")
+        else:
+            object.__setattr__(self, "every", float(self.every))
+        if self.misfire not in MISFIRE_POLICIES:
+            raise ConfigurationError(f"misfire={self.misfire!r} is not one of {MISFIRE_POLICIES}")
+        if not _is_number(self.max_catchup, int) or self.max_catchup < 1:
+            raise ConfigurationError(
+                f"max_catchup must be an integer >= 1, not {self.max_catchup!r}"
+            )
+        if not _is_number(self.grace) or not self.grace >= 0:
+            raise ConfigurationError(f"grace must be seconds >= 0, not {self.grace!r}")
+
+    @classmethod
+    def build(
+        cls,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: Any = None,
+        misfire: str = "coalesce",
+        max_catchup: int = 100,
+    ) -> ScheduleSpec:
+        """The spec for a decorator's arguments; ``timezone`` may be a name or a tzinfo."""
+        if isinstance(cron, str):
+            cron = " ".join(cron.split())
+        if isinstance(every, timedelta):
+            every = every.total_seconds()
+        return cls(cron, every, _zone_name(timezone), misfire, max_catchup)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScheduleSpec:
+        """Inverse of ``to_dict``; unknown keys are ignored so older code reads newer records."""
+        if not isinstance(d, Mapping):
+            raise ConfigurationError(f"schedule spec must be a mapping, not {d!r}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return f"every {int(self.every)}s"
+        return f"cron {self.cron!r} ({self.timezone})"
+
+    def next_after(self, t: float) -> float:
+        """The first tick strictly after ``t``."""
+        # Ticks are whole seconds, so "after t" and "after floor(t)" are the same set.
+        return float(self._next_tick(math.floor(t)))
+
+    def due_ticks(self, next_fire: float, now: float) -> list[float]:
+        """The ticks in ``[next_fire, now]`` to fire now, oldest first, per ``misfire``.
+
+        A tick before ``now - grace`` was missed. ``all`` fires every due tick (the last
+        ``max_catchup``), ``coalesce`` only the latest, ``skip`` only those on time (at
+        most ``max_catchup``). Work is bounded by the number of ticks returned, however
+        long the downtime, because ticks are walked backwards from ``now``.
+        """
+        last = math.floor(now)
+        first = self._next_tick(math.ceil(next_fire) - 1)
+        if first > last:
+            return []
+        lowest, limit = first, self.max_catchup
+        if self.misfire == "coalesce":
+            limit = 1
+        elif self.misfire == "skip":
+            lowest = max(first, math.ceil(now - self.grace))
+        ticks: list[float] = []
+        tick = self._last_tick(last)
+        while tick >= lowest and len(ticks) < limit:
+            ticks.append(float(tick))
+            tick = self._last_tick(tick - 1)
+        ticks.reverse()
+        return ticks
+
+    def _next_tick(self, s: int) -> int:
+        """The first tick > ``s``."""
+        if self.every is not None:
+            return (s // int(self.every) + 1) * int(self.every)
+        zone = ZoneInfo(self.timezone)
+        wall = croniter(self.cron, _cursor(zone, s)).get_next(datetime)
+        return _instant(zone, wall)
+
+    def _last_tick(self, s: int) -> int:
+        """The last tick <= ``s``."""
+        if self.every is not None:
+            return s // int(self.every) * int(self.every)
+        zone = ZoneInfo(self.timezone)
+        wall = croniter(self.cron, _cursor(zone, s) + _SECOND).get_prev(datetime)
+        return _instant(zone, wall)
+
+
+def _check_cron(expr: Any) -> None:
+    if not isinstance(expr, str):
+        raise ConfigurationError(f"cron= must be a string, not {expr!r}")
+    # croniter also takes a 7th (year) field; we promise 5 or 6, so refuse the rest up front.
+    if not expr.startswith("@") and len(expr.split()) not in (5, 6):
+        raise ConfigurationError(
+            f"invalid cron expression {expr!r}: expected 5 fields, or 6 with seconds last"
+        )
+    try:
+        # Finding one tick also catches expressions that parse but never match (Feb 31).
+        croniter(expr, datetime(2000, 1, 1)).get_next(datetime)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"invalid cron expression {expr!r}: {exc}") from None
+
+
+def _is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _zone_name(tz: Any) -> str:
+    if tz is None:
+        return "UTC"
+    if isinstance(tz, str):
+        return tz
+    # ZoneInfo names itself by .key, pytz by .zone; keeping only the name keeps specs
+    # JSON-safe and pytz optional.
+    name = getattr(tz, "key", None) or getattr(tz, "zone", None)
+    if name is None and tz == dt_timezone.utc:
+        name = "UTC"
+    if not isinstance(name, str):
+        raise ConfigurationError(f"time zone {tz!r} has no IANA name; pass e.g. 'Europe/Berlin'")
+    return name
+
+
+def _wall(zone: ZoneInfo, ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, zone).replace(tzinfo=None)
+
+
+def _transition(zone: ZoneInfo, lo: int, hi: int) -> int:
+    """The first second in ``(lo, hi]`` on the UTC offset in force at ``hi``."""
+    # Callers pass a range no wider than one transition (hours), and real zones change
+    # offset months apart, so there is exactly one change to find.
+    target = datetime.fromtimestamp(hi, zone).utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if datetime.fromtimestamp(mid, zone).utcoffset() == target else (mid, hi)
+    return hi
+
+
+def _instant(zone: ZoneInfo, wall: datetime) -> int:
+    """When wall time ``wall`` fires: its first occurrence, or the transition that skips it."""
+    first = int(wall.replace(tzinfo=zone).timestamp())  # fold=0 is the earlier occurrence
+    if _wall(zone, first) == wall:
+        return first
+    # In a gap, fold=0 applies the old offset (landing after the jump) and fold=1 the
+    # new one (landing before it), so the jump lies between the two.
+    return _transition(zone, int(wall.replace(tzinfo=zone, fold=1).timestamp()), first)
+
+
+def _cursor(zone: ZoneInfo, s: int) -> datetime:
+    """The wall time w such that ticks at walls <= w fire at or before ``s``, later ones after."""
+    local = datetime.fromtimestamp(s, zone)
+    if not local.fold:
+        return local.replace(tzinfo=None)
+    # s is in the second pass of a repeated hour; its walls all fired on the first pass,
+    # so the cursor is the last wall before the clocks went back.
+    repeat = local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
+    return _wall(zone, _transition(zone, s - int(repeat.total_seconds()), s) - 1)

@@ -1,0 +1,132 @@
+"""The scheduler process: campaign for the lead, and while leading promote due jobs,
+recover jobs of dead workers, fire cron ticks and sweep orphaned broadcast copies.
+
+It sleeps until the earliest thing it knows is due (an eta, a lease expiry, a cron tick,
+its own lease renewal), and the backend's ``wait`` wakes it sooner when data changes,
+so a job fired with an earlier eta is still promoted on time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import QueueConfig
+from ..errors import LeaseLost
+from ..persistence import open_backend
+from ..persistence.base import WORKER_LEASE_PREFIX, Backend, Fence, ScheduleRecord
+from .leader import LeaderElection
+from .ticks import fire_due, next_fire_time
+
+log = logging.getLogger("skunkqueue.scheduler")
+
+SCHEDULE_RELOAD = 1.0  # seconds between re-reads of stored schedules
+SWEEP_EVERY = 5.0  # seconds between sweeps for broadcast copies of dead workers
+MIN_SPACING = 0.002  # seconds between loop turns woken by data changes
+MAX_SLEEP = 1.0
+
+
+class Scheduler:
+    """``Scheduler('demo', url=...).run()``: many may run; exactly one leads."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        imports: Sequence[str] = (),
+        leader_ttl: float | None = None,
+        **cfg: Any,
+    ) -> None:
+        self.config = QueueConfig.from_kwargs(name, **cfg).with_options(leader_ttl=leader_ttl)
+        for module in imports:
+            importlib.import_module(module)
+        self.backend: Backend = open_backend(self.config.url, name)
+        self.election = LeaderElection(self.backend, self.config.leader_ttl)
+        self._stop = threading.Event()
+        self._schedules: list[ScheduleRecord] = []
+        self._schedules_read = float("-inf")
+        self._next_campaign = float("-inf")
+        self._next_sweep = float("-inf")
+
+    @property
+    def leading(self) -> bool:
+        return self.election.fence is not None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Run until ``stop()``; resigns the lead on the way out so a standby takes over at once."""
+        log.info("scheduler %s started on queue %s", self.election.owner, self.config.name)
+        try:
+            while not self._stop.is_set():
+                turn_started = time.time()
+                wake_at = self.step(turn_started)
+                if wake_at > turn_started:
+                    self.backend.wait(min(wake_at - time.time(), MAX_SLEEP))
+                    self._stop.wait(max(0.0, min(MIN_SPACING, wake_at - time.time())))
+        finally:
+            try:
+                self.election.resign()
+            finally:
+                self.backend.close()
+            log.info("scheduler %s stopped", self.election.owner)
+
+    def step(self, now: float) -> float:
+        """One turn of the loop; returns when the next turn is needed."""
+        if now >= self._next_campaign:
+            self.election.campaign(now)
+            self._next_campaign = now + self.election.renew_every
+        fence = self.election.fence
+        if fence is None:
+            return self._next_campaign
+        try:
+            return min(self._lead(now, fence), self._next_campaign)
+        except LeaseLost as exc:
+            self.election.deposed(exc)
+            self._next_campaign = now
+            return now
+
+    def _lead(self, now: float, fence: Fence) -> float:
+        report = self.backend.promote(now, fence)
+        if report.promoted or report.recovered or report.failed:
+            log.debug(
+                "promoted %d, recovered %d, failed %d, expired %d",
+                report.promoted, report.recovered, report.failed, report.expired,
+            )
+        if report.failed:
+            log.warning("%d jobs ended in error after losing max_deliveries deliveries", report.failed)
+        if now - self._schedules_read >= SCHEDULE_RELOAD or (
+            self._schedules and (next_fire_time(self._schedules) or float("inf")) <= now
+        ):
+            self._schedules = self.backend.schedules()
+            self._schedules_read = now
+        fire_due(self.backend, self._schedules, now, fence)
+        if now >= self._next_sweep:
+            self._sweep_broadcast(now)
+            self._next_sweep = now + SWEEP_EVERY
+        if report.more:
+            return now
+        candidates = [report.next_due, next_fire_time(self._schedules), self._schedules_read + SCHEDULE_RELOAD]
+        return min(t for t in candidates if t is not None)
+
+    def _sweep_broadcast(self, now: float) -> None:
+        """Cancel broadcast copies still queued for workers that died before taking them."""
+        alive = {lease.name[len(WORKER_LEASE_PREFIX):] for lease in self.backend.leases(WORKER_LEASE_PREFIX, now)}
+        orphaned_routes = [
+            route
+            for (state, route) in self.backend.stats(now).counts
+            if state == "queued" and "@" in route and route.split("@", 1)[1] not in alive
+        ]
+        for route in orphaned_routes:
+            jobs = self.backend.list_jobs(now, state="queued", route=route, limit=1000)
+            worker = route.split("@", 1)[1]
+            cancelled = self.backend.cancel(
+                [j.id for j in jobs], now, f"worker {worker} stopped before taking its broadcast copy"
+            )
+            if any(cancelled):
+                log.warning("cancelled %d broadcast copies for dead worker %s", sum(cancelled), worker)
