@@ -42,6 +42,7 @@ MAX_BATCH = 64
 TARGET_BATCH_SECONDS = 0.02  # a claimed batch should take about this long to run
 HARD_TIMEOUT_GRACE = 2.0  # seconds a job may ignore JobTimeout before its process is killed
 EXIT_HARD_TIMEOUT = 75
+MODULE_IMPORT_TIMEOUT = 30.0  # seconds to wait for a job's module to register its event
 
 
 def new_worker_id(slot: int | str = 0) -> str:
@@ -241,16 +242,36 @@ class Worker:
             if module in self._imported or not _is_local_module(module):
                 continue
             self._imported.add(module)
-            try:
-                cwd = os.getcwd()
-                if cwd not in sys.path:
-                    sys.path.insert(0, cwd)
-                importlib.import_module(module)
-            except Exception:
-                log.exception("importing %s for event %s failed", module, job.event)
-            event = lookup_event(self.config.name, job.event)
+            event = self._import_for(module, job.event)
             if event is not None:
                 return event
+        return None
+
+    def _import_for(self, module: str, event_name: str) -> Event | None:
+        """Import ``module`` until it has registered ``event_name``.
+
+        The import runs in its own thread and the worker goes on as soon as the event is
+        registered: a script like the seed's demo.py fires jobs and sleeps at top level
+        after defining its events, and the worker should not wait for that.
+        """
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+
+        def load() -> None:
+            try:
+                importlib.import_module(module)
+            except BaseException:
+                log.exception("importing %s for event %s failed", module, event_name)
+
+        loader = threading.Thread(target=load, name=f"import-{module}", daemon=True)
+        loader.start()
+        deadline = time.monotonic() + MODULE_IMPORT_TIMEOUT
+        while time.monotonic() < deadline:
+            event = lookup_event(self.config.name, event_name)
+            if event is not None or not loader.is_alive():
+                return event
+            loader.join(0.005)
+        log.error("importing %s did not register %s within %s s", module, event_name, MODULE_IMPORT_TIMEOUT)
         return None
 
     # -- the heartbeat thread ---------------------------------------------------------

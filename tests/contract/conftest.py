@@ -1,0 +1,102 @@
+"""The ``backend`` fixture: every contract test runs once per backend, on a fresh store.
+
+To add a backend, append one ``BackendSpec`` to ``BACKENDS``. A backend that needs a
+server sets ``server=True``: where the server is unreachable its tests are *skipped* on a
+developer's machine and *fail* when the ``CI`` environment variable is set, so CI can
+never go green by silently testing nothing (STYLE.md item 12).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from skunkqueue.persistence import Backend, open_backend
+
+from .support import T0
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to reach one backend from a test.
+
+    ``url(tmp_path, unique)`` returns the URL a test opens; ``unique`` is a fresh name per
+    test. Every test also gets its own queue name, so tests never see each other's
+    data even on a shared server.
+    """
+
+    id: str
+    url: Callable[[Path, str], str]
+    server: bool = False
+
+
+BACKENDS = [
+    BackendSpec("memory", lambda tmp, unique: f"memory://{unique}"),
+    BackendSpec("sqlite", lambda tmp, unique: f"sqlite:///{tmp}/jobs.db"),
+    # Server backends, once their modules exist, are one entry each, e.g.:
+    # BackendSpec(
+    #     "redis",
+    #     lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_REDIS", "redis://localhost:6379/15"),
+    #     server=True,
+    # ),
+    # BackendSpec("mongodb", lambda tmp, unique: os.environ.get(
+    #     "SKUNKQUEUE_TEST_MONGODB", "mongodb://localhost:27017/skunkqueue_test"), server=True),
+    # BackendSpec("fdb", lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_FDB", "fdb://"),
+    #     server=True),
+]
+
+# What "the server is not there" looks like when opening or first using a backend:
+# a missing driver (extra not installed) or a refused / timed-out connection.
+UNREACHABLE = (ImportError, ConnectionError, OSError, TimeoutError)
+
+
+def _open_checked(spec: BackendSpec, url: str, queue: str) -> Backend:
+    """Open ``url``; for a server backend, prove the server answers, else skip (or fail in CI)."""
+    if not spec.server:
+        return open_backend(url, queue)
+    try:
+        backend = open_backend(url, queue)
+        backend.stats(T0)  # a round trip: opening alone may be lazy
+    except UNREACHABLE as exc:  # BackendUnavailable is a ConnectionError
+        message = f"{spec.id} backend at {url!r} is unreachable: {exc!r}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI is set, so a missing server is a failure)")
+        pytest.skip(message)
+    return backend
+
+
+@dataclass
+class Opened:
+    """The URL and queue of this test's store, and a way to open more instances of it."""
+
+    spec: BackendSpec
+    url: str
+    queue: str
+    _opened: list[Backend]
+
+    def open(self, queue: str | None = None) -> Backend:
+        """Another ``Backend`` on the same store (same queue unless ``queue`` is given)."""
+        backend = _open_checked(self.spec, self.url, queue or self.queue)
+        self._opened.append(backend)
+        return backend
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda spec: spec.id)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opened]:
+    spec: BackendSpec = request.param
+    unique = uuid.uuid4().hex[:12]
+    opened = Opened(spec, spec.url(tmp_path, f"contract-{unique}"), f"q-{unique}", [])
+    yield opened
+    for backend in reversed(opened._opened):
+        backend.close()
+
+
+@pytest.fixture
+def backend(store: Opened) -> Backend:
+    """A fresh, empty queue on the backend under test."""
+    return store.open()

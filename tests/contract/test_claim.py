@@ -1,0 +1,119 @@
+"""claim: what is taken, in which order, with which fields, and never twice."""
+
+from __future__ import annotations
+
+from .support import T0, ids, job, lead
+
+
+def test_claim_sets_running_owner_lease_started_and_deliveries(backend):
+    backend.put([job("a", max_deliveries=5)], now=T0)
+    [taken] = backend.claim(["default"], "worker-1", T0 + 2, lease=30)
+    assert (taken.id, taken.state, taken.owner) == ("a", "running", "worker-1")
+    assert taken.lease_until == T0 + 32
+    assert taken.started_at == T0 + 2
+    assert taken.deliveries == 1
+    assert taken.attempts == 0
+    stored = backend.get("a", T0 + 2)
+    assert (
+        stored.state,
+        stored.owner,
+        stored.lease_until,
+        stored.started_at,
+        stored.deliveries,
+    ) == (
+        "running",
+        "worker-1",
+        T0 + 32,
+        T0 + 2,
+        1,
+    )
+
+
+def test_claim_on_empty_queue_returns_nothing(backend):
+    assert backend.claim(["default"], "w", T0, lease=30) == []
+    assert backend.claim([], "w", T0, lease=30) == []
+
+
+def test_claim_takes_only_queued_jobs(backend):
+    backend.put(
+        [
+            job("scheduled", eta=T0 + 60),
+            job("retrying", eta=T0 - 1, state="retrying"),
+            job("cancelled", state="cancelled"),
+            job("queued"),
+        ],
+        now=T0,
+    )
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10)) == ["queued"]
+    assert backend.claim(["default"], "w", T0, lease=30, limit=10) == []
+    assert backend.get("scheduled", T0).state == "scheduled"
+    assert backend.get("retrying", T0).state == "retrying"
+
+
+def test_claim_respects_limit(backend):
+    backend.put([job(f"j{i}", eta=T0 - 10 + i) for i in range(5)], now=T0)
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=2)) == ["j0", "j1"]
+    assert ids(backend.claim(["default"], "w", T0, lease=30)) == ["j2"]
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=100)) == ["j3", "j4"]
+
+
+def test_claim_orders_by_eta_then_put_order(backend):
+    backend.put([job("late", eta=T0 - 1)], now=T0)
+    backend.put([job("early", eta=T0 - 9)], now=T0)
+    backend.put([job("mid-1", eta=T0 - 5), job("mid-2", eta=T0 - 5)], now=T0)
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10)) == [
+        "early",
+        "mid-1",
+        "mid-2",
+        "late",
+    ]
+
+
+def test_claim_only_from_named_routes(backend):
+    backend.put([job("a", route="fast"), job("b", route="slow"), job("c", route="bulk")], now=T0)
+    assert ids(backend.claim(["slow", "nowhere"], "w", T0, lease=30, limit=10)) == ["b"]
+    assert backend.claim(["slow"], "w", T0, lease=30, limit=10) == []
+    assert backend.get("a", T0).state == "queued"
+    assert backend.get("c", T0).state == "queued"
+
+
+def test_claim_orders_across_routes(backend):
+    backend.put(
+        [
+            job("f1", route="fast", eta=T0 - 3),
+            job("s1", route="slow", eta=T0 - 4),
+            job("f2", route="fast", eta=T0 - 2),
+            job("s2", route="slow", eta=T0 - 2),
+            job("f3", route="fast", eta=T0 - 1),
+        ],
+        now=T0,
+    )
+    claimed = backend.claim(["fast", "slow", "fast"], "w", T0, lease=30, limit=4)
+    assert ids(claimed) == ["s1", "f1", "f2", "s2"]
+    assert ids(backend.claim(["slow", "fast"], "w", T0, lease=30, limit=4)) == ["f3"]
+
+
+def test_claimed_job_is_not_handed_out_again(backend):
+    backend.put([job("a"), job("b")], now=T0)
+    first = backend.claim(["default"], "w1", T0, lease=30)
+    second = backend.claim(["default"], "w2", T0, lease=30)
+    third = backend.claim(["default"], "w3", T0, lease=30)
+    assert ids(first) == ["a"] and ids(second) == ["b"] and third == []
+    assert backend.get("a", T0).owner == "w1"
+    assert backend.get("b", T0).owner == "w2"
+
+
+def test_promoted_job_becomes_claimable(backend):
+    backend.put([job("later", eta=T0 + 10)], now=T0)
+    assert backend.claim(["default"], "w", T0 + 20, lease=30) == []  # promote has not run
+    backend.promote(T0 + 20, lead(backend, T0 + 20))
+    [taken] = backend.claim(["default"], "w", T0 + 20, lease=30)
+    assert (taken.id, taken.eta, taken.deliveries) == ("later", T0 + 10, 1)
+
+
+def test_promoted_job_keeps_its_put_order_among_equal_etas(backend):
+    """A job put earlier leaves earlier, whether it waited in the time index or not."""
+    backend.put([job("waited", eta=T0 + 10)], now=T0)
+    backend.put([job("direct", eta=T0 + 10)], now=T0 + 20)  # due on arrival: queued at once
+    backend.promote(T0 + 20, lead(backend, T0 + 20))
+    assert ids(backend.claim(["default"], "w", T0 + 20, lease=30, limit=2)) == ["waited", "direct"]

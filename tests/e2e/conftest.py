@@ -1,0 +1,178 @@
+"""End-to-end fixtures: real ``skunq`` worker and scheduler processes on a real SQLite file.
+
+Every test gets its own directory (the processes' working directory, holding the
+database and the task modules the test writes) and its own queue name. Processes run in
+their own session, so teardown SIGKILLs each whole group: nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from skunkqueue import SkunkQueue
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A started ``skunq`` process with its combined output in a log file."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], log: Path, argv: list[str]) -> None:
+        self.popen = popen
+        self.log = log
+        self.argv = argv
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=10)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(self.argv)} did not exit within {timeout} s; output:\n{self.output()[-3000:]}")
+
+    def wait_for_output(self, text: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: text in self.output(), timeout, what=f"{text!r} in output of {self.argv}")
+
+
+class E2E:
+    """One test's world: a directory, a database URL, a queue name and its processes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.url = f"sqlite:///{directory / 'jobs.db'}"
+        self.queue_name = f"q{uuid.uuid4().hex[:8]}"
+        self.procs: list[Proc] = []
+        self.modules: list[str] = []
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(directory)]),
+            "SKUNKQUEUE_URL": self.url,
+            "SKUNKQUEUE_QUEUE": self.queue_name,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def write_module(self, name: str, source: str) -> Path:
+        """Write ``name.py`` into the test directory; ``{queue}``/``{url}`` are filled in."""
+        path = self.dir / f"{name}.py"
+        text = textwrap.dedent(source).replace("{queue}", self.queue_name).replace("{url}", self.url)
+        path.write_text(text)
+        return path
+
+    def import_module(self, name: str) -> Any:
+        """Import a module written by ``write_module`` into the test process (the producer)."""
+        if str(self.dir) not in sys.path:
+            sys.path.insert(0, str(self.dir))
+        sys.modules.pop(name, None)
+        self.modules.append(name)
+        return importlib.import_module(name)
+
+    def queue(self, **cfg: Any) -> SkunkQueue:
+        return SkunkQueue(self.queue_name, url=self.url, **cfg)
+
+    def start(self, *args: str, name: str = "proc") -> Proc:
+        """Start ``python -m skunkqueue ARGS`` in the test directory, in its own session."""
+        return self.spawn([sys.executable, "-m", "skunkqueue", *args], name)
+
+    def spawn(self, argv: list[str], name: str = "proc") -> Proc:
+        """Start any command in the test directory, in its own session."""
+        log = self.dir / f"{name}-{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                argv, cwd=self.dir, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        proc = Proc(popen, log, argv)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, *routes: str, extra: tuple[str, ...] = ()) -> Proc:
+        return self.start("work", "-r", *routes, *extra, name="worker")
+
+    def scheduler(self, *extra: str) -> Proc:
+        return self.start("scheduler", *extra, name="scheduler")
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "skunkqueue", *args], cwd=self.dir, env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def run_python(self, script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, script], cwd=self.dir, env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def wait_for_workers(self, count: int, timeout: float = 15.0) -> None:
+        from skunkqueue.persistence.base import WORKER_LEASE_PREFIX
+
+        backend = self.queue().backend
+        wait_until(lambda: len(backend.leases(WORKER_LEASE_PREFIX, time.time())) >= count, timeout,
+                   what=f"{count} live workers")
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            proc.kill_group()
+        for name in self.modules:
+            sys.modules.pop(name, None)
+        if str(self.dir) in sys.path:
+            sys.path.remove(str(self.dir))
+
+
+@pytest.fixture
+def e2e(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[E2E]:
+    world = E2E(tmp_path)
+    yield world
+    failed = getattr(request.node, "rep_call", None)
+    world.teardown()
+    if failed is not None and failed.failed:
+        for proc in world.procs:
+            sys.stderr.write(f"\n--- {' '.join(proc.argv[2:])} ---\n{proc.output()[-4000:]}\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
