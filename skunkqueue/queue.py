@@ -104,7 +104,11 @@ class SkunkQueue:
         from .scheduler.cron import ScheduleSpec
 
         routes = validate_event_options(
-            routes or ["default"], timeout, result_ttl, serializer, max_deliveries
+            ["default"] if routes is None else routes,
+            timeout,
+            result_ttl,
+            serializer,
+            max_deliveries,
         )
         retry_policy = Retry.coerce(retry)
         schedule = None
@@ -169,6 +173,12 @@ class SkunkQueue:
         if self.backend.get(job_id, time.time()) is None:
             return None
         return JobHandle(self, job_id)
+
+    def jobs(
+        self, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        """Stored jobs (oldest eta first), optionally only those in ``state`` or on ``route``."""
+        return self.backend.list_jobs(time.time(), state=state, route=route, limit=limit)
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
         """Cancel a job that has not started; ``False`` if it is running, finished or unknown."""

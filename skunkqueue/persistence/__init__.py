@@ -24,7 +24,10 @@ def open_backend(url: str, queue: str) -> Backend:
     """Open the backend that ``url`` names, for queue ``queue``."""
     if not isinstance(url, str):
         raise ConfigurationError(f"backend URL must be a string, not {url!r}")
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:  # e.g. an unbalanced '[' in the host
+        raise ConfigurationError(f"backend URL {redact(url)} is not a valid URL: {exc}") from None
     if scheme not in BACKENDS:
         raise ConfigurationError(
             f"unsupported backend URL {redact(url)!r}: scheme {scheme!r} is not one of "

@@ -24,10 +24,10 @@ from .ticks import fire_due, next_fire_time
 
 log = logging.getLogger("skunkqueue.scheduler")
 
-SCHEDULE_RELOAD = 1.0  # seconds between re-reads of stored schedules
+SCHEDULE_RELOAD = 0.2  # seconds between re-reads of stored schedules (a new one fires on time)
 SWEEP_EVERY = 5.0  # seconds between sweeps for broadcast copies of dead workers
 MIN_SPACING = 0.002  # seconds between loop turns woken by data changes
-MAX_SLEEP = 1.0
+MAX_SLEEP = 0.25  # bounds how long stop() takes to be noticed
 
 
 class Scheduler:

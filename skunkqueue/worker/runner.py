@@ -36,7 +36,7 @@ from ..queue import lookup_event
 
 log = logging.getLogger("skunkqueue.worker")
 
-IDLE_WAIT = 0.5  # seconds an idle worker waits before claiming again (data changes wake it)
+IDLE_WAIT = 0.1  # seconds an idle worker waits before claiming again (data changes wake it sooner)
 FLUSH_AFTER = 0.05  # seconds an outcome may wait to be written with others
 MAX_BATCH = 64
 TARGET_BATCH_SECONDS = 0.02  # a claimed batch should take about this long to run
