@@ -27,6 +27,7 @@ log = logging.getLogger("skunkqueue.scheduler")
 SCHEDULE_RELOAD = 0.2  # seconds between re-reads of stored schedules (a new one fires on time)
 SWEEP_EVERY = 5.0  # seconds between sweeps for broadcast copies of dead workers
 MIN_SPACING = 0.002  # seconds between loop turns woken by data changes
+BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
 MAX_SLEEP = 0.25  # bounds how long stop() takes to be noticed
 
 
@@ -63,17 +64,27 @@ class Scheduler:
         """Run until ``stop()``; resigns the lead on the way out so a standby takes over at once."""
         log.info("scheduler %s started on queue %s", self.election.owner, self.config.name)
         try:
+            failures = 0
             while not self._stop.is_set():
                 turn_started = time.time()
-                wake_at = self.step(turn_started)
+                try:
+                    wake_at = self.step(turn_started)
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    delay = min(BACKOFF_MAX, 0.05 * 2**failures)
+                    log.exception("scheduler %s: backend error; retrying in %.2f s", self.election.owner, delay)
+                    self._stop.wait(delay)
+                    continue
                 if wake_at > turn_started:
                     self.backend.wait(min(wake_at - time.time(), MAX_SLEEP))
                     self._stop.wait(max(0.0, min(MIN_SPACING, wake_at - time.time())))
         finally:
             try:
                 self.election.resign()
-            finally:
-                self.backend.close()
+            except Exception:
+                log.exception("scheduler %s could not resign; its lease will lapse", self.election.owner)
+            self.backend.close()
             log.info("scheduler %s stopped", self.election.owner)
 
     def step(self, now: float) -> float:

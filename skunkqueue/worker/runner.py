@@ -42,6 +42,7 @@ MAX_BATCH = 64
 TARGET_BATCH_SECONDS = 0.02  # a claimed batch should take about this long to run
 HARD_TIMEOUT_GRACE = 2.0  # seconds a job may ignore JobTimeout before its process is killed
 EXIT_HARD_TIMEOUT = 75
+BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
 MODULE_IMPORT_TIMEOUT = 30.0  # seconds to wait for a job's module to register its event
 
 
@@ -107,30 +108,49 @@ class Worker:
         finally:
             self._stop.set()
             self._hand_back(list(self._held.values()))
-            self._flush()
+            try:
+                self._flush()
+                self.backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
+            except Exception:
+                log.exception(
+                    "worker %s could not store %d outcomes; their leases will lapse and the "
+                    "jobs be delivered again", self.id, len(self._pending),
+                )
             heartbeat.join(timeout=5)
-            self.backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
             self.backend.close()
             log.info("worker %s stopped", self.id)
 
     def _serve(self) -> None:
+        failures = 0
         while not self._stop.is_set():
-            jobs = self.backend.claim(
-                self.claim_routes, self.id, time.time(), self.config.lease, self._batch_size()
-            )
-            if not jobs:
+            try:
+                self._serve_batch()
+                failures = 0
+            except Exception:
+                # The store went away or refused a write; outcomes stay pending and leases
+                # are renewed by the heartbeat, so backing off and retrying loses nothing.
+                failures += 1
+                delay = min(BACKOFF_MAX, 0.05 * 2**failures)
+                log.exception("worker %s: backend error; retrying in %.2f s", self.id, delay)
+                self._stop.wait(delay)
+
+    def _serve_batch(self) -> None:
+        self._flush()  # outcomes a failed write left behind go first
+        jobs = self.backend.claim(
+            self.claim_routes, self.id, time.time(), self.config.lease, self._batch_size()
+        )
+        if not jobs:
+            self.backend.wait(IDLE_WAIT)
+            return
+        with self._lock:
+            self._held.update((job.id, job) for job in jobs)
+        for job in jobs:
+            if self._stop.is_set():
+                break
+            self._record(self._execute(job))
+            if self._pending and time.monotonic() - self._first_pending > FLUSH_AFTER:
                 self._flush()
-                self.backend.wait(IDLE_WAIT)
-                continue
-            with self._lock:
-                self._held.update((job.id, job) for job in jobs)
-            for job in jobs:
-                if self._stop.is_set():
-                    break
-                self._record(self._execute(job))
-                if self._pending and time.monotonic() - self._first_pending > FLUSH_AFTER:
-                    self._flush()
-            self._flush()
+        self._flush()
 
     def _batch_size(self) -> int:
         return max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(self._avg_seconds, 1e-6))))
@@ -153,7 +173,12 @@ class Worker:
             outcomes, self._pending = self._pending, []
         if not outcomes:
             return
-        answers = (backend or self.backend).finish(outcomes, self.id, time.time())
+        try:
+            answers = (backend or self.backend).finish(outcomes, self.id, time.time())
+        except Exception:
+            with self._lock:
+                self._pending[:0] = outcomes
+            raise
         for outcome, took in zip(outcomes, answers):
             if not took:
                 log.warning(
@@ -291,16 +316,24 @@ class Worker:
                     os._exit(1)
                 self._enforce_hard_timeout(backend)
                 if time.monotonic() >= next_beat:
-                    now = time.time()
-                    held = backend.renew(self.id, now, self.config.lease)
-                    with self._lock:
-                        lost = set(self._held) - held
-                    if lost:
-                        log.warning("worker %s lost the lease on %s", self.id, sorted(lost))
-                    self._advertise(backend, now)
-                    next_beat = time.monotonic() + every
+                    try:
+                        self._beat(backend)
+                        next_beat = time.monotonic() + every
+                    except Exception:
+                        # Keep trying: a lease that lapses gets the job run twice.
+                        log.exception("worker %s: renewing leases failed; retrying", self.id)
+                        next_beat = time.monotonic() + min(every, 0.5)
         finally:
             backend.close()
+
+    def _beat(self, backend: Any) -> None:
+        now = time.time()
+        held = backend.renew(self.id, now, self.config.lease)
+        with self._lock:
+            lost = set(self._held) - held
+        if lost:
+            log.warning("worker %s lost the lease on %s", self.id, sorted(lost))
+        self._advertise(backend, now)
 
     def _enforce_hard_timeout(self, backend: Any) -> None:
         if not self._in_main_thread:
