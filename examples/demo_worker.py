@@ -1,8 +1,8 @@
 # demo_worker.py; this file runs a worker to consume events.
 # (`skunq work -q demo -r foo --with-scheduler` is the CLI way to do the same)
 
-from skunkqueue.worker import WorkerPool
 from skunkqueue.persistence.sqlite import default_cfg
+from skunkqueue.worker import WorkerPool
 
 # The first argument is the queue name to which the pool attaches.
 # The second argument is the list of workers by routing key.
@@ -12,5 +12,5 @@ from skunkqueue.persistence.sqlite import default_cfg
 # to the SkunkQueue constructor.
 # Jobs fired for now go straight to their route; delayed and cron jobs also need a
 # scheduler: `skunq scheduler -q demo`, or with_scheduler=True here.
-with WorkerPool('demo', ['foo'], **default_cfg) as pool:
+with WorkerPool("demo", ["foo"], **default_cfg) as pool:
     pool.listen()

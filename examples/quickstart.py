@@ -20,7 +20,9 @@ from datetime import datetime, timedelta
 from skunkqueue import Retry, SkunkQueue
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DB = os.environ.get("QUICKSTART_DB", os.path.join(tempfile.gettempdir(), "skunkqueue-quickstart.db"))
+DB = os.environ.get(
+    "QUICKSTART_DB", os.path.join(tempfile.gettempdir(), "skunkqueue-quickstart.db")
+)
 
 queue = SkunkQueue("quickstart", url=f"sqlite:///{DB}")
 
@@ -42,15 +44,34 @@ def flaky(counter_file):
     with open(counter_file, "w") as f:
         f.write(str(runs))
     if runs < 3:
-        raise IOError(f"transient failure on execution {runs}")
+        raise OSError(f"transient failure on execution {runs}")
     return f"succeeded on execution {runs}"
 
 
 def main() -> None:
     pool = subprocess.Popen(
-        [sys.executable, "-m", "skunkqueue", "work", "-q", "quickstart", "-r", "default", "default",
-         "--with-scheduler", "--import", "quickstart", "--url", f"sqlite:///{DB}", "--log-level", "WARNING"],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))},
+        [
+            sys.executable,
+            "-m",
+            "skunkqueue",
+            "work",
+            "-q",
+            "quickstart",
+            "-r",
+            "default",
+            "default",
+            "--with-scheduler",
+            "--import",
+            "quickstart",
+            "--url",
+            f"sqlite:///{DB}",
+            "--log-level",
+            "WARNING",
+        ],
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")])),
+        },
     )
     try:
         print("fired add(4, 5) now:", add.fire(4, 5).wait(timeout=20))
@@ -64,7 +85,11 @@ def main() -> None:
 
         counter = os.path.join(tempfile.mkdtemp(), "flaky-runs")
         run = flaky.fire(counter)
-        print("fired flaky(); it fails twice, then:", run.wait(timeout=20), f"(attempts: {run.attempts})")
+        print(
+            "fired flaky(); it fails twice, then:",
+            run.wait(timeout=20),
+            f"(attempts: {run.attempts})",
+        )
 
         deadline = time.time() + 20
         ticks = []

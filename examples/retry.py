@@ -15,10 +15,13 @@ from skunkqueue.worker import WorkerPool
 queue = SkunkQueue("retrydemo")
 
 
-@queue.event(routes=["io"], retry=Retry(max_attempts=5, delay=0.2, backoff=2.0, max_delay=5, jitter=0.1, on=(IOError,)))
+@queue.event(
+    routes=["io"],
+    retry=Retry(max_attempts=5, delay=0.2, backoff=2.0, max_delay=5, jitter=0.1, on=(IOError,)),
+)
 def fetch(url):
     if random.random() < 0.6:
-        raise IOError(f"{url}: connection reset")
+        raise OSError(f"{url}: connection reset")
     return f"fetched {url}"
 
 

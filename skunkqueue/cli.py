@@ -27,10 +27,15 @@ def _when(ts: float | None) -> str:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-q", "--queue", default=os.environ.get(QUEUE_ENV, "default"),
-                        help=f"queue name (default: ${QUEUE_ENV} or 'default')")
-    parser.add_argument("--url", default=None,
-                        help=f"backend URL (default: ${URL_ENV} or sqlite:///skunkqueue.db)")
+    parser.add_argument(
+        "-q",
+        "--queue",
+        default=os.environ.get(QUEUE_ENV, "default"),
+        help=f"queue name (default: ${QUEUE_ENV} or 'default')",
+    )
+    parser.add_argument(
+        "--url", default=None, help=f"backend URL (default: ${URL_ENV} or sqlite:///skunkqueue.db)"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
 
 
@@ -58,14 +63,21 @@ def cmd_work(args: argparse.Namespace) -> int:
     _import_path()
     cfg = _config(args, lease=args.lease, leader_ttl=args.leader_ttl).__dict__.copy()
     name = cfg.pop("name")
-    pool = WorkerPool(name, args.routes, concurrency=args.concurrency, imports=args.imports,
-                      with_scheduler=args.with_scheduler, **cfg)
+    pool = WorkerPool(
+        name,
+        args.routes,
+        concurrency=args.concurrency,
+        imports=args.imports,
+        with_scheduler=args.with_scheduler,
+        **cfg,
+    )
     pool.listen()
     return 0
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import signal
+    import threading
 
     from .scheduler import Scheduler
 
@@ -73,8 +85,17 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     cfg = _config(args, leader_ttl=args.leader_ttl).__dict__.copy()
     name = cfg.pop("name")
     scheduler = Scheduler(name, imports=args.imports, **cfg)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT):
-        signal.signal(sig, lambda s, f: scheduler.stop())
+    stop_signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
+
+    def stop(signum: int, frame: Any) -> None:
+        # Once, and in a thread: stop() sets an Event whose lock the interrupted main
+        # thread may hold (in Event.wait, or in this handler run for an earlier signal).
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)
+        threading.Thread(target=scheduler.stop, name="stop", daemon=True).start()
+
+    for sig in stop_signals:
+        signal.signal(sig, stop)
     scheduler.run()
     return 0
 
@@ -93,13 +114,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if leader is None:
         print("leader: none")
     else:
-        print(f"leader: {leader.owner} (host {leader.info.get('host')}, pid {leader.info.get('pid')}, "
-              f"token {leader.token}, lease until {_when(leader.until)})")
+        print(
+            f"leader: {leader.owner} (host {leader.info.get('host')}, pid {leader.info.get('pid')}, "
+            f"token {leader.token}, lease until {_when(leader.until)})"
+        )
     workers = backend.leases(WORKER_LEASE_PREFIX, now)
     print(f"workers: {len(workers)} live")
     for lease in workers:
-        print(f"  {lease.owner}  routes={','.join(lease.info.get('routes', []))}  "
-              f"host={lease.info.get('host')} pid={lease.info.get('pid')}")
+        print(
+            f"  {lease.owner}  routes={','.join(lease.info.get('routes', []))}  "
+            f"host={lease.info.get('host')} pid={lease.info.get('pid')}"
+        )
     print(f"next due: {_when(stats.next_due)}")
     return 0
 
@@ -120,12 +145,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     backend = _backend(args)
     failed = 0
-    for job_id, done in zip(args.job_ids, backend.cancel(args.job_ids, time.time(), "cancelled from the CLI")):
+    for job_id, done in zip(
+        args.job_ids,
+        backend.cancel(args.job_ids, time.time(), "cancelled from the CLI"),
+        strict=True,
+    ):
         if done:
             print(f"cancelled {job_id}")
         else:
             record = backend.get(job_id, time.time())
-            print(f"not cancelled {job_id}: " + (f"it is {record.state}" if record else "no such job"))
+            print(
+                f"not cancelled {job_id}: " + (f"it is {record.state}" if record else "no such job")
+            )
             failed += 1
     return 1 if failed else 0
 
@@ -141,8 +172,10 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     schedules = backend.schedules()
     for schedule in schedules:
         spec = ScheduleSpec.from_dict(schedule.spec)
-        print(f"{schedule.name}  {spec.describe()}  route={schedule.template.get('route')}  "
-              f"misfire={spec.misfire}  next={_when(schedule.next_fire)}")
+        print(
+            f"{schedule.name}  {spec.describe()}  route={schedule.template.get('route')}  "
+            f"misfire={spec.misfire}  next={_when(schedule.next_fire)}"
+        )
     if not schedules:
         print("(no schedules)")
     return 0
@@ -162,30 +195,63 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skunq", description="SkunkQueue: run workers and schedulers, inspect queues.")
+    parser = argparse.ArgumentParser(
+        prog="skunq", description="SkunkQueue: run workers and schedulers, inspect queues."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     work = sub.add_parser("work", help="run a worker pool")
     _add_common(work)
-    work.add_argument("-r", "--routes", nargs="+", required=True,
-                      help="routes to serve; one worker process per entry (foo foo bar = 3 workers)")
-    work.add_argument("--import", dest="imports", action="append", default=[], metavar="MOD",
-                      help="module registering events; repeatable")
-    work.add_argument("--concurrency", type=int, default=None,
-                      help="run N processes, each serving all the routes given")
-    work.add_argument("--with-scheduler", action="store_true", help="also run a scheduler in this pool")
-    work.add_argument("--lease", type=float, default=None, help="seconds a job lease lasts (default 30)")
-    work.add_argument("--leader-ttl", type=float, default=None, help="scheduler lease TTL (default 10)")
+    work.add_argument(
+        "-r",
+        "--routes",
+        nargs="+",
+        required=True,
+        help="routes to serve; one worker process per entry (foo foo bar = 3 workers)",
+    )
+    work.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MOD",
+        help="module registering events; repeatable",
+    )
+    work.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="run N processes, each serving all the routes given",
+    )
+    work.add_argument(
+        "--with-scheduler", action="store_true", help="also run a scheduler in this pool"
+    )
+    work.add_argument(
+        "--lease", type=float, default=None, help="seconds a job lease lasts (default 30)"
+    )
+    work.add_argument(
+        "--leader-ttl", type=float, default=None, help="scheduler lease TTL (default 10)"
+    )
     work.set_defaults(func=cmd_work)
 
     sched = sub.add_parser("scheduler", help="run a scheduler (many may run; one leads)")
     _add_common(sched)
-    sched.add_argument("--import", dest="imports", action="append", default=[], metavar="MOD",
-                       help="module registering cron events; repeatable")
-    sched.add_argument("--leader-ttl", type=float, default=None, help="leader lease TTL in seconds (default 10)")
+    sched.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MOD",
+        help="module registering cron events; repeatable",
+    )
+    sched.add_argument(
+        "--leader-ttl", type=float, default=None, help="leader lease TTL in seconds (default 10)"
+    )
     sched.set_defaults(func=cmd_scheduler)
 
-    status = sub.add_parser("status", help="counts per state and route, workers, leader, next due time")
+    status = sub.add_parser(
+        "status", help="counts per state and route, workers, leader, next due time"
+    )
     _add_common(status)
     status.set_defaults(func=cmd_status)
 
@@ -201,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     cancel.set_defaults(func=cmd_cancel)
 
-    schedules = sub.add_parser("schedules", help="list stored cron/interval schedules, or remove one")
+    schedules = sub.add_parser(
+        "schedules", help="list stored cron/interval schedules, or remove one"
+    )
     _add_common(schedules)
     schedules.add_argument("--remove", metavar="NAME", default=None)
     schedules.set_defaults(func=cmd_schedules)

@@ -57,15 +57,23 @@ class QueueConfig:
 
     def validate(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
-            raise ConfigurationError(f"queue_type must be one of {QUEUE_TYPES}, not {self.queue_type!r}")
+            raise ConfigurationError(
+                f"queue_type must be one of {QUEUE_TYPES}, not {self.queue_type!r}"
+            )
         if self.serializer not in SERIALIZERS:
-            raise ConfigurationError(f"serializer must be one of {SERIALIZERS}, not {self.serializer!r}")
+            raise ConfigurationError(
+                f"serializer must be one of {SERIALIZERS}, not {self.serializer!r}"
+            )
         for name in ("result_ttl", "lease", "leader_ttl", "heartbeat"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}"
+                )
         if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
-            raise ConfigurationError(f"max_deliveries must be a positive integer, not {self.max_deliveries!r}")
+            raise ConfigurationError(
+                f"max_deliveries must be a positive integer, not {self.max_deliveries!r}"
+            )
 
     def with_options(self, **changes: Any) -> QueueConfig:
         config = replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -85,7 +93,9 @@ def seed_url(backend: str = "sqlite", conn_url: str | None = None, dbname: Any =
         return f"mongodb://{conn_url or 'localhost:27017'}/{dbname or 'skunkqueue'}"
     if backend in ("fdb", "foundation"):
         return f"fdb://{conn_url or ''}"
-    raise ConfigurationError(f"unknown backend {backend!r}; expected sqlite, memory, redis, mongodb or fdb")
+    raise ConfigurationError(
+        f"unknown backend {backend!r}; expected sqlite, memory, redis, mongodb or fdb"
+    )
 
 
 def redact(url: str) -> str:

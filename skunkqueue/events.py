@@ -140,7 +140,9 @@ class Event:
     ) -> list[JobRecord]:
         """Encode a call into records, raising before anything is written."""
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
-            raise TypeError(f"args of {self.name} must be a tuple or list, not {type(args).__name__}")
+            raise TypeError(
+                f"args of {self.name} must be a tuple or list, not {type(args).__name__}"
+            )
         route = route or self.routes[0]
         payload = serialization.encode_call(self.serializer, args, kwargs, self.name)
         job = JobRecord(
@@ -184,12 +186,14 @@ def broadcast_copies(backend: Any, job: JobRecord, now: float) -> list[JobRecord
     to), so a copy whose worker dies ends in ``error`` instead of waiting forever.
     """
     workers = [
-        lease.name[len(WORKER_LEASE_PREFIX):]
+        lease.name[len(WORKER_LEASE_PREFIX) :]
         for lease in backend.leases(WORKER_LEASE_PREFIX, now)
         if job.route in lease.info.get("routes", ())
     ]
     if not workers:
-        log.warning("broadcast of %s on route %r: no live worker, nothing queued", job.event, job.route)
+        log.warning(
+            "broadcast of %s on route %r: no live worker, nothing queued", job.event, job.route
+        )
         cancelled = JobRecord(**{**job.to_dict(), "state": JobState.CANCELLED.value})
         cancelled.error = {"reason": f"no live worker on route {job.route!r} at fire time"}
         cancelled.finished_at = now
@@ -219,7 +223,11 @@ def validate_event_options(
         ):
             raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
     if serializer is not None and serializer not in serialization.SERIALIZERS:
-        raise ConfigurationError(f"serializer must be one of {serialization.SERIALIZERS}, not {serializer!r}")
+        raise ConfigurationError(
+            f"serializer must be one of {serialization.SERIALIZERS}, not {serializer!r}"
+        )
     if max_deliveries is not None and (not isinstance(max_deliveries, int) or max_deliveries < 1):
-        raise ConfigurationError(f"max_deliveries must be a positive integer, not {max_deliveries!r}")
+        raise ConfigurationError(
+            f"max_deliveries must be a positive integer, not {max_deliveries!r}"
+        )
     return list(routes)

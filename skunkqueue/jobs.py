@@ -155,11 +155,15 @@ class JobHandle:
             if rec is not None and rec.state in (JobState.ERROR.value, JobState.CANCELLED.value):
                 raise JobFailed(self.id, rec.state, rec.error)
             if rec is None:
-                raise JobFailed(self.id, "expired", {"reason": "no such job (expired or never stored)"})
+                raise JobFailed(
+                    self.id, "expired", {"reason": "no such job (expired or never stored)"}
+                )
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 state = rec.state if rec else "unknown"
-                raise TimeoutError(f"job {self.id} did not finish within {timeout} s (state: {state})")
+                raise TimeoutError(
+                    f"job {self.id} did not finish within {timeout} s (state: {state})"
+                )
             time.sleep(delay if remaining is None else min(delay, remaining))
             delay = min(delay * 1.5, 0.1)
 

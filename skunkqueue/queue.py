@@ -195,7 +195,9 @@ class SkunkQueue:
 
     def _accepts_pickle(self, event_name: str) -> bool:
         event = self.events.get(event_name)
-        return self.config.serializer == "pickle" or (event is not None and event.serializer == "pickle")
+        return self.config.serializer == "pickle" or (
+            event is not None and event.serializer == "pickle"
+        )
 
     def close(self) -> None:
         self.backend.close()

@@ -33,7 +33,9 @@ class Retry:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigurationError(f"Retry.max_attempts must be an integer >= 1, not {self.max_attempts!r}")
+            raise ConfigurationError(
+                f"Retry.max_attempts must be an integer >= 1, not {self.max_attempts!r}"
+            )
         for name in ("delay", "max_delay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:

@@ -221,5 +221,5 @@ class Backend(ABC):
         """
         time.sleep(max(0.0, min(timeout, 0.005)))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default for backends with nothing to release
         """Release connections. The instance is not used afterwards."""

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from ..errors import LeaseLost
 from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
-from .records import apply_outcome, recover
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .records import apply_outcome, recover
 
 default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
 
@@ -201,7 +201,9 @@ class MemoryBackend(Backend):
             lapsed = [
                 r
                 for r in jobs.values()
-                if r.state == JobState.RUNNING.value and r.lease_until is not None and r.lease_until < now
+                if r.state == JobState.RUNNING.value
+                and r.lease_until is not None
+                and r.lease_until < now
             ][:limit]
             for r in lapsed:
                 recover(r, now)
@@ -304,4 +306,3 @@ class MemoryBackend(Backend):
             if self._store.version == self._seen_version and timeout > 0:
                 self._store.changed.wait(timeout)
             self._seen_version = self._store.version
-

@@ -91,10 +91,10 @@ JSON_COLUMNS = ("retry", "error")
 ALIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 INSERT_JOB = f"""
-INSERT INTO sq_jobs ({', '.join(INSERT_COLUMNS)})
-VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})
+INSERT INTO sq_jobs ({", ".join(INSERT_COLUMNS)})
+VALUES ({", ".join("?" for _ in INSERT_COLUMNS)})
 ON CONFLICT (queue, id) DO UPDATE SET
-    {', '.join(f'{c} = excluded.{c}' for c in INSERT_COLUMNS if c not in ('queue', 'id'))},
+    {", ".join(f"{c} = excluded.{c}" for c in INSERT_COLUMNS if c not in ("queue", "id"))},
     seq = (SELECT MAX(seq) + 1 FROM sq_jobs)
 WHERE sq_jobs.expires_at IS NOT NULL AND sq_jobs.expires_at <= ?
 RETURNING seq
@@ -112,7 +112,7 @@ FINISH_SQL[JobState.ERROR.value] = FINISH_SQL[JobState.COMPLETE.value]
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
-    data = dict(zip(COLUMNS, row))
+    data = dict(zip(COLUMNS, row, strict=True))
     for column in JSON_COLUMNS:
         if data[column] is not None:
             data[column] = json.loads(data[column])
@@ -197,7 +197,9 @@ class SQLiteBackend(Backend):
         return answers
 
     def get(self, job_id: str, now: float) -> JobRecord | None:
-        rows = self._read(f"{SELECT_JOB} WHERE queue = ? AND id = ? AND {ALIVE}", (self.queue, job_id, now))
+        rows = self._read(
+            f"{SELECT_JOB} WHERE queue = ? AND id = ? AND {ALIVE}", (self.queue, job_id, now)
+        )
         return _row_to_record(rows[0]) if rows else None
 
     def list_jobs(
@@ -256,7 +258,9 @@ class SQLiteBackend(Backend):
     def renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
-        sql = "UPDATE sq_jobs SET lease_until = ? WHERE queue = ? AND state = 'running' AND owner = ?"
+        sql = (
+            "UPDATE sq_jobs SET lease_until = ? WHERE queue = ? AND state = 'running' AND owner = ?"
+        )
         params: list[Any] = [now + lease, self.queue, owner]
         if job_ids is not None:
             if not job_ids:

@@ -36,7 +36,9 @@ class LeaderElection:
 
     def campaign(self, now: float) -> Fence | None:
         """Take or renew the lease; returns the fence while leading, else ``None``."""
-        lease = self.backend.acquire_lease(SCHEDULER_LEASE, self.owner, now, self.ttl, process_identity())
+        lease = self.backend.acquire_lease(
+            SCHEDULER_LEASE, self.owner, now, self.ttl, process_identity()
+        )
         was_leading = self.fence is not None
         self.fence = Fence(lease.name, lease.owner, lease.token) if lease else None
         if self.fence and not was_leading:

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import QueueConfig
 from ..errors import LeaseLost
 from ..persistence import open_backend
-from ..persistence.base import WORKER_LEASE_PREFIX, Backend, Fence, ScheduleRecord
+from ..persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX, Backend, Fence, ScheduleRecord
 from .leader import LeaderElection
 from .ticks import fire_due, next_fire_time
 
@@ -73,7 +73,11 @@ class Scheduler:
                 except Exception:
                     failures += 1
                     delay = min(BACKOFF_MAX, 0.05 * 2**failures)
-                    log.exception("scheduler %s: backend error; retrying in %.2f s", self.election.owner, delay)
+                    log.exception(
+                        "scheduler %s: backend error; retrying in %.2f s",
+                        self.election.owner,
+                        delay,
+                    )
                     self._stop.wait(delay)
                     continue
                 if wake_at > turn_started:
@@ -83,13 +87,19 @@ class Scheduler:
             try:
                 self.election.resign()
             except Exception:
-                log.exception("scheduler %s could not resign; its lease will lapse", self.election.owner)
+                log.exception(
+                    "scheduler %s could not resign; its lease will lapse", self.election.owner
+                )
             self.backend.close()
             log.info("scheduler %s stopped", self.election.owner)
 
     def step(self, now: float) -> float:
         """One turn of the loop; returns when the next turn is needed."""
-        if now >= self._next_campaign:
+        if now >= self._next_campaign or (
+            self.election.fence is None and not self.backend.leases(SCHEDULER_LEASE, now)
+        ):
+            # A standby also campaigns as soon as it sees the lead free (a leader that
+            # stopped cleanly resigned), not only on its renewal period.
             self.election.campaign(now)
             self._next_campaign = now + self.election.renew_every
         fence = self.election.fence
@@ -107,10 +117,15 @@ class Scheduler:
         if report.promoted or report.recovered or report.failed:
             log.debug(
                 "promoted %d, recovered %d, failed %d, expired %d",
-                report.promoted, report.recovered, report.failed, report.expired,
+                report.promoted,
+                report.recovered,
+                report.failed,
+                report.expired,
             )
         if report.failed:
-            log.warning("%d jobs ended in error after losing max_deliveries deliveries", report.failed)
+            log.warning(
+                "%d jobs ended in error after losing max_deliveries deliveries", report.failed
+            )
         if now - self._schedules_read >= SCHEDULE_RELOAD or (
             self._schedules and (next_fire_time(self._schedules) or float("inf")) <= now
         ):
@@ -122,12 +137,19 @@ class Scheduler:
             self._next_sweep = now + SWEEP_EVERY
         if report.more:
             return now
-        candidates = [report.next_due, next_fire_time(self._schedules), self._schedules_read + SCHEDULE_RELOAD]
+        candidates = [
+            report.next_due,
+            next_fire_time(self._schedules),
+            self._schedules_read + SCHEDULE_RELOAD,
+        ]
         return min(t for t in candidates if t is not None)
 
     def _sweep_broadcast(self, now: float) -> None:
         """Cancel broadcast copies still queued for workers that died before taking them."""
-        alive = {lease.name[len(WORKER_LEASE_PREFIX):] for lease in self.backend.leases(WORKER_LEASE_PREFIX, now)}
+        alive = {
+            lease.name[len(WORKER_LEASE_PREFIX) :]
+            for lease in self.backend.leases(WORKER_LEASE_PREFIX, now)
+        }
         orphaned_routes = [
             route
             for (state, route) in self.backend.stats(now).counts
@@ -137,7 +159,11 @@ class Scheduler:
             jobs = self.backend.list_jobs(now, state="queued", route=route, limit=1000)
             worker = route.split("@", 1)[1]
             cancelled = self.backend.cancel(
-                [j.id for j in jobs], now, f"worker {worker} stopped before taking its broadcast copy"
+                [j.id for j in jobs],
+                now,
+                f"worker {worker} stopped before taking its broadcast copy",
             )
             if any(cancelled):
-                log.warning("cancelled %d broadcast copies for dead worker %s", sum(cancelled), worker)
+                log.warning(
+                    "cancelled %d broadcast copies for dead worker %s", sum(cancelled), worker
+                )

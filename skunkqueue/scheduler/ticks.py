@@ -25,7 +25,9 @@ def tick_job_id(queue: str, event: str, tick: float) -> str:
     return f"{queue}:{event}@{instant}"
 
 
-def tick_jobs(backend: Backend, schedule: ScheduleRecord, tick: float, now: float) -> list[JobRecord]:
+def tick_jobs(
+    backend: Backend, schedule: ScheduleRecord, tick: float, now: float
+) -> list[JobRecord]:
     template = schedule.template
     job = JobRecord(
         id=tick_job_id(backend.queue, template["event"], tick),
@@ -55,7 +57,12 @@ def fire_due(backend: Backend, schedules: list[ScheduleRecord], now: float, fenc
             stored += sum(backend.put(jobs, now))
         missed = "" if len(ticks) <= 1 else f" ({len(ticks)} ticks, misfire={spec.misfire})"
         for tick in ticks:
-            log.info("cron %s fired tick %s%s", schedule.name, tick_job_id(backend.queue, schedule.name, tick), missed)
+            log.info(
+                "cron %s fired tick %s%s",
+                schedule.name,
+                tick_job_id(backend.queue, schedule.name, tick),
+                missed,
+            )
         schedule.next_fire = spec.next_after(now)
         schedule.updated_at = now
         backend.save_schedule(schedule, now, fence)

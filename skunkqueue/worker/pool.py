@@ -43,7 +43,13 @@ def _die_with_parent() -> None:
 
 def _install_child_signals(stop: Any) -> None:
     def graceful(signum: int, frame: Any) -> None:
-        stop()
+        # One stop is enough, and it runs in a thread: stop() sets an Event, whose lock the
+        # interrupted main thread may hold (inside Event.wait, or inside this handler run
+        # for an earlier signal: a group-wide SIGTERM also arrives again from the
+        # supervisor), so taking it here could deadlock the process.
+        for sig in GRACEFUL_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        threading.Thread(target=stop, name="stop", daemon=True).start()
 
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one interrupt is enough
@@ -164,7 +170,9 @@ class WorkerPool:
                 target, args = _worker_main, (self.config, slot.routes, slot.worker_id, os.getpid())
             else:
                 target, args = _scheduler_main, (self.config, os.getpid())
-            slot.proc = ctx.Process(target=target, args=args, name=f"skunq-{slot.kind}-{slot.index}")
+            slot.proc = ctx.Process(
+                target=target, args=args, name=f"skunq-{slot.kind}-{slot.index}"
+            )
             slot.proc.start()
             return
         # A store that lives in this process (memory://) can only be served by threads.
@@ -172,7 +180,9 @@ class WorkerPool:
             slot.runner = Worker(self.config, slot.routes, worker_id=slot.worker_id)
         else:
             slot.runner = Scheduler(self.config.name, **_cfg_of(self.config))
-        slot.proc = threading.Thread(target=slot.runner.run, name=f"skunq-{slot.kind}-{slot.index}", daemon=True)
+        slot.proc = threading.Thread(
+            target=slot.runner.run, name=f"skunq-{slot.kind}-{slot.index}", daemon=True
+        )
         slot.proc.start()
 
     def _alive(self, slot: _Slot) -> bool:
@@ -205,7 +215,13 @@ class WorkerPool:
 
     def _replace(self, slot: _Slot) -> None:
         code = getattr(slot.proc, "exitcode", None)
-        log.error("%s %s (slot %d) died with exit code %s; replacing it", slot.kind, slot.worker_id, slot.index, code)
+        log.error(
+            "%s %s (slot %d) died with exit code %s; replacing it",
+            slot.kind,
+            slot.worker_id,
+            slot.index,
+            code,
+        )
         if slot.kind == "worker":
             if self._backend is None:
                 self._backend = open_backend(self.config.url, self.config.name)

@@ -52,7 +52,11 @@ def new_worker_id(slot: int | str = 0) -> str:
 
 def describe_error(exc: BaseException) -> dict[str, Any]:
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     return {
         "type": name,
         "message": str(exc),
@@ -97,7 +101,9 @@ class Worker:
 
     def run(self) -> None:
         self._in_main_thread = threading.current_thread() is threading.main_thread()
-        heartbeat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.id}", daemon=True)
+        heartbeat = threading.Thread(
+            target=self._heartbeat, name=f"heartbeat-{self.id}", daemon=True
+        )
         self._advertise(self.backend, time.time())
         heartbeat.start()
         log.info("worker %s serving %s on queue %s", self.id, self.routes, self.config.name)
@@ -114,7 +120,9 @@ class Worker:
             except Exception:
                 log.exception(
                     "worker %s could not store %d outcomes; their leases will lapse and the "
-                    "jobs be delivered again", self.id, len(self._pending),
+                    "jobs be delivered again",
+                    self.id,
+                    len(self._pending),
                 )
             heartbeat.join(timeout=5)
             self.backend.close()
@@ -179,11 +187,12 @@ class Worker:
             with self._lock:
                 self._pending[:0] = outcomes
             raise
-        for outcome, took in zip(outcomes, answers):
+        for outcome, took in zip(outcomes, answers, strict=True):
             if not took:
                 log.warning(
                     "job %s: lease lost before its %s outcome was stored; another worker may run it",
-                    outcome.job_id, outcome.state,
+                    outcome.job_id,
+                    outcome.state,
                 )
 
     # -- running one job ------------------------------------------------------------
@@ -191,22 +200,32 @@ class Worker:
     def _execute(self, job: JobRecord) -> Outcome:
         event = self._resolve(job)
         if event is None:
-            return Outcome(job.id, JobState.ERROR.value, error={
-                "type": "UnknownEvent",
-                "message": f"unknown event {job.event!r}: not registered on queue "
-                f"{self.config.name!r} by any module this worker imported",
-                "reason": "unknown event",
-            })
+            return Outcome(
+                job.id,
+                JobState.ERROR.value,
+                error={
+                    "type": "UnknownEvent",
+                    "message": f"unknown event {job.event!r}: not registered on queue "
+                    f"{self.config.name!r} by any module this worker imported",
+                    "reason": "unknown event",
+                },
+            )
         if job.serializer != event.serializer:
-            return Outcome(job.id, JobState.ERROR.value, error={
-                "type": "SerializationError",
-                "message": f"payload is {job.serializer!r} but event {job.event!r} accepts {event.serializer!r}",
-                "reason": "serializer mismatch",
-            })
+            return Outcome(
+                job.id,
+                JobState.ERROR.value,
+                error={
+                    "type": "SerializationError",
+                    "message": f"payload is {job.serializer!r} but event {job.event!r} accepts {event.serializer!r}",
+                    "reason": "serializer mismatch",
+                },
+            )
         try:
             args, kwargs = serialization.decode_call(event.serializer, job.payload)
         except Exception as exc:
-            return Outcome(job.id, JobState.ERROR.value, error={**describe_error(exc), "reason": "bad payload"})
+            return Outcome(
+                job.id, JobState.ERROR.value, error={**describe_error(exc), "reason": "bad payload"}
+            )
         log.info("job %s %s started (delivery %d)", job.id, job.event, job.deliveries)
         started = time.perf_counter()
         with self._lock:
@@ -214,8 +233,11 @@ class Worker:
         try:
             with self._soft_timeout(event.timeout):
                 result = event.fn(*args, **kwargs)
-            outcome = Outcome(job.id, JobState.COMPLETE.value,
-                              result=serialization.encode(event.serializer, result, f"result of {job.event}"))
+            outcome = Outcome(
+                job.id,
+                JobState.COMPLETE.value,
+                result=serialization.encode(event.serializer, result, f"result of {job.event}"),
+            )
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a job's SystemExit is its failure, not the worker's
@@ -233,7 +255,9 @@ class Worker:
         error = describe_error(exc)
         if event.retry is not None and event.retry.retries(exc, attempt):
             eta = time.time() + event.retry.delay_after(attempt)
-            return Outcome(job.id, JobState.RETRYING.value, error={**error, "attempt": attempt}, eta=eta)
+            return Outcome(
+                job.id, JobState.RETRYING.value, error={**error, "attempt": attempt}, eta=eta
+            )
         if event.retry is not None and isinstance(exc, event.retry.on):
             error["reason"] = f"retries exhausted after {attempt} attempts"
         return Outcome(job.id, JobState.ERROR.value, error=error)
@@ -296,14 +320,21 @@ class Worker:
             if event is not None or not loader.is_alive():
                 return event
             loader.join(0.005)
-        log.error("importing %s did not register %s within %s s", module, event_name, MODULE_IMPORT_TIMEOUT)
+        log.error(
+            "importing %s did not register %s within %s s",
+            module,
+            event_name,
+            MODULE_IMPORT_TIMEOUT,
+        )
         return None
 
     # -- the heartbeat thread ---------------------------------------------------------
 
     def _advertise(self, backend: Any, now: float) -> None:
         info = {"routes": self.routes, "host": socket.gethostname(), "pid": os.getpid()}
-        backend.acquire_lease(WORKER_LEASE_PREFIX + self.id, self.id, now, self.config.heartbeat * 3, info)
+        backend.acquire_lease(
+            WORKER_LEASE_PREFIX + self.id, self.id, now, self.config.heartbeat * 3, info
+        )
 
     def _heartbeat(self) -> None:
         backend = open_backend(self.config.url, self.config.name)
@@ -345,7 +376,12 @@ class Worker:
         job, event, started = current
         if time.monotonic() - started < event.timeout + HARD_TIMEOUT_GRACE:
             return
-        log.error("job %s %s ignored its timeout; stopping worker process %d", job.id, job.event, os.getpid())
+        log.error(
+            "job %s %s ignored its timeout; stopping worker process %d",
+            job.id,
+            job.event,
+            os.getpid(),
+        )
         exc = JobTimeout(f"job ran past its timeout of {event.timeout} s and was killed")
         self._record(self._failure(job, event, exc))
         with self._lock:

@@ -27,7 +27,9 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = ""
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -68,10 +70,14 @@ class Proc:
         try:
             return self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{' '.join(self.argv)} did not exit within {timeout} s; output:\n{self.output()[-3000:]}")
+            pytest.fail(
+                f"{' '.join(self.argv)} did not exit within {timeout} s; output:\n{self.output()[-3000:]}"
+            )
 
     def wait_for_output(self, text: str, timeout: float = 15.0) -> None:
-        wait_until(lambda: text in self.output(), timeout, what=f"{text!r} in output of {self.argv}")
+        wait_until(
+            lambda: text in self.output(), timeout, what=f"{text!r} in output of {self.argv}"
+        )
 
 
 class E2E:
@@ -94,7 +100,9 @@ class E2E:
     def write_module(self, name: str, source: str) -> Path:
         """Write ``name.py`` into the test directory; ``{queue}``/``{url}`` are filled in."""
         path = self.dir / f"{name}.py"
-        text = textwrap.dedent(source).replace("{queue}", self.queue_name).replace("{url}", self.url)
+        text = (
+            textwrap.dedent(source).replace("{queue}", self.queue_name).replace("{url}", self.url)
+        )
         path.write_text(text)
         return path
 
@@ -118,8 +126,13 @@ class E2E:
         log = self.dir / f"{name}-{len(self.procs)}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                argv, cwd=self.dir, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                cwd=self.dir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         proc = Proc(popen, log, argv)
         self.procs.append(proc)
@@ -133,22 +146,33 @@ class E2E:
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "skunkqueue", *args], cwd=self.dir, env=self.env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "skunkqueue", *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def run_python(self, script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, script], cwd=self.dir, env=self.env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, script],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def wait_for_workers(self, count: int, timeout: float = 15.0) -> None:
         from skunkqueue.persistence.base import WORKER_LEASE_PREFIX
 
         backend = self.queue().backend
-        wait_until(lambda: len(backend.leases(WORKER_LEASE_PREFIX, time.time())) >= count, timeout,
-                   what=f"{count} live workers")
+        wait_until(
+            lambda: len(backend.leases(WORKER_LEASE_PREFIX, time.time())) >= count,
+            timeout,
+            what=f"{count} live workers",
+        )
 
     def teardown(self) -> None:
         for proc in self.procs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 
-from .conftest import REPO, E2E
+from .conftest import E2E, REPO
 
 
 def test_seed_demo_prints_result_and_state(e2e: E2E) -> None:
