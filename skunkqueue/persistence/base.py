@@ -213,11 +213,16 @@ class Backend(ABC):
 
     # -- optional fast paths with correct defaults ----------------------------------
 
-    def wait(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` seconds, returning early if the data may have changed.
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+        """Sleep up to ``timeout`` seconds, returning early if there may be work.
 
-        The default just sleeps a short while; backends that can observe changes
-        (SQLite's data_version, a condition variable, a blocking pop) wake sooner.
+        With ``routes`` the caller is a worker waiting for jobs on those routes; without,
+        a scheduler waiting for anything that could move its next due time earlier (a
+        new eta, a freed lease). Waking early spuriously is allowed; waking late is not:
+        the sleep must not overrun ``timeout`` by more than a millisecond or two, since the
+        scheduler sleeps exactly until the next eta. The default polls; backends that can
+        observe changes (SQLite's data_version, a condition variable, a blocking pop)
+        wake sooner.
         """
         time.sleep(max(0.0, min(timeout, 0.005)))
 

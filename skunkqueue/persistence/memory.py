@@ -301,7 +301,7 @@ class MemoryBackend(Backend):
             self._touch()
             return found
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         with self._locked():
             if self._store.version == self._seen_version and timeout > 0:
                 self._store.changed.wait(timeout)

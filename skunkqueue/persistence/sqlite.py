@@ -455,7 +455,7 @@ class SQLiteBackend(Backend):
 
     # -- waiting ------------------------------------------------------------------
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             version = self._version()

@@ -148,7 +148,7 @@ class Worker:
             self.claim_routes, self.id, time.time(), self.config.lease, self._batch_size()
         )
         if not jobs:
-            self.backend.wait(IDLE_WAIT)
+            self.backend.wait(IDLE_WAIT, self.claim_routes)
             return
         with self._lock:
             self._held.update((job.id, job) for job in jobs)
