@@ -83,9 +83,9 @@ class Proc:
 class E2E:
     """One test's world: a directory, a database URL, a queue name and its processes."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, url: str | None = None) -> None:
         self.dir = directory
-        self.url = f"sqlite:///{directory / 'jobs.db'}"
+        self.url = url or f"sqlite:///{directory / 'jobs.db'}"
         self.queue_name = f"q{uuid.uuid4().hex[:8]}"
         self.procs: list[Proc] = []
         self.modules: list[str] = []
@@ -183,9 +183,16 @@ class E2E:
             sys.path.remove(str(self.dir))
 
 
-@pytest.fixture
+# Every scenario runs on each backend that worker processes can share. A server backend's
+# URL comes from its session fixture (tests/conftest.py); each test has its own queue name.
+E2E_BACKENDS = {"sqlite": None}
+
+
+@pytest.fixture(params=sorted(E2E_BACKENDS))
 def e2e(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[E2E]:
-    world = E2E(tmp_path)
+    server_fixture = E2E_BACKENDS[request.param]
+    url = request.getfixturevalue(server_fixture).url if server_fixture else None
+    world = E2E(tmp_path, url)
     yield world
     failed = getattr(request.node, "rep_call", None)
     world.teardown()

@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import E2E, REPO, wait_until
 
 TASKS = """
@@ -77,6 +79,7 @@ def test_broadcast_runs_once_on_each_of_three_workers(e2e: E2E) -> None:
     assert worker.popen.poll() is None
 
 
+@pytest.mark.parametrize("e2e", ["sqlite"], indirect=True)  # the seed uses the SQLite default_cfg
 def test_seed_broadcast_pair_runs_as_written(e2e: E2E) -> None:
     for name in ("broadcast.py", "broadcast_worker.py"):
         shutil.copy(REPO / "examples" / name, e2e.dir / name)
