@@ -358,8 +358,13 @@ class Worker:
             backend.close()
 
     def _beat(self, backend: Any) -> None:
+        # Renew only what this worker knows it holds (claimed, or finished but not yet
+        # written): a claim whose reply was lost to a dropped connection must lapse and be
+        # redelivered, not be kept alive forever by a worker that never saw it.
+        with self._lock:
+            mine = set(self._held) | {o.job_id for o in self._pending}
         now = time.time()
-        held = backend.renew(self.id, now, self.config.lease)
+        held = backend.renew(self.id, now, self.config.lease, sorted(mine)) if mine else set()
         with self._lock:
             lost = set(self._held) - held
         if lost:
