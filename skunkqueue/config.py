@@ -7,6 +7,7 @@ seed's ``default_cfg`` dictionaries can be passed to any of them.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -104,10 +105,12 @@ def redact(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # A password may also sit in the query (redis-py reads ?password=...).
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    if parts.password is None:  # keep the URL as written (urlunsplit drops unix:'s "//")
+        return url if query == parts.query else url.replace(parts.query, query, 1)
+    # The hosts as written: a cluster URL lists several host:port seeds, which
+    # parts.hostname/parts.port cannot parse.
+    hosts = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}", query=query))

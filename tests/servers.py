@@ -24,6 +24,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port for a cluster node: at most 55535, with port + 10000 (its cluster bus) free."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -100,7 +114,7 @@ class RedisCluster:
         self.cli = require_binary("redis-cli")
         self.nodes = [
             RedisServer(
-                directory / f"node{i}", None, "--cluster-enabled", "yes",
+                directory / f"node{i}", free_cluster_port(), "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
             )
             for i in range(masters)

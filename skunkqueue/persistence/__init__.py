@@ -17,6 +17,11 @@ from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
 BACKENDS = {
     "memory": ("skunkqueue.persistence.memory", "MemoryBackend"),
     "sqlite": ("skunkqueue.persistence.sqlite", "SQLiteBackend"),
+    "redis": ("skunkqueue.persistence.redis", "RedisBackend"),
+    "rediss": ("skunkqueue.persistence.redis", "RedisBackend"),
+    "unix": ("skunkqueue.persistence.redis", "RedisBackend"),
+    "redis+cluster": ("skunkqueue.persistence.redis", "RedisBackend"),
+    "rediss+cluster": ("skunkqueue.persistence.redis", "RedisBackend"),
 }
 
 

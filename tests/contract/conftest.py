@@ -26,24 +26,24 @@ class BackendSpec:
     """How to reach one backend from a test.
 
     ``url(tmp_path, unique)`` returns the URL a test opens; ``unique`` is a fresh name per
-    test. Every test also gets its own queue name, so tests never see each other's
-    data even on a shared server.
+    test. A backend whose server the tests start themselves names the session fixture
+    that starts it in ``fixture``; the URL is then that fixture's ``.url``. Every test
+    also gets its own queue name, so tests never see each other's data even on a
+    shared server.
     """
 
     id: str
-    url: Callable[[Path, str], str]
+    url: Callable[[Path, str], str] | None = None
     server: bool = False
+    fixture: str | None = None
 
 
 BACKENDS = [
     BackendSpec("memory", lambda tmp, unique: f"memory://{unique}"),
     BackendSpec("sqlite", lambda tmp, unique: f"sqlite:///{tmp}/jobs.db"),
-    # Server backends, once their modules exist, are one entry each, e.g.:
-    # BackendSpec(
-    #     "redis",
-    #     lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_REDIS", "redis://localhost:6379/15"),
-    #     server=True,
-    # ),
+    BackendSpec("redis", server=True, fixture="redis_server"),
+    BackendSpec("redis+cluster", server=True, fixture="redis_cluster"),
+    # Other server backends, once their modules exist, are one entry each, e.g.:
     # BackendSpec("mongodb", lambda tmp, unique: os.environ.get(
     #     "SKUNKQUEUE_TEST_MONGODB", "mongodb://localhost:27017/skunkqueue_test"), server=True),
     # BackendSpec("fdb", lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_FDB", "fdb://"),
@@ -90,7 +90,12 @@ class Opened:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opened]:
     spec: BackendSpec = request.param
     unique = uuid.uuid4().hex[:12]
-    opened = Opened(spec, spec.url(tmp_path, f"contract-{unique}"), f"q-{unique}", [])
+    if spec.fixture is not None:
+        url = request.getfixturevalue(spec.fixture).url
+    else:
+        assert spec.url is not None, f"{spec.id}: a BackendSpec needs url or fixture"
+        url = spec.url(tmp_path, f"contract-{unique}")
+    opened = Opened(spec, url, f"q-{unique}", [])
     yield opened
     for backend in reversed(opened._opened):
         backend.close()

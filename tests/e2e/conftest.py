@@ -185,7 +185,7 @@ class E2E:
 
 # Every scenario runs on each backend that worker processes can share. A server backend's
 # URL comes from its session fixture (tests/conftest.py); each test has its own queue name.
-E2E_BACKENDS = {"sqlite": None}
+E2E_BACKENDS = {"sqlite": None, "redis": "redis_server", "redis+cluster": "redis_cluster"}
 
 
 @pytest.fixture(params=sorted(E2E_BACKENDS))

@@ -1,0 +1,448 @@
+"""Redis backend: every atomic step is one Lua script, every index a sorted set.
+
+URLs (redis-py parses them; query options such as ``?socket_timeout=5`` are passed on):
+
+* ``redis://[[user]:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock?db=0``
+* ``redis+cluster://[[user]:password@]host:port[,host:port...]`` and ``rediss+cluster://...``:
+  a Redis Cluster, discovered from the first reachable seed (db 0 only).
+* The seed form ``SkunkQueue('demo', **default_cfg)`` means ``redis://localhost:6379/0``.
+
+Key layout. Every key of queue ``demo`` starts with ``sq:{demo}:``; the braces are a hash
+tag, so all of a queue's keys live in one cluster slot and every script runs unchanged
+on Redis Cluster. ``redis_scripts/_common.lua`` documents each key and the job record's
+short field names; in brief: ``j:<id>`` HASH job record (fields equal to the JobRecord
+defaults are not stored), ``scheduled`` ZSET (scheduled and retrying, by eta),
+``ready:<route>`` ZSET (queued, by eta then put order), ``running`` ZSET (by lease end),
+``expiry`` ZSET (records with an expiry), ``held:<owner>`` SET, ``counts`` HASH per
+(state, route), ``seq``, ``wake:<route>`` LIST (one token), ``lease:<name>`` HASH plus
+the ``leases`` ZSET of names, and ``schedules`` HASH (name -> JSON).
+
+Waiting without polling. A script that makes a job ready on a route leaves a token on
+``wake:<route>``; an idle worker blocks in BLPOP on its routes' tokens (in a background
+connection, so its own timeout stays precise to the millisecond), and a claim that
+leaves jobs behind passes the token on to the next idle worker. Anything that moves the
+scheduler's next due time earlier (an earlier eta, a retry, a shortened lease, a
+released scheduler lease) PUBLISHes on ``sq:{demo}:wake:scheduler``, which every
+scheduler, leader and standbys alike, is subscribed to.
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` a job whose
+``fire()`` returned survives a crash of Redis; with ``appendfsync everysec`` up to about
+a second of acknowledged writes (fires, claims, outcomes) can be lost in a crash of the
+Redis host (not of Redis alone: the OS still has the data); without persistence a
+restart loses every job. Lost claims and outcomes show up as redeliveries, never as
+lost jobs, as long as the fire itself is kept.
+
+Outgrowing one Redis: a queue lives in one slot, so one queue is served by one Redis
+node. Spread load by spreading queues: run a Redis Cluster (``redis+cluster://``), and
+the queues' hash tags place them on different masters; ``CLUSTER KEYSLOT 'sq:{name}:'``
+tells where one goes, and resharding moves a queue with its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..config import redact
+from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
+from ..jobs import JobRecord, JobState, Outcome
+from .base import SCHEDULER_LEASE, Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .redis_support import (
+    DEFAULTS,
+    JOB_SCRIPTS,
+    OTHER_SCRIPTS,
+    RouteListener,
+    SchedulerListener,
+    blocking_client,
+    connect,
+    decode_record,
+    encode_record,
+    number,
+    script_text,
+)
+
+default_cfg: dict[str, Any] = {"backend": "redis", "conn_url": "localhost:6379", "dbname": 0}
+
+#: Jobs per put script call (about 4 ms of Redis time). A larger batch is written in
+#: several calls so that Redis serves other clients in between (see ``put``).
+PUT_CHUNK = 500
+#: Records one promote call moves at most per kind (due, lapsed, expired), whatever the
+#: caller's limit: about 1-2 ms of Redis time per kind. ``more`` says when to call again.
+PROMOTE_BATCH = 250
+#: Records read per round trip when list_jobs walks an index.
+PAGE = 200
+KEPT_STATES = (JobState.RETRYING.value, JobState.CANCELLED.value)
+OUTCOME_STATES = ("complete", "error", "retrying", "queued")
+#: States whose records never sit in the expiry index unless given an expiry at put.
+INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
+
+
+class RedisBackend(Backend):
+    """One queue on a Redis server or cluster (see the module docstring for the layout)."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(url, queue)
+        if "{" in queue or "}" in queue:
+            raise ConfigurationError(f"queue name {queue!r} may not contain braces")
+        try:
+            import redis
+        except ImportError as exc:
+            raise ImportError(
+                "the Redis backend needs redis-py: pip install 'skunkqueue[redis]'"
+            ) from exc
+        self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._response_error = redis.exceptions.ResponseError
+        try:
+            self._client = connect(url)
+            self._client.ping()  # the server answers now, or the caller hears it now
+        except ConfigurationError:
+            raise
+        except (
+            redis.exceptions.RedisError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+        ) as exc:
+            raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
+        p = self._prefix = f"sq:{{{queue}}}:"
+        self._job_keys = [p, p + "counts", p + "scheduled", p + "running", p + "expiry", p + "seq"]
+        # register_script sends nothing: EVALSHA first, SCRIPT LOAD on NOSCRIPT (a fresh
+        # or restarted server, SCRIPT FLUSH), then EVALSHA again.
+        self._scripts = {
+            name: self._client.register_script(script_text(name))
+            for name in JOB_SCRIPTS + OTHER_SCRIPTS
+        }
+        self._listeners: dict[tuple[str, ...] | None, RouteListener | SchedulerListener] = {}
+        self._listeners_lock = threading.Lock()
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @contextmanager
+    def _talking(self) -> Iterator[None]:
+        """Report a lost server as BackendUnavailable, naming it (password elided)."""
+        try:
+            yield
+        except self._unreachable as exc:
+            raise BackendUnavailable(f"Redis at {redact(self.url)!r}: {exc}") from exc
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        with self._talking():
+            try:
+                return self._scripts[name](keys=keys, args=args)
+            except self._response_error as exc:
+                if str(exc).startswith("SQ_LEASE_LOST"):
+                    raise LeaseLost(f"{exc} ({self.queue})") from None
+                raise
+
+    def _key(self, kind: str, name: str = "") -> str:
+        return f"{self._prefix}{kind}{name}"
+
+    def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
+        """Records by id, in order, leaving out ids that have no record (deleted)."""
+        if not ids:
+            return []
+        with self._talking():
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self._key("j:", job_id))
+            rows = pipe.execute()
+        return [decode_record(i, row) for i, row in zip(ids, rows, strict=True) if row]
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """One script call per PUT_CHUNK jobs, each atomic. Every job is encoded before
+        anything is sent, so a job that cannot be stored fails the call with nothing
+        written; a batch over PUT_CHUNK jobs that loses its connection midway may be left
+        partly written (sending the same ids again completes it)."""
+        chunks: list[list[str]] = []
+        for start in range(0, len(jobs), PUT_CHUNK):
+            chunk = jobs[start : start + PUT_CHUNK]
+            args = [number(now), str(len(chunk))]
+            for job in chunk:
+                if not isinstance(job.id, str):
+                    raise TypeError(f"job id must be a string, not {type(job.id).__name__}")
+                if job.state in KEPT_STATES:
+                    state = job.state
+                else:
+                    state = JobState.SCHEDULED.value if job.eta > now else JobState.QUEUED.value
+                fields = encode_record(job, state)
+                expires = "" if job.expires_at is None else number(job.expires_at)
+                args += (job.id, state, number(job.eta), job.route, expires, str(len(fields)))
+                args += fields
+            chunks.append(args)
+        answers: list[bool] = []
+        for args in chunks:
+            answers += [bool(a) for a in self._run("put", self._job_keys, args)]
+        return answers
+
+    def get(self, job_id: str, now: float) -> JobRecord | None:
+        with self._talking():
+            fields = self._client.hgetall(self._key("j:", job_id))
+        if not fields:
+            return None
+        record = decode_record(job_id, fields)
+        return None if record.expires_at is not None and record.expires_at <= now else record
+
+    def list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        """Walks the eta-ordered indexes (scheduled, ready) only as far as ``limit``
+        matches; running and finished records are not indexed by eta, so asking for them
+        (or for every state) reads all of them."""
+        if limit <= 0:
+            return []
+        found: dict[str, JobRecord] = {}
+
+        def wanted(r: JobRecord) -> bool:
+            return (
+                (r.expires_at is None or r.expires_at > now)
+                and (state is None or r.state == state)
+                and (route is None or r.route == route)
+            )
+
+        ordered = []
+        if state in (None, JobState.SCHEDULED.value, JobState.RETRYING.value):
+            ordered.append(self._key("scheduled"))
+        if state in (None, JobState.QUEUED.value):
+            routes = [route] if route is not None else self._routes_with(JobState.QUEUED.value)
+            ordered += [self._key("ready:", r) for r in routes]
+        for key in ordered:
+            self._walk(key, limit, wanted, found)
+        unordered = []
+        if state in (None, JobState.RUNNING.value):
+            unordered.append(self._key("running"))
+        if state not in INDEXED_BY_STATE:
+            unordered.append(self._key("expiry"))
+        for key in unordered:
+            with self._talking():
+                ids = self._client.zrange(key, 0, -1)
+            for start in range(0, len(ids), PAGE):
+                for record in self._fetch(ids[start : start + PAGE]):
+                    if wanted(record):
+                        found[record.id] = record
+        return sorted(found.values(), key=lambda r: (r.eta, r.seq))[:limit]
+
+    def _walk(
+        self,
+        key: str,
+        limit: int,
+        wanted: Callable[[JobRecord], bool],
+        found: dict[str, JobRecord],
+    ) -> None:
+        """Add the first ``limit`` wanted records of an index ordered by (eta, seq)."""
+        matched, start = 0, 0
+        while matched < limit:
+            with self._talking():
+                members = self._client.zrange(key, start, start + PAGE - 1)
+            if not members:
+                return
+            start += len(members)
+            for record in self._fetch([m.split("|", 1)[1] for m in members]):
+                if wanted(record) and matched < limit:
+                    found[record.id] = record
+                    matched += 1
+
+    def _routes_with(self, state: str) -> list[str]:
+        """Routes that have records in ``state``: the counts hash is the route registry."""
+        with self._talking():
+            fields = self._client.hkeys(self._key("counts"))
+        return [f.split("|", 1)[1] for f in fields if f.split("|", 1)[0] == state]
+
+    def stats(self, now: float) -> Stats:
+        rows, stale, waiting = self._run("stats", self._job_keys, [number(now)])
+        counts: dict[tuple[str, str], int] = {}
+        for field, n in zip(rows[::2], rows[1::2], strict=True):
+            state, route = field.split("|", 1)
+            counts[(state, route)] = int(n)
+        for field in stale:  # expired, not yet deleted by promote: already invisible
+            state, route = field.split("|", 1)
+            counts[(state, route)] -= 1
+            if not counts[(state, route)]:
+                del counts[(state, route)]
+        return Stats(counts=counts, next_due=float(waiting) if waiting else None)
+
+    def claim(
+        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+    ) -> list[JobRecord]:
+        routes = list(dict.fromkeys(routes))
+        if not routes or limit < 1:
+            return []
+        keys = [
+            *self._job_keys,
+            self._key("held:", owner),
+            *(self._key("ready:", r) for r in routes),
+            *(self._key("wake:", r) for r in routes),
+        ]
+        args = [owner, number(now), number(now + lease), str(limit), str(len(routes)), *routes]
+        return [decode_record(row[0], row[1:]) for row in self._run("claim", keys, args)]
+
+    def renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        if job_ids is not None and not job_ids:
+            return set()
+        args = [owner, number(now + lease), "0" if job_ids is None else "1", *(job_ids or ())]
+        return set(self._run("renew", [*self._job_keys, self._key("held:", owner)], args))
+
+    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        if not outcomes:
+            return []
+        args = [owner, number(now), number(DEFAULTS["result_ttl"]), str(len(outcomes))]
+        for o in outcomes:
+            if o.state not in OUTCOME_STATES:
+                raise ValueError(f"outcome state must be one of {OUTCOME_STATES}, not {o.state!r}")
+            if o.result is not None and not isinstance(o.result, str):
+                raise TypeError(f"a result must be encoded text, not {type(o.result).__name__}")
+            args += (
+                o.job_id,
+                o.state,
+                "" if o.eta is None else number(o.eta),
+                "0" if o.result is None else "1",
+                o.result or "",
+                "0" if o.error is None else "1",
+                "" if o.error is None else json.dumps(o.error),
+            )
+        keys = [*self._job_keys, self._key("held:", owner)]
+        return [bool(a) for a in self._run("finish", keys, args)]
+
+    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        if not job_ids:
+            return []
+        args = [number(now), json.dumps({"reason": reason}), number(DEFAULTS["result_ttl"])]
+        return [bool(a) for a in self._run("cancel", self._job_keys, [*args, *job_ids])]
+
+    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+        keys = [*self._job_keys, self._key("lease:", fence.name)]
+        args = [
+            number(now),
+            fence.owner,
+            str(fence.token),
+            str(max(1, min(limit, PROMOTE_BATCH))),
+            str(DEFAULTS["max_deliveries"]),
+            number(DEFAULTS["result_ttl"]),
+        ]
+        promoted, recovered, failed, expired, more, waiting, running = self._run(
+            "promote", keys, args
+        )
+        pending = [float(t) for t in (waiting, running) if t]
+        return PromoteReport(
+            promoted=promoted,
+            recovered=recovered,
+            failed=failed,
+            expired=expired,
+            next_due=min(pending) if pending else None,
+            more=bool(more),
+        )
+
+    # -- leases -------------------------------------------------------------------
+
+    def acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None:
+        until = now + ttl
+        info = dict(info or {})
+        keys = [self._key("lease:", name), self._key("leases")]
+        token = self._run(
+            "acquire_lease", keys, [name, owner, number(now), number(until), json.dumps(info)]
+        )
+        return None if token is None else Lease(name, owner, token, until, info)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        channel = self._key("wake:scheduler") if name == SCHEDULER_LEASE else ""
+        return bool(self._run("release_lease", [self._key("lease:", name)], [owner, channel]))
+
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        # Byte 0xff never occurs in UTF-8, so it closes the range of names with the prefix.
+        low, high = (
+            ("-", "+") if not prefix else (b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff")
+        )
+        with self._talking():
+            names = self._client.zrangebylex(self._key("leases"), low, high)
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(self._key("lease:", name))
+            rows = pipe.execute() if names else []
+        return [
+            Lease(name, row["o"], int(row["n"]), float(row["u"]), json.loads(row["i"]))
+            for name, row in zip(names, rows, strict=True)
+            if row and row["o"] and float(row["u"]) >= now
+        ]
+
+    # -- schedules ----------------------------------------------------------------
+
+    def save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None:
+        document = json.dumps(
+            {
+                "spec": schedule.spec,
+                "template": schedule.template,
+                "next_fire": schedule.next_fire,
+                "updated_at": schedule.updated_at,
+            }
+        )
+        keys = [self._key("schedules")]
+        if fence is None:
+            args = [schedule.name, document, number(now), "", "", self._key("wake:scheduler")]
+        else:
+            keys.append(self._key("lease:", fence.name))
+            args = [schedule.name, document, number(now), fence.owner, str(fence.token), ""]
+        self._run("save_schedule", keys, args)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        with self._talking():
+            rows = self._client.hgetall(self._key("schedules"))
+        found = []
+        for name in sorted(rows):
+            d = json.loads(rows[name])
+            found.append(
+                ScheduleRecord(name, d["spec"], d["template"], d["next_fire"], d["updated_at"])
+            )
+        return found
+
+    def remove_schedule(self, name: str) -> bool:
+        return bool(self._run("remove_schedule", [self._key("schedules")], [name]))
+
+    # -- waiting ------------------------------------------------------------------
+
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+        """Workers (``routes`` given) wake on their routes' tokens, schedulers on the
+        queue's scheduler channel; either way within ``timeout``, to the millisecond."""
+        if timeout <= 0:
+            return
+        if routes is not None and not routes:
+            time.sleep(timeout)  # nothing can become ready on no route
+            return
+        key = (
+            None if routes is None else tuple(self._key("wake:", r) for r in dict.fromkeys(routes))
+        )
+        with self._listeners_lock:
+            if self._closed:
+                return
+            listener = self._listeners.get(key)
+            # A forked child inherits the listener but not its thread: start its own.
+            if listener is None or listener.pid != os.getpid():
+                listener = self._listeners[key] = self._listen(key)
+        listener.wait(timeout)
+
+    def _listen(self, keys: tuple[str, ...] | None) -> RouteListener | SchedulerListener:
+        def open_client() -> Any:
+            return blocking_client(self.url, self._client, self._prefix)
+
+        if keys is None:
+            return SchedulerListener(open_client, self._key("wake:scheduler"))
+        return RouteListener(open_client, list(keys))
+
+    def close(self) -> None:
+        with self._listeners_lock:
+            self._closed = True
+            listeners, self._listeners = list(self._listeners.values()), {}
+        for listener in listeners:
+            listener.close()
+        self._client.close()

@@ -1,0 +1,122 @@
+-- _common.lua: helpers shared by the job scripts. redis.py prepends this file to put,
+-- claim, renew, finish, cancel, promote and stats, so Redis loads (and caches by SHA)
+-- each of those as one text: this file followed by the script's own.
+--
+-- The fixed keys of a queue, KEYS[1..6] in every job script, all under the queue's
+-- hash tag '{<queue>}' so that every script runs unchanged on Redis Cluster:
+--   KEYS[1] prefix     'sq:{<queue>}:', used only to build the keys below
+--   KEYS[2] counts     HASH  '<state>|<route>' -> number of records (exact, for stats)
+--   KEYS[3] scheduled  ZSET  member(seq, id) -> eta, for states scheduled and retrying
+--   KEYS[4] running    ZSET  id -> lease_until
+--   KEYS[5] expiry     ZSET  id -> expires_at, for every record that has one, and
+--                      +inf for a finished record that never expires
+--   KEYS[6] seq        STRING counter giving each put its seq
+-- Keys built here from the prefix, because a script cannot name them before it runs
+-- (claim and promote discover ids; put, finish, cancel and promote read routes and owners
+-- from records). They carry the prefix's hash tag, so they live in the same slot:
+--   prefix .. 'j:' .. id         HASH  the job record (fields below)
+--   prefix .. 'ready:' .. route  ZSET  member(seq, id) -> eta, for state queued
+--   prefix .. 'wake:' .. route   LIST  at most one token: "a job became ready here"
+--   prefix .. 'held:' .. owner   SET   ids of the running jobs that owner holds
+-- A channel, not a key: PUBLISH prefix .. 'wake:scheduler' when the scheduler's next due
+-- time moves earlier (every scheduler subscribes, so a standby never swallows the
+-- leader's wake-up the way a popped list token would).
+--
+-- Job record fields (redis.py FIELDS; a field that is absent holds the JobRecord default):
+--   e event  r route  p payload  z serializer  s state  t eta  c created_at  q seq
+--   a attempts  d deliveries  m max_deliveries  o owner  l lease_until  b started_at
+--   f finished_at  x expires_at  k result_ttl  tm timeout  rt retry  rs result
+--   er error  sc schedule  pa parent
+-- Times cross as strings: Python's repr() in, '%.17g' out. Lua numbers are doubles, so
+-- tonumber() of such a string is exact and '%.17g' round-trips, while tostring() would
+-- round to 14 digits. Scores handed to ZADD are the strings themselves.
+
+local P, COUNTS, SCHEDULED, RUNNING, EXPIRY, SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+local function job_key(id) return P .. 'j:' .. id end
+local function ready_key(route) return P .. 'ready:' .. route end
+local function held_key(owner) return P .. 'held:' .. owner end
+
+local function fmt(x) return string.format('%.17g', x) end
+local function plus(a, b) return fmt(tonumber(a) + tonumber(b)) end
+
+-- Index member: a digit-count character, the decimal seq, '|', the id. Members of equal
+-- score sort by bytes, which this encoding makes the order of seq (put order) at any
+-- length; no zero padding, so short seqs cost no memory.
+local function member(seq, id) return string.char(48 + #seq) .. seq .. '|' .. id end
+local function member_id(m) return string.sub(m, string.byte(m) - 45) end
+local function member_seq(m) return tonumber(string.sub(m, 2, string.byte(m) - 47)) end
+
+-- Count changes are summed per (state, route) and written once at the end.
+local deltas = {}
+local function count(state, route, n)
+  local field = state .. '|' .. route
+  deltas[field] = (deltas[field] or 0) + n
+end
+local function flush_counts()
+  for field, n in pairs(deltas) do
+    if n ~= 0 and redis.call('HINCRBY', COUNTS, field, n) <= 0 then
+      redis.call('HDEL', COUNTS, field)
+    end
+  end
+end
+
+-- One token per route at most: it means "look", not "one job", and a worker's claim
+-- passes it on while jobs remain.
+local woken = {}
+local function wake_key(key)
+  if redis.call('LLEN', key) == 0 then redis.call('RPUSH', key, '1') end
+end
+local function wake(route)
+  if not woken[route] then
+    woken[route] = true
+    wake_key(P .. 'wake:' .. route)
+  end
+end
+
+-- The scheduler sleeps until the earliest waiting eta or running lease end. A script
+-- calls due_at(t) before it adds time t to scheduled or running (the first call reads
+-- the earliest time so far), and wake_scheduler() at the end, which publishes if some
+-- t is earlier. Removals made before the first due_at only make that time later, so
+-- they can cause a spare wake-up, never a missed one.
+local function head_score(key)
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if head[2] then return tonumber(head[2]) end
+  return math.huge
+end
+local before, soonest = nil, math.huge
+local function due_at(t)
+  if before == nil then before = math.min(head_score(SCHEDULED), head_score(RUNNING)) end
+  if t < soonest then soonest = t end
+end
+local function wake_scheduler()
+  if before ~= nil and soonest < before then
+    redis.call('PUBLISH', P .. 'wake:scheduler', '1')
+  end
+end
+
+-- Take a record out of whichever index its state puts it in, and out of the counts.
+local function unlink(id, state, route, seq, owner)
+  if state == 'scheduled' or state == 'retrying' then
+    redis.call('ZREM', SCHEDULED, member(seq, id))
+  elseif state == 'queued' then
+    redis.call('ZREM', ready_key(route), member(seq, id))
+  elseif state == 'running' then
+    redis.call('ZREM', RUNNING, id)
+    if owner then redis.call('SREM', held_key(owner), id) end
+  end
+  redis.call('ZREM', EXPIRY, id)
+  count(state, route, -1)
+end
+
+-- Where a stored record waits, given its state.
+local function index(id, state, route, seq, eta)
+  if state == 'scheduled' or state == 'retrying' then
+    due_at(tonumber(eta))
+    redis.call('ZADD', SCHEDULED, eta, member(seq, id))
+  elseif state == 'queued' then
+    redis.call('ZADD', ready_key(route), eta, member(seq, id))
+    wake(route)
+  end
+  count(state, route, 1)
+end

@@ -1,0 +1,22 @@
+-- acquire_lease.lua: take or renew a named lease (Backend.acquire_lease).
+-- KEYS[1]  lease:<name>  HASH  o owner ('' once released), n token, u until, i info JSON
+-- KEYS[2]  leases        ZSET  every lease name, score 0 (prefix listing by ZRANGEBYLEX)
+-- ARGV[1] name  [2] owner  [3] now  [4] until (now + ttl, added by Python)  [5] info JSON
+-- Touches  lease:<name>, leases.
+-- Returns  the token, or nil when another owner holds the lease at now (held through
+--          until inclusive, as the fence check in promote and save_schedule).
+-- The token grows by one whenever the holder changes and stays on renewal.
+
+local owner, now = ARGV[2], tonumber(ARGV[3])
+local current = redis.call('HMGET', KEYS[1], 'o', 'n', 'u')
+local held = current[1] and current[1] ~= '' and tonumber(current[3]) >= now
+if held and current[1] ~= owner then return false end
+local token
+if held then
+  token = current[2]
+else
+  token = string.format('%d', tonumber(current[2] or '0') + 1)
+end
+redis.call('HSET', KEYS[1], 'o', owner, 'n', token, 'u', ARGV[4], 'i', ARGV[5])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return tonumber(token)

@@ -1,0 +1,354 @@
+"""Helpers of the Redis backend: connecting from a URL, the compact record codec, the Lua
+scripts, and the background connections that turn blocking pops and pub/sub messages
+into precise wake-ups. Nothing here imports redis at module level, so the package (and
+``skunkqueue.persistence.redis.default_cfg``) imports without the driver installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import operator
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import redact
+from ..errors import ConfigurationError
+from ..jobs import JobRecord
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.cluster import RedisCluster
+
+log = logging.getLogger("skunkqueue.redis")
+
+#: Seconds a background BLPOP or pub/sub read blocks server-side before looping. Callers
+#: never wait on it: they wait on a threading.Event with their own, precise timeout.
+BLOCK_SECONDS = 1
+#: Default socket timeouts (seconds); URL query options (?socket_timeout=...) override them.
+CONNECT_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 10.0
+
+# -- the record codec ---------------------------------------------------------------
+# Short field names keep a scheduled job's hash small (MEMORY USAGE is part of the
+# benchmark); a field equal to its JobRecord default is not stored at all. The same
+# table is spelled out in redis_scripts/_common.lua, which the scripts follow.
+
+FIELDS: dict[str, tuple[str, str]] = {  # JobRecord field -> (hash field, kind)
+    "event": ("e", "str"),
+    "route": ("r", "str"),
+    "payload": ("p", "str"),
+    "serializer": ("z", "str"),
+    "state": ("s", "str"),
+    "eta": ("t", "float"),
+    "created_at": ("c", "float"),
+    "seq": ("q", "int"),
+    "attempts": ("a", "int"),
+    "deliveries": ("d", "int"),
+    "max_deliveries": ("m", "int"),
+    "owner": ("o", "str"),
+    "lease_until": ("l", "float"),
+    "started_at": ("b", "float"),
+    "finished_at": ("f", "float"),
+    "expires_at": ("x", "float"),
+    "result_ttl": ("k", "float"),
+    "timeout": ("tm", "float"),
+    "retry": ("rt", "json"),
+    "result": ("rs", "str"),
+    "error": ("er", "json"),
+    "schedule": ("sc", "str"),
+    "parent": ("pa", "str"),
+}
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(JobRecord) if f.default is not dataclasses.MISSING
+}
+ALWAYS_STORED = ("event", "route", "payload", "state", "eta")  # the scripts read these
+DECODE: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "float": float,
+    "int": int,
+    "json": json.loads,
+}
+BY_CODE = {code: (name, DECODE[kind]) for name, (code, kind) in FIELDS.items()}
+
+
+def number(value: float) -> str:
+    """A float as text that parses back to the same double (in Python, Lua and Redis)."""
+    return repr(float(value))
+
+
+def _encode_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"job field {name} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _encode_float(name: str, value: Any) -> str:
+    text = repr(float(value))
+    if text == "nan":
+        raise ValueError(f"job field {name} is NaN")
+    return text
+
+
+def _encode_int(name: str, value: Any) -> str:
+    return str(operator.index(value))
+
+
+def _encode_json(name: str, value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+_ENCODERS = {"str": _encode_str, "float": _encode_float, "int": _encode_int, "json": _encode_json}
+# (field, hash field, encoder, default, always stored), state and seq left out: put
+# writes the state it chose and the script assigns seq.
+_PLAN = [
+    (name, code, _ENCODERS[kind], DEFAULTS.get(name), name in ALWAYS_STORED)
+    for name, (code, kind) in FIELDS.items()
+    if name not in ("state", "seq")
+]
+
+
+def encode_record(job: JobRecord, state: str) -> list[str]:
+    """The hash fields of ``job`` stored in ``state``, as flat field/value strings (no seq)."""
+    out = ["s", state]
+    values = vars(job)
+    for name, code, encode, default, always in _PLAN:
+        value = values[name]
+        if value is None or (not always and value == default):
+            continue
+        out.append(code)
+        out.append(encode(name, value))
+    return out
+
+
+def decode_record(job_id: str, fields: Sequence[str] | dict[str, str]) -> JobRecord:
+    """A record from HGETALL output (a dict, or the flat list a script returns)."""
+    if not isinstance(fields, dict):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    data: dict[str, Any] = {"id": job_id}
+    for code, text in fields.items():
+        name, decode = BY_CODE[code]
+        data[name] = decode(text)
+    return JobRecord(**data)
+
+
+# -- scripts ------------------------------------------------------------------------
+
+#: Scripts that run on a queue's job indexes get _common.lua prepended.
+JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "promote", "stats")
+OTHER_SCRIPTS = ("acquire_lease", "release_lease", "save_schedule", "remove_schedule")
+
+
+def script_text(name: str) -> str:
+    folder = resources.files(__package__).joinpath("redis_scripts")
+    text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in JOB_SCRIPTS:
+        text = folder.joinpath("_common.lua").read_text(encoding="utf-8") + "\n" + text
+    return text
+
+
+# -- connecting ---------------------------------------------------------------------
+
+
+def connect(url: str) -> Redis | RedisCluster:
+    """A client for ``url``: redis://, rediss://, unix://, or redis+cluster:// and
+    rediss+cluster:// (a Redis Cluster reached through the listed host:port seeds)."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    scheme = urlsplit(url).scheme
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+    }
+    if not scheme.endswith("+cluster"):
+        return redis.Redis.from_url(url, **options)
+    parts = urlsplit(url)
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigurationError(f"Redis Cluster URL {redact(url)!r}: a cluster has only db 0")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds = [urlsplit(f"//{host}") for host in hosts.split(",") if host]
+    if not seeds or not seeds[0].hostname:
+        raise ConfigurationError(f"Redis Cluster URL {redact(url)!r} names no host:port")
+    first = urlunsplit(
+        parts._replace(
+            scheme=scheme.removesuffix("+cluster"),
+            netloc=(userinfo + "@" if userinfo else "") + seeds[0].netloc,
+            path="",
+        )
+    )
+    others = [ClusterNode(s.hostname, s.port or 6379) for s in seeds[1:] if s.hostname]
+    return RedisCluster.from_url(first, startup_nodes=others or None, **options)
+
+
+def blocking_client(url: str, client: Redis | RedisCluster, key: str) -> Redis:
+    """A new one-connection client to the server holding ``key``, for blocking reads.
+
+    Opened from the URL (for a cluster: the URL's credentials and options, the address
+    of the node that serves ``key``), sharing nothing with the command client. It never
+    retries on its own: close() interrupts a blocked read by shutting its socket, and the
+    reader must see that as an error instead of reconnecting.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        netloc = (userinfo + "@" if userinfo else "") + f"{host}:{node.port}"
+        scheme = parts.scheme.removesuffix("+cluster")
+        url = urlunsplit((scheme, netloc, "", parts.query, ""))
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=BLOCK_SECONDS + SOCKET_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+# -- wake-ups -----------------------------------------------------------------------
+
+
+class _Listener:
+    """A daemon thread with its own connection that sets ``woken`` when there may be work.
+
+    Callers wait on the Event with their own timeout, so they wake on time to the
+    millisecond even though Redis times out blocking commands only every ~100 ms.
+    """
+
+    def __init__(self, open_client: Callable[[], Redis], name: str) -> None:
+        self._open_client = open_client
+        self._client: Redis | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.woken = threading.Event()
+        self.pid = os.getpid()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                if self._client is None:
+                    self._client = self._open_client()
+                self._step(self._client)
+                failures = 0
+            except Exception as exc:
+                if self._closed:
+                    return
+                failures += 1
+                log.debug("wake-up listener %s: %r; reconnecting", self._thread.name, exc)
+                self._drop()
+                self.woken.set()  # the caller looks now and meets the error itself
+                with self._cond:
+                    self._cond.wait(min(1.0, 0.05 * 2**failures))
+
+    def _step(self, client: Redis) -> None:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.connection_pool.disconnect(inuse_connections=True)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._drop()  # shuts the socket: a blocked read returns at once
+        self._thread.join(timeout=2.0)
+
+
+class RouteListener(_Listener):
+    """BLPOP on the wake lists of some routes, but only while a ``wait`` is in progress.
+
+    A token popped after the waiting worker gave up (it is busy running jobs now) is
+    pushed back, so another idle worker wakes for it.
+    """
+
+    def __init__(self, open_client: Callable[[], Redis], keys: list[str]) -> None:
+        self.keys = keys
+        self._waiting = 0
+        super().__init__(open_client, f"skunkqueue-wait-{','.join(keys)}")
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            self._waiting += 1
+            self._cond.notify_all()
+        try:
+            self.woken.wait(timeout)
+        finally:
+            with self._cond:
+                self._waiting -= 1
+                if not self._waiting:
+                    self.woken.clear()  # the claim that follows sees what woke us
+
+    def _step(self, client: Redis) -> None:
+        with self._cond:
+            while not self._waiting and not self._closed:
+                self._cond.wait()
+        if self._closed:
+            return
+        popped = client.blpop(self.keys, timeout=BLOCK_SECONDS)
+        if popped is None:
+            return
+        with self._cond:
+            if self._waiting:
+                self.woken.set()
+                return
+        pipe = client.pipeline(transaction=True)
+        pipe.lpush(popped[0], "1").ltrim(popped[0], 0, 0)
+        pipe.execute()
+
+
+class SchedulerListener(_Listener):
+    """Subscribed to the queue's scheduler channel from the first ``wait`` on."""
+
+    def __init__(self, open_client: Callable[[], Redis], channel: str) -> None:
+        self.channel = channel
+        self.subscribed = threading.Event()
+        self._pubsub: Any = None
+        super().__init__(open_client, f"skunkqueue-wait-{channel}")
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if not self.subscribed.wait(timeout):
+            return  # not (re)connected in time
+        self.woken.wait(max(0.0, deadline - time.monotonic()))
+        self.woken.clear()  # the step that follows sees what woke us
+
+    def _step(self, client: Redis) -> None:
+        if self._pubsub is None:
+            self._pubsub = client.pubsub()
+            self._pubsub.subscribe(self.channel)
+        message = self._pubsub.get_message(timeout=BLOCK_SECONDS)
+        if message is None:
+            return
+        if message["type"] == "subscribe":
+            self.subscribed.set()
+        # On (re)subscribing too: changes made before it were not heard, so the caller
+        # must look at the data once.
+        self.woken.set()
+
+    def _drop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.reset()  # shuts its connection; a blocked read returns at once
+            except Exception:  # noqa: S110 - a connection already broken needs no closing
+                pass
+        self.subscribed.clear()
+        super()._drop()

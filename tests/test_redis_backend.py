@@ -1,0 +1,276 @@
+"""What the Redis backend promises beyond the contract suite: wake-ups without polling,
+precise waits, compact storage, exact counts, reloaded scripts, and errors that name the
+server. Runs against the session's real redis-server (and cluster, where it matters).
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from skunkqueue.errors import BackendUnavailable
+from skunkqueue.jobs import JobRecord, Outcome
+from skunkqueue.persistence import Backend, open_backend
+from skunkqueue.persistence.records import lost_deliveries_error
+from skunkqueue.serialization import encode_call
+
+from .contract.support import T0, job, lead
+from .servers import RedisServer, free_port
+
+redis = pytest.importorskip("redis")
+
+DEADLINE = 5.0  # seconds a wait may block in these tests; a wake-up must come far sooner
+PROMPT = 1.0  # seconds within which a wake-up counts as prompt (generous for a busy CI box)
+
+
+@pytest.fixture(params=["redis_server", "redis_cluster"], ids=["redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue(request.param).url
+
+
+@pytest.fixture
+def opened(url: str) -> Iterator[Callable[[], Backend]]:
+    """Open more backends on one fresh queue; all are closed at the end."""
+    queue, backends = f"rt-{uuid.uuid4().hex[:10]}", []
+
+    def open_one() -> Backend:
+        backends.append(open_backend(url, queue))
+        return backends[-1]
+
+    yield open_one
+    for backend in backends:
+        backend.close()
+
+
+def timed_in_thread(fn: Callable[[], object]) -> Callable[[], float]:
+    """Start ``fn`` in a thread; the returned function joins it and gives the instant it ended."""
+    ended: list[float] = []
+    thread = threading.Thread(target=lambda: (fn(), ended.append(time.monotonic())))
+    thread.start()
+
+    def join() -> float:
+        thread.join(DEADLINE * 2)
+        assert ended, "the waiting thread never returned"
+        return ended[0]
+
+    return join
+
+
+# -- wake-ups ---------------------------------------------------------------------
+
+
+def test_idle_worker_wakes_when_a_job_is_put(opened):
+    worker, producer = opened(), opened()
+    join = timed_in_thread(lambda: worker.wait(DEADLINE, ["r"]))
+    put_at = time.monotonic()
+    producer.put([job("a", route="r")], time.time())
+    assert join() - put_at < PROMPT
+    assert [j.id for j in worker.claim(["r"], "w", time.time(), 30)] == ["a"]
+
+
+def test_a_full_claim_passes_the_wake_up_on_to_the_next_idle_worker(opened):
+    """One token for two jobs: the first worker's claim leaves one, so it wakes the second."""
+    producer, workers = opened(), [opened(), opened()]
+    claimed: dict[str, list[str]] = {}
+
+    def serve(index: int) -> None:
+        workers[index].wait(DEADLINE, ["r"])
+        taken = workers[index].claim(["r"], f"w{index}", time.time(), 30, limit=1)
+        claimed[f"w{index}"] = [j.id for j in taken]
+
+    joins = [timed_in_thread(lambda i=i: serve(i)) for i in range(2)]
+    put_at = time.monotonic()
+    producer.put([job("a", route="r"), job("b", route="r")], time.time())
+    assert max(join() for join in joins) - put_at < PROMPT
+    assert sorted(sum(claimed.values(), [])) == ["a", "b"]
+
+
+def test_a_wake_up_taken_by_a_worker_that_stopped_waiting_is_passed_on(opened):
+    """A worker whose wait timed out is busy; its background pop must not swallow the token."""
+    busy, idle, producer = opened(), opened(), opened()
+    busy.wait(0.05, ["r"])  # returns; its blocking pop stays queued first on the server
+    join = timed_in_thread(lambda: idle.wait(DEADLINE, ["r"]))
+    put_at = time.monotonic()
+    producer.put([job("a", route="r")], time.time())
+    assert join() - put_at < PROMPT
+
+
+def test_every_scheduler_wakes_when_an_earlier_eta_is_put(opened):
+    """Leader and standby alike: a standby must not swallow the leader's wake-up."""
+    schedulers, producer = [opened(), opened()], opened()
+    for scheduler in schedulers:  # the first wait returns once subscribed
+        started = time.monotonic()
+        scheduler.wait(DEADLINE)
+        assert time.monotonic() - started < DEADLINE
+    joins = [timed_in_thread(lambda s=s: s.wait(DEADLINE)) for s in schedulers]
+    put_at = time.monotonic()
+    producer.put([job("soon", eta=time.time() + 60)], time.time())
+    assert [join() - put_at < PROMPT for join in joins] == [True, True]
+
+
+def test_release_of_the_scheduler_lease_wakes_a_standby(opened):
+    leader, standby = opened(), opened()
+    fence = lead(leader, time.time(), owner="leader")
+    standby.wait(DEADLINE)  # subscribe
+    join = timed_in_thread(lambda: standby.wait(DEADLINE))
+    released_at = time.monotonic()
+    assert leader.release_lease(fence.name, "leader")
+    assert join() - released_at < PROMPT
+
+
+@pytest.mark.parametrize("routes", [None, ["r"]], ids=["scheduler", "worker"])
+def test_wait_does_not_overrun_its_timeout(opened, routes):
+    """Redis times out blocking commands only every ~100 ms; wait() must do far better."""
+    backend = opened()
+    if routes is None:
+        backend.wait(DEADLINE)  # a scheduler's first wait returns once subscribed
+    overruns = []
+    for _ in range(10):
+        started = time.monotonic()
+        backend.wait(0.03, routes)
+        overruns.append(time.monotonic() - started - 0.03)
+    assert max(overruns) < 0.03, overruns
+    assert statistics.median(overruns) < 0.005, overruns
+
+
+# -- storage ----------------------------------------------------------------------
+
+
+def test_lost_deliveries_error_is_the_shared_record_rule(opened):
+    backend = opened()
+    backend.put([job("doomed", max_deliveries=2)], T0)
+    fence = lead(backend, T0, ttl=1000)
+    for n in (1, 2):
+        backend.claim(["default"], f"w{n}", T0 + 20 * n, lease=10)
+        backend.promote(T0 + 20 * n + 11, fence)
+    assert backend.get("doomed", T0 + 60).error == lost_deliveries_error(2, 2)
+
+
+def test_counts_stay_exact_and_deleted_records_leave_no_keys(redis_server):
+    queue = f"rt-{uuid.uuid4().hex[:10]}"
+    backend = open_backend(redis_server.url, queue)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        backend.put(
+            [job(f"j{i}", route=f"r{i % 2}", result_ttl=10) for i in range(6)]
+            + [job("later", eta=T0 + 5, result_ttl=10)],
+            T0,
+        )
+        backend.cancel(["j0"], T0, "no")
+        taken = backend.claim(["r0", "r1"], "w", T0, lease=30, limit=3)
+        backend.finish([Outcome(j.id, "complete") for j in taken], "w", T0)
+        fence = lead(backend, T0, ttl=1000)
+        backend.promote(T0 + 5, fence)  # "later" becomes queued
+        assert backend.stats(T0 + 5).counts == {
+            ("cancelled", "r0"): 1,
+            ("complete", "r0"): 1,
+            ("complete", "r1"): 2,
+            ("queued", "r0"): 1,
+            ("queued", "r1"): 1,
+            ("queued", "default"): 1,
+        }
+        assert backend.promote(T0 + 10, fence).expired == 4
+        stored = client.hgetall(f"sq:{{{queue}}}:counts")
+        assert stored == {"queued|r0": "1", "queued|r1": "1", "queued|default": "1"}
+        backend.cancel(["j4", "j5", "later"], T0 + 10, "bye")
+        assert backend.promote(T0 + 20, fence).expired == 3
+        assert client.hgetall(f"sq:{{{queue}}}:counts") == {}
+        assert list(client.scan_iter(f"sq:{{{queue}}}:j:*")) == []
+        for index in ("scheduled", "running", "expiry", "ready:r0", "ready:r1"):
+            assert client.exists(f"sq:{{{queue}}}:{index}") == 0, index
+    finally:
+        backend.close()
+        client.close()
+
+
+def test_a_scheduled_job_takes_at_most_400_bytes(redis_server):
+    """MEMORY USAGE summed over every key of the queue, per scheduled job (two int args)."""
+    queue, n = f"mem-{uuid.uuid4().hex[:6]}", 2000
+    backend = open_backend(redis_server.url, queue)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        now = time.time()
+        payload = encode_call("json", (1, 2), None, "tasks.add")
+        jobs = [
+            JobRecord(
+                id=uuid.uuid4().hex,
+                event="tasks.add",
+                route="default",
+                payload=payload,
+                eta=now + 3600 + i,
+                created_at=now,
+            )
+            for i in range(n)
+        ]
+        assert all(backend.put(jobs, now))
+        keys = list(client.scan_iter(f"sq:{{{queue}}}:*", count=1000))
+        total = sum(client.memory_usage(key, samples=0) for key in keys)
+        assert total / n <= 400, f"{total / n:.0f} bytes per scheduled job"
+    finally:
+        backend.close()
+        client.close()
+
+
+def test_scripts_are_loaded_again_after_script_flush(redis_server):
+    backend = open_backend(redis_server.url, f"rt-{uuid.uuid4().hex[:10]}")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert backend.put([job("a")], T0) == [True]
+        client.script_flush()
+        assert backend.put([job("b")], T0) == [True]
+        assert [j.id for j in backend.claim(["default"], "w", T0, 30, limit=2)] == ["a", "b"]
+    finally:
+        backend.close()
+        client.close()
+
+
+def test_the_backend_carries_on_after_a_redis_restart(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        backend = open_backend(server.url, "restart")
+        assert backend.put([job("before")], T0) == [True]
+        server.restart()  # no persistence here: data and loaded scripts are gone
+        assert backend.put([job("after")], T0) == [True]
+        assert [j.id for j in backend.claim(["default"], "w", T0, 30, limit=5)] == ["after"]
+        backend.close()
+    finally:
+        server.stop()
+
+
+# -- opening ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_unreachable_server_is_named_without_its_password(scheme):
+    port = free_port()  # nothing listens there
+    with pytest.raises(BackendUnavailable) as raised:
+        open_backend(f"{scheme}://user:s3cret@127.0.0.1:{port}/0", "q")
+    assert f"127.0.0.1:{port}" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_imports_without_redis_installed():
+    """The seed's ``default_cfg`` import works without the driver; opening says what to install."""
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from skunkqueue.config import seed_url\n"
+        "from skunkqueue.persistence.redis import default_cfg\n"
+        "print(seed_url(**default_cfg))\n"
+        "from skunkqueue.persistence import open_backend\n"
+        "try:\n"
+        "    open_backend('redis://localhost:6379/0', 'q')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out[0] == "redis://localhost:6379/0"
+    assert "pip install 'skunkqueue[redis]'" in out[1]
