@@ -87,7 +87,9 @@ class RedisServer:
         while not _ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 log = self.log.read_text() if self.log.exists() else ""
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log[-2000:]}")
+                raise RuntimeError(
+                    f"redis-server on port {self.port} did not start:\n{log[-2000:]}"
+                )
             time.sleep(0.02)
         return self
 
@@ -136,12 +138,16 @@ class RedisCluster:
         for node in self.nodes:
             while True:
                 info = subprocess.run(
-                    [self.cli, "-p", str(node.port), "cluster", "info"], capture_output=True, text=True
+                    [self.cli, "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
                 ).stdout
                 if "cluster_state:ok" in info:
                     break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster node {node.port} never reached cluster_state:ok:\n{info}")
+                    raise RuntimeError(
+                        f"cluster node {node.port} never reached cluster_state:ok:\n{info}"
+                    )
                 time.sleep(0.05)
         return self
 

@@ -115,6 +115,16 @@ def test_every_scheduler_wakes_when_an_earlier_eta_is_put(opened):
     assert [join() - put_at < PROMPT for join in joins] == [True, True]
 
 
+def test_a_change_made_while_no_scheduler_waited_wakes_the_next_wait(opened):
+    """Between two waits the scheduler is busy; what happens then must not be slept through."""
+    scheduler, producer = opened(), opened()
+    scheduler.wait(DEADLINE)  # subscribe
+    producer.put([job("soon", eta=time.time() + 60)], time.time())
+    started = time.monotonic()
+    scheduler.wait(DEADLINE)
+    assert time.monotonic() - started < PROMPT
+
+
 def test_release_of_the_scheduler_lease_wakes_a_standby(opened):
     leader, standby = opened(), opened()
     fence = lead(leader, time.time(), owner="leader")
@@ -218,9 +228,12 @@ def test_a_scheduled_job_takes_at_most_400_bytes(redis_server):
         client.close()
 
 
-def test_scripts_are_loaded_again_after_script_flush(redis_server):
-    backend = open_backend(redis_server.url, f"rt-{uuid.uuid4().hex[:10]}")
-    client = redis.Redis.from_url(redis_server.url)
+def test_scripts_are_loaded_again_after_script_flush(url):
+    backend = open_backend(url, f"rt-{uuid.uuid4().hex[:10]}")
+    if url.startswith("redis+cluster://"):
+        client = redis.cluster.RedisCluster.from_url(url.replace("redis+cluster", "redis", 1))
+    else:
+        client = redis.Redis.from_url(url)
     try:
         assert backend.put([job("a")], T0) == [True]
         client.script_flush()

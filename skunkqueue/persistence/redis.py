@@ -78,7 +78,7 @@ PROMOTE_BATCH = 250
 PAGE = 200
 KEPT_STATES = (JobState.RETRYING.value, JobState.CANCELLED.value)
 OUTCOME_STATES = ("complete", "error", "retrying", "queued")
-#: States whose records never sit in the expiry index unless given an expiry at put.
+#: States with an index of their own; list_jobs reads the expiry index for the others.
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
 
 
@@ -98,15 +98,17 @@ class RedisBackend(Backend):
         self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._response_error = redis.exceptions.ResponseError
         try:
-            self._client = connect(url)
-            self._client.ping()  # the server answers now, or the caller hears it now
+            self._client = connect(url)  # a cluster client asks for the slot map here
         except ConfigurationError:
             raise
-        except (
-            redis.exceptions.RedisError,
-            redis.exceptions.RedisClusterException,
-            OSError,
-        ) as exc:
+        except ValueError as exc:  # redis-py's word for a malformed URL
+            raise ConfigurationError(f"Redis URL {redact(url)!r}: {exc}") from None
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
+        try:
+            self._client.ping()  # the server answers now, or the caller hears it now
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self._client.close()
             raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
         p = self._prefix = f"sq:{{{queue}}}:"
         self._job_keys = [p, p + "counts", p + "scheduled", p + "running", p + "expiry", p + "seq"]

@@ -168,9 +168,12 @@ def connect(url: str) -> Redis | RedisCluster:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": SOCKET_TIMEOUT,
     }
-    if not scheme.endswith("+cluster"):
-        return redis.Redis.from_url(url, **options)
     parts = urlsplit(url)
+    if not scheme.endswith("+cluster"):
+        db = parts.path.strip("/") if scheme != "unix" else "0"
+        if db and not db.isdigit():  # redis-py would quietly use db 0
+            raise ConfigurationError(f"Redis URL {redact(url)!r}: {db!r} is not a db number")
+        return redis.Redis.from_url(url, **options)
     if parts.path not in ("", "/", "/0"):
         raise ConfigurationError(f"Redis Cluster URL {redact(url)!r}: a cluster has only db 0")
     userinfo, _, hosts = parts.netloc.rpartition("@")

@@ -59,7 +59,9 @@ def test_restart_under_load_loses_nothing(e2e: E2E, tmp_path: Path, how: int) ->
         e2e.env["SKUNKQUEUE_URL"] = server.url
         e2e.write_module("restart_tasks", TASKS)
         tasks = e2e.import_module("restart_tasks")
-        e2e.worker("foo", "foo", extra=("--import", "restart_tasks", "--with-scheduler", "--lease", "2"))
+        e2e.worker(
+            "foo", "foo", extra=("--import", "restart_tasks", "--with-scheduler", "--lease", "2")
+        )
         e2e.wait_for_workers(2)
 
         deadline = time.monotonic() + 60
@@ -85,7 +87,8 @@ def test_restart_under_load_loses_nothing(e2e: E2E, tmp_path: Path, how: int) ->
         queue = tasks.queue
         wait_until(
             lambda: all(
-                (h := queue.get(f"job-{n}")) is not None and h.state == "complete" for n in range(JOBS)
+                (h := queue.get(f"job-{n}")) is not None and h.state == "complete"
+                for n in range(JOBS)
             ),
             timeout=60,
             interval=0.2,
