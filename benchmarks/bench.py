@@ -5,6 +5,7 @@
     python benchmarks/bench.py --url sqlite:////tmp/bench.db  # a backend URL of your choice
     python benchmarks/bench.py --quick                        # tiny N: a smoke run
     python benchmarks/bench.py --json out.json                # also save the raw numbers
+    python benchmarks/bench.py --redis                        # an own redis-server, Redis figures
 
 Everything goes through the public API (``SkunkQueue``, ``Event.fire``/``fire_many``/
 ``fire_at``, handles, ``queue.backend.stats``) and real ``skunq work`` processes, exactly
@@ -22,6 +23,7 @@ import platform
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import bench_redis  # benchmarks/bench_redis.py, next to this script
 
 import skunkqueue
 from skunkqueue import SkunkQueue
@@ -85,12 +89,23 @@ class Sizes:
     delayed: int
     delayed_spread: float
     ticks: int
+    scheduled: int = 50000  # Redis: jobs for bytes per scheduled job and promotion
+    pings: int = 5000  # Redis: round trips timed for the fire() ceiling
 
 
 FULL = Sizes(
     fire_single=3000, fire_many=20000, drain=50000, delayed=300, delayed_spread=3.0, ticks=10
 )
-QUICK = Sizes(fire_single=200, fire_many=1000, drain=1000, delayed=30, delayed_spread=1.0, ticks=2)
+QUICK = Sizes(
+    fire_single=200,
+    fire_many=1000,
+    drain=1000,
+    delayed=30,
+    delayed_spread=1.0,
+    ticks=2,
+    scheduled=2000,
+    pings=500,
+)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -313,6 +328,9 @@ class Bench:
         try:
             wait_for(lambda: complete_count(queue) >= n, 300, f"{n} jobs to complete", pool)
             done = time.time()
+            # Worker processes' memory once they have run their share of the jobs.
+            pss = [bench_redis.pss_mib(pid) for pid in bench_redis.children(pool.popen.pid)]
+            supervisor_pss = bench_redis.pss_mib(pool.popen.pid)
         finally:
             pool.stop()
         records = queue.backend.list_jobs(time.time(), state="complete", limit=n + 1)
@@ -336,6 +354,9 @@ class Bench:
             "per_s_from_first_start": round(n / in_flight),
             "startup_s": round(first_start - pool.started, 3),
             "redelivered": redelivered,
+            "worker_pss_mib": [p["pss_mib"] for p in pss if p],
+            "worker_rss_mib": [p["rss_mib"] for p in pss if p],
+            "supervisor_pss_mib": supervisor_pss["pss_mib"] if supervisor_pss else None,
         }
 
     # 3. delayed jobs -------------------------------------------------------------------
@@ -426,8 +447,51 @@ class Bench:
 
 # -- report ----------------------------------------------------------------------------
 
-DRAIN_TARGET = 2500
-DELAYED_P99_TARGET_MS = 50.0
+#: Targets per backend (issue 1 for SQLite, issue 3 for Redis); a figure without an entry
+#: is reported without a verdict.
+TARGETS: dict[str, dict[str, float]] = {
+    "sqlite": {"drain": 2500, "delayed_p99_ms": 50.0},
+    "redis": {
+        "fire": 10000,
+        "fire_many": 50000,
+        "drain": 8000,
+        "delayed_p50_ms": 2.0,
+        "delayed_p99_ms": 10.0,
+        "delayed_max_ms": 25.0,
+        "promotion": 50000,
+        "bytes_per_job": 400,
+        "worker_pss_mib": 50,
+    },
+}
+#: Counts where the worst run is reported, not the median.
+WORST_OF_RUNS = ("early", "redelivered", "missing_ticks")
+
+
+def median_merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dict from several runs of a phase: the median of each number (with the
+    per-run values beside it as ``<key>_runs``), the worst of WORST_OF_RUNS, nested dicts
+    merged the same way, lists concatenated."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [run[key] for run in runs]
+        if isinstance(first, bool):
+            merged[key] = all(values)
+        elif isinstance(first, (int, float)) and all(isinstance(v, (int, float)) for v in values):
+            if key in WORST_OF_RUNS:
+                merged[key] = max(values)
+            else:
+                middle = statistics.median(values)
+                merged[key] = round(middle) if isinstance(first, int) else round(middle, 3)
+                merged[f"{key}_runs"] = values
+        elif isinstance(first, dict):
+            merged[key] = median_merge(values)
+        elif isinstance(first, list):
+            merged[key] = [item for v in values for item in v]
+        else:
+            merged[key] = first
+    return merged
 
 
 def verdict(ok: bool, quick: bool) -> str:
@@ -436,60 +500,136 @@ def verdict(ok: bool, quick: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def rate(d: dict[str, Any], key: str) -> str:
+    """``12,345 jobs/s``, with the per-run range when there were several runs."""
+    text = f"{d[key]:,} jobs/s"
+    runs = d.get(f"{key}_runs")
+    if runs:
+        text += f" ({min(runs):,}-{max(runs):,})"
+    return text
+
+
 def report(results: dict[str, Any]) -> str:
     m = results["machine"]
+    quick = results["quick"]
+    targets = TARGETS.get(results["backend"], {})
+    runs = results.get("runs", 1)
+    server = results.get("redis_server")
     lines = [
-        f"SkunkQueue {m['skunkqueue']} benchmark, {m['date']}{'  (QUICK MODE: tiny N, not comparable)' if results['quick'] else ''}",
-        f"backend: {results['url']}",
+        f"SkunkQueue {m['skunkqueue']} benchmark, {m['date']}{'  (QUICK MODE: tiny N, not comparable)' if quick else ''}",
+        f"backend: {results['url']}"
+        + (f" ({runs} runs per phase, medians; per-run range in brackets)" if runs > 1 else ""),
         f"machine: nproc={m['nproc']}, {m['cpu']}, {m['os']}, Python {m['python']}, SQLite {m['sqlite']}",
+    ]
+    if server:
+        lines.append(
+            f"redis: server {server.get('valkey_version') or server['redis_version']}"
+            f"{' (Valkey)' if server.get('valkey_version') else ''}, "
+            f"redis-py {server['redis_py']}, reply parser {server['redis_parser']}"
+        )
+    lines += [
         (
             f"workers: real `skunq work` processes run with --log-level {results['worker_log_level']} "
             "(at INFO they log one line per job start and finish); leases held, results stored"
         ),
         "",
     ]
+
+    def target(key: str, ok: bool, text: str) -> str:
+        if key not in targets:
+            return ""
+        return f"{text}  {verdict(ok, quick)}"
+
     rows: list[tuple[str, str, str]] = []
     f = results.get("fire")
     if f:
+        t = targets.get("fire", 0)
         rows.append(
             (
                 f"fire rate: event.fire(), one write per job ({f['fire_jobs']:,} jobs)",
-                f"{f['fire_per_s']:,} jobs/s",
-                "",
+                rate(f, "fire_per_s"),
+                target("fire", f["fire_per_s"] >= t, f">= {t:,.0f}"),
             )
         )
+        rt = results.get("round_trip")
+        if rt:
+            ceiling = f"{rt['redis_py_ping_per_s']:,}/s"
+            bench_ping = rt.get("redis_benchmark_1_client_ping_inline_per_s")
+            bench_lpush = rt.get("redis_benchmark_1_client_lpush_per_s")
+            rows.append(
+                (
+                    f"   ceiling, one round trip: redis-py PING p50 {rt['redis_py_ping_us_p50']:.0f} us",
+                    ceiling,
+                    "",
+                )
+            )
+            if bench_ping:
+                rows.append(
+                    (
+                        "   redis-benchmark, 1 client, no pipelining: PING / LPUSH",
+                        f"{bench_ping:,} / {bench_lpush:,} req/s",
+                        "",
+                    )
+                )
+            many_ping = rt.get("redis_benchmark_50_clients_ping_inline_per_s")
+            if many_ping:
+                rows.append(
+                    (
+                        "   redis-benchmark, 50 clients: PING / LPUSH",
+                        f"{many_ping:,} / {rt.get('redis_benchmark_50_clients_lpush_per_s', 0):,} req/s",
+                        "",
+                    )
+                )
+        t = targets.get("fire_many", 0)
         rows.append(
             (
                 f"fire rate: event.fire_many(), {f['fire_many_batch']} per call ({f['fire_many_jobs']:,} jobs)",
-                f"{f['fire_many_per_s']:,} jobs/s",
-                "",
+                rate(f, "fire_many_per_s"),
+                target("fire_many", f["fire_many_per_s"] >= t, f">= {t:,.0f}"),
             )
         )
+    pss: list[float] = []
     for d in results.get("drain", []):
-        ok = d["per_s_from_pool_start"] >= DRAIN_TARGET
+        t = targets.get("drain", 0)
         rows.append(
             (
                 f"drain, {d['workers']} worker procs, {d['jobs']:,} no-op: pool start -> all complete",
-                f"{d['per_s_from_pool_start']:,} jobs/s",
-                f">= {DRAIN_TARGET:,}  {verdict(ok, results['quick'])}",
+                rate(d, "per_s_from_pool_start"),
+                target("drain", d["per_s_from_pool_start"] >= t, f">= {t:,.0f}"),
             )
         )
         rows.append(
             (
                 f"   same run: first job start -> last job finish (startup {d['startup_s']:.2f} s excluded)",
-                f"{d['per_s_from_first_start']:,} jobs/s",
+                rate(d, "per_s_from_first_start"),
                 "",
+            )
+        )
+        pss += d.get("worker_pss_mib", [])
+    if pss:
+        t = targets.get("worker_pss_mib", 0)
+        rows.append(
+            (
+                f"worker process PSS after a drain ({len(pss)} workers over all drains)",
+                f"max {max(pss):.1f} MiB, median {statistics.median(pss):.1f} MiB",
+                target("worker_pss_mib", max(pss) <= t, f"<= {t:g} MiB"),
             )
         )
     dl = results.get("delayed")
     if dl:
         s = dl["start_minus_eta"]
-        ok = s["p99_ms"] <= DELAYED_P99_TARGET_MS and s["early"] == 0
+        checks = [
+            (k, s[f"{k}_ms"] <= targets[f"delayed_{k}_ms"])
+            for k in ("p50", "p99", "max")
+            if f"delayed_{k}_ms" in targets
+        ]
+        wanted = " / ".join(f"{k} <= {targets[f'delayed_{k}_ms']:g}" for k, _ in checks)
+        ok = all(c for _, c in checks) and s["early"] == 0
         rows.append(
             (
                 f"delayed jobs ({s['n']} fire_at, etas over {dl['spread_s']:g} s): start - eta",
                 f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} / max {s['max_ms']:.1f} ms, early {s['early']}",
-                f"p99 <= {DELAYED_P99_TARGET_MS:g} ms, early 0  {verdict(ok, results['quick'])}",
+                f"{wanted} ms, early 0  {verdict(ok, quick)}" if checks else "",
             )
         )
     c = results.get("cron")
@@ -499,6 +639,35 @@ def report(results: dict[str, Any]) -> str:
             (
                 f"cron ticks ({s['n']} of '{c['cron']}', misfire={c['misfire']}): start - tick",
                 f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} / max {s['max_ms']:.1f} ms, early {s['early']}",
+                "",
+            )
+        )
+    p = results.get("promotion")
+    if p:
+        t = targets.get("promotion", 0)
+        rows.append(
+            (
+                f"promotion: {p['jobs']:,} due jobs, one scheduler's promote() calls, in-process",
+                rate(p, "per_s") + f", {p['ms_per_call']:.2f} ms/call",
+                target("promotion", p["per_s"] >= t, f">= {t:,.0f}"),
+            )
+        )
+    mem = results.get("memory")
+    if mem:
+        t = targets.get("bytes_per_job", 0)
+        worst = max(mem["used_memory_delta_per_job"], mem["memory_usage_total_per_job"])
+        rows.append(
+            (
+                f"Redis bytes per scheduled job ({mem['jobs']:,} x demo.add(4, 5)): used_memory delta",
+                f"{mem['used_memory_delta_per_job']:.0f} B",
+                target("bytes_per_job", worst <= t, f"<= {t:g} B"),
+            )
+        )
+        rows.append(
+            (
+                "   MEMORY USAGE: record hash + scheduled index share",
+                f"{mem['memory_usage_records_per_job']:.0f} + {mem['memory_usage_scheduled_index_per_job']:.0f}"
+                f" = {mem['memory_usage_total_per_job']:.0f} B",
                 "",
             )
         )
@@ -536,8 +705,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-jobs", type=int, default=None, help="no-op jobs per drain run")
     parser.add_argument(
         "--only",
-        default="fire,drain,delayed,cron",
-        help="comma-separated phases to run (fire, drain, delayed, cron)",
+        default=None,
+        help="comma-separated phases to run (fire, drain, delayed, cron; on Redis also "
+        "promote, which measures promotion and bytes per scheduled job); default: all",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="start an own redis-server on a free loopback port and benchmark it",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs per phase, medians reported (default 3 on Redis, 1 otherwise)",
     )
     parser.add_argument(
         "--worker-log-level",
@@ -548,50 +729,102 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the temp work directory (logs, database)"
     )
     args = parser.parse_args(argv)
+    if args.redis and args.url:
+        parser.error("--redis starts its own server: give --url redis://... to use another")
 
     sizes = QUICK if args.quick else FULL
     if args.drain_jobs:
         sizes.drain = args.drain_jobs
     workdir = Path(tempfile.mkdtemp(prefix="skunq-bench-"))
-    url = absolute_url(args.url) if args.url else f"sqlite:///{workdir / 'bench.db'}"
-    phases = {p.strip() for p in args.only.split(",") if p.strip()}
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "url": url,
-        "quick": args.quick,
-        "worker_log_level": args.worker_log_level.upper(),
-        "sizes": vars(sizes),
-    }
-    probe = SkunkQueue("bench-probe", url=url)
-    shared = probe.backend.shared_across_processes
-    probe.close()
-    if not shared:
-        shutil.rmtree(workdir, ignore_errors=True)
-        parser.error(
-            f"{url}: this backend lives in one process; the benchmark needs worker processes"
-        )
-    started = time.monotonic()
+    server = bench_redis.OwnRedis(workdir).start() if args.redis else None
     try:
-        bench = Bench(url, workdir, sizes, args.worker_log_level.upper())
-        if "fire" in phases:
-            print("fire rate ...", file=sys.stderr, flush=True)
-            results["fire"] = bench.fire_rate()
-        if "drain" in phases:
-            results["drain"] = []
-            for workers in (int(w) for w in args.drain_workers.split(",")):
-                print(f"drain with {workers} workers ...", file=sys.stderr, flush=True)
-                results["drain"].append(bench.drain(workers))
-        if "delayed" in phases:
-            print("delayed jobs ...", file=sys.stderr, flush=True)
-            results["delayed"] = bench.delayed()
-        if "cron" in phases:
-            print("cron ticks ...", file=sys.stderr, flush=True)
-            results["cron"] = bench.cron()
+        return run(args, parser, sizes, workdir, server)
     finally:
+        if server is not None:
+            server.stop()
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    sizes: Sizes,
+    workdir: Path,
+    server: bench_redis.OwnRedis | None,
+) -> int:
+    if server is not None:
+        url = server.url
+    else:
+        url = absolute_url(args.url) if args.url else f"sqlite:///{workdir / 'bench.db'}"
+    probe = SkunkQueue("bench-probe", url=url)
+    shared = probe.backend.shared_across_processes
+    backend = "redis" if type(probe.backend).__name__ == "RedisBackend" else "sqlite"
+    probe.close()
+    if not shared:
+        parser.error(
+            f"{url}: this backend lives in one process; the benchmark needs worker processes"
+        )
+    default_phases = "fire,drain,delayed,cron" + (",promote" if backend == "redis" else "")
+    phases = {p.strip() for p in (args.only or default_phases).split(",") if p.strip()}
+    runs = args.runs or (3 if backend == "redis" else 1)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "url": url,
+        "backend": backend,
+        "runs": runs,
+        "quick": args.quick,
+        "worker_log_level": args.worker_log_level.upper(),
+        "sizes": vars(sizes),
+    }
+    started = time.monotonic()
+    bench = Bench(url, workdir, sizes, args.worker_log_level.upper())
+
+    def repeat(what: str, phase: Any) -> dict[str, Any]:
+        done = []
+        for i in range(runs):
+            print(f"{what} (run {i + 1} of {runs}) ...", file=sys.stderr, flush=True)
+            bench.run_id = uuid.uuid4().hex[:6]  # fresh queue names for every run
+            done.append(phase())
+        return median_merge(done)
+
+    if backend == "redis":
+        import redis
+
+        results["redis_server"] = {**bench_redis.server_info(url), "redis_py": redis.__version__}
+    if "fire" in phases:
+        results["fire"] = repeat("fire rate", bench.fire_rate)
+        if backend == "redis":
+            print("round-trip ceiling ...", file=sys.stderr, flush=True)
+            results["round_trip"] = bench_redis.round_trip(url, sizes.pings)
+    if "drain" in phases:
+        results["drain"] = []
+        for workers in (int(w) for w in args.drain_workers.split(",")):
+            results["drain"].append(
+                repeat(f"drain with {workers} workers", lambda w=workers: bench.drain(w))
+            )
+    if "delayed" in phases:
+        results["delayed"] = repeat("delayed jobs", bench.delayed)
+    if "cron" in phases:
+        print("cron ticks ...", file=sys.stderr, flush=True)
+        results["cron"] = bench.cron()
+    if "promote" in phases and backend == "redis":
+        # The seed demo's queue name on an own server; a suffixed one on a shared server.
+        name = "demo" if server is not None else f"demo-{bench.run_id}"
+
+        def promote() -> dict[str, Any]:
+            found = bench_redis.scheduled_jobs(url, name, sizes.scheduled)
+            results.setdefault("memory_runs", []).append(found["memory"])
+            return found["promotion"]
+
+        results["promotion"] = repeat("promotion and bytes per scheduled job", promote)
+        memory = results.pop("memory_runs")
+        results["memory_sample_record"] = memory[0]["record_fields"]
+        for m in memory:
+            m.pop("record_fields")
+        results["memory"] = median_merge(memory)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     print(report(results))
     print(f"(whole run: {results['elapsed_s']} s)")
