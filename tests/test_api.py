@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,9 @@ from skunkqueue.persistence import sqlite as sqlite_backend
 from skunkqueue.serialization import encode
 from skunkqueue.worker.runner import describe_error
 
+from .waiting import wait_until
+
 OWNER = "test-owner"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,22 +23,10 @@ import pytest
 
 from skunkqueue import SkunkQueue
 
+from ..waiting import wait_until
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class Proc:
