@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +25,11 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store on each embedded backend (a test module may override this)."""
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4().hex}"
+    return f"sqlite:///{tmp_path}/jobs.db"

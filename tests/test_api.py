@@ -32,13 +32,6 @@ from .waiting import wait_until
 OWNER = "test-owner"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    return f"sqlite:///{tmp_path}/jobs.db"
-
-
 @pytest.fixture
 def name() -> str:
     return f"q{uuid.uuid4().hex[:10]}"

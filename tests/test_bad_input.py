@@ -29,13 +29,6 @@ from skunkqueue.config import redact
 from skunkqueue.queue import lookup_event
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    return f"sqlite:///{tmp_path}/jobs.db"
-
-
 @pytest.fixture
 def queue(url: str) -> Iterator[SkunkQueue]:
     q = SkunkQueue(f"q{uuid.uuid4().hex[:10]}", url=url)

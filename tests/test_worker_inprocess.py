@@ -37,13 +37,6 @@ def prompt_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "MAX_SLEEP", 0.05)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    return f"sqlite:///{tmp_path}/jobs.db"
-
-
 @pytest.fixture
 def queue(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SkunkQueue]:
     # The worker may import a job's module from its working directory: make that an empty one.
