@@ -39,6 +39,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
 
 
+def _add_imports(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MOD", help=help_text
+    )
+
+
+def _add_leader_ttl(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--leader-ttl", type=float, default=None, help="scheduler lease TTL in seconds (default 10)"
+    )
+
+
 def _config(args: argparse.Namespace, **extra: Any) -> QueueConfig:
     options = {k: v for k, v in extra.items() if v is not None}
     if args.url:
@@ -77,25 +89,15 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
     from .scheduler import Scheduler
+    from .worker.pool import GRACEFUL_SIGNALS, stop_on_signals
 
     _import_path()
     cfg = _config(args, leader_ttl=args.leader_ttl).__dict__.copy()
     name = cfg.pop("name")
     scheduler = Scheduler(name, imports=args.imports, **cfg)
-    stop_signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
-
-    def stop(signum: int, frame: Any) -> None:
-        # Once, and in a thread: stop() sets an Event whose lock the interrupted main
-        # thread may hold (in Event.wait, or in this handler run for an earlier signal).
-        for sig in stop_signals:
-            signal.signal(sig, signal.SIG_IGN)
-        threading.Thread(target=scheduler.stop, name="stop", daemon=True).start()
-
-    for sig in stop_signals:
-        signal.signal(sig, stop)
+    stop_on_signals((*GRACEFUL_SIGNALS, signal.SIGINT), scheduler.stop)
     scheduler.run()
     return 0
 
@@ -209,14 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="routes to serve; one worker process per entry (foo foo bar = 3 workers)",
     )
-    work.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MOD",
-        help="module registering events; repeatable",
-    )
+    _add_imports(work, "module registering events; repeatable")
     work.add_argument(
         "--concurrency",
         type=int,
@@ -229,24 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument(
         "--lease", type=float, default=None, help="seconds a job lease lasts (default 30)"
     )
-    work.add_argument(
-        "--leader-ttl", type=float, default=None, help="scheduler lease TTL (default 10)"
-    )
+    _add_leader_ttl(work)
     work.set_defaults(func=cmd_work)
 
     sched = sub.add_parser("scheduler", help="run a scheduler (many may run; one leads)")
     _add_common(sched)
-    sched.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MOD",
-        help="module registering cron events; repeatable",
-    )
-    sched.add_argument(
-        "--leader-ttl", type=float, default=None, help="leader lease TTL in seconds (default 10)"
-    )
+    _add_imports(sched, "module registering cron events; repeatable")
+    _add_leader_ttl(sched)
     sched.set_defaults(func=cmd_scheduler)
 
     status = sub.add_parser(

@@ -41,22 +41,29 @@ def _die_with_parent() -> None:
         pass  # elsewhere the heartbeat thread notices the new parent pid instead
 
 
-def _install_child_signals(stop: Any) -> None:
-    def graceful(signum: int, frame: Any) -> None:
-        # One stop is enough, and it runs in a thread: stop() sets an Event, whose lock the
-        # interrupted main thread may hold (inside Event.wait, or inside this handler run
-        # for an earlier signal: a group-wide SIGTERM also arrives again from the
-        # supervisor), so taking it here could deadlock the process.
-        for sig in GRACEFUL_SIGNALS:
+def stop_on_signals(signals: tuple[int, ...], stop: Any) -> None:
+    """Call ``stop`` once when any of ``signals`` arrives, from a thread of its own.
+
+    stop() sets an Event, whose lock the interrupted main thread may hold (inside
+    Event.wait, or inside this handler run for an earlier signal: a group-wide SIGTERM
+    also arrives again from the supervisor), so taking it in the handler could deadlock.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        for sig in signals:
             signal.signal(sig, signal.SIG_IGN)
         threading.Thread(target=stop, name="stop", daemon=True).start()
 
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
+def _install_child_signals(stop: Any) -> None:
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one interrupt is enough
         raise KeyboardInterrupt
 
-    for sig in GRACEFUL_SIGNALS:
-        signal.signal(sig, graceful)
+    stop_on_signals(GRACEFUL_SIGNALS, stop)
     signal.signal(signal.SIGINT, interrupt)
 
 

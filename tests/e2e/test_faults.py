@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -306,7 +307,12 @@ def test_a_deposed_leaders_writes_are_rejected(e2e: E2E) -> None:
 # -- workers ----------------------------------------------------------------------------
 
 
-def test_worker_sigkilled_mid_job_is_redelivered_to_another_pool(e2e: E2E) -> None:
+def _running_job_with_a_rescuer(e2e: E2E) -> tuple[Proc, Any, int, int]:
+    """A pool running a 3 s job, a second pool ready to take over, and a scheduler.
+
+    Returns the first pool, the job's handle, the pid of the worker running it and the
+    pid of the other pool's worker.
+    """
     e2e.write_module("tasks", TASKS)
     tasks = e2e.import_module("tasks")
     backend = e2e.queue().backend
@@ -315,10 +321,15 @@ def test_worker_sigkilled_mid_job_is_redelivered_to_another_pool(e2e: E2E) -> No
 
     job = tasks.nap.fire(3)
     owner = wait_until(lambda: running_owner(backend, job.id), 20, what="the job to be claimed")
-    victim = worker_pids(backend)[owner]
+    running = worker_pids(backend)[owner]
     e2e.worker("foo", extra=("--import", "tasks", "--lease", str(LEASE)))
     e2e.wait_for_workers(2, timeout=20)
     (rescuer,) = [pid for worker_id, pid in worker_pids(backend).items() if worker_id != owner]
+    return first_pool, job, running, rescuer
+
+
+def test_worker_sigkilled_mid_job_is_redelivered_to_another_pool(e2e: E2E) -> None:
+    first_pool, job, victim, rescuer = _running_job_with_a_rescuer(e2e)
 
     first_pool.kill_group()
     wait_until(lambda: not pid_alive(victim), 5, what=f"worker {victim} to die")
@@ -391,18 +402,7 @@ def test_sigint_hands_the_interrupted_job_back_uncounted(e2e: E2E, target: str) 
 
 
 def test_sigkill_of_the_supervisor_alone_takes_its_workers_down(e2e: E2E) -> None:
-    e2e.write_module("tasks", TASKS)
-    tasks = e2e.import_module("tasks")
-    backend = e2e.queue().backend
-    e2e.scheduler("--leader-ttl", str(TTL))
-    first_pool = e2e.worker("foo", extra=("--import", "tasks", "--lease", str(LEASE)))
-
-    job = tasks.nap.fire(3)
-    owner = wait_until(lambda: running_owner(backend, job.id), 20, what="the job to be claimed")
-    orphan = worker_pids(backend)[owner]
-    e2e.worker("foo", extra=("--import", "tasks", "--lease", str(LEASE)))
-    e2e.wait_for_workers(2, timeout=20)
-    (rescuer,) = [pid for worker_id, pid in worker_pids(backend).items() if worker_id != owner]
+    first_pool, job, orphan, rescuer = _running_job_with_a_rescuer(e2e)
 
     os.kill(first_pool.pid, signal.SIGKILL)  # the supervisor only, not its group
     first_pool.popen.wait(timeout=10)
