@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,11 @@ def event_name(fn: Callable[..., Any]) -> str:
         if main_file:
             module = os.path.splitext(os.path.basename(main_file))[0]
     return f"{module}.{fn.__qualname__}"
+
+
+def new_job_id() -> str:
+    """128 random bits in hex, as uuid4().hex gives, at a fifth of its cost."""
+    return os.urandom(16).hex()
 
 
 def eta_from(when: When | None, now: float) -> float:
@@ -116,11 +120,12 @@ class Event:
     def fire_many(self, calls: Iterable[Sequence[Any] | dict[str, Any]]) -> list[JobHandle]:
         """Queue many runs in one backend write: each item is an args tuple or a kwargs dict."""
         now = time.time()
+        fields = self.job_fields()
         jobs: list[JobRecord] = []
         handles = []
         for call in calls:
             args, kwargs = ((), call) if isinstance(call, dict) else (call, None)
-            built = self.build_jobs(args, kwargs, now, now, None, None)
+            built = self.build_jobs(args, kwargs, now, now, None, None, fields)
             handles.append(self.queue.handle(built[0].parent or built[0].id, built))
             jobs += built
         if jobs:
@@ -137,8 +142,10 @@ class Event:
         now: float,
         job_id: str | None,
         route: str | None,
+        fields: dict[str, Any] | None = None,
     ) -> list[JobRecord]:
-        """Encode a call into records, raising before anything is written."""
+        """Encode a call into records, raising before anything is written. ``fields`` is
+        ``job_fields()``, computed once by a caller that builds many."""
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
             raise TypeError(
                 f"args of {self.name} must be a tuple or list, not {type(args).__name__}"
@@ -146,11 +153,11 @@ class Event:
         route = route or self.routes[0]
         payload = serialization.encode_call(self.serializer, args, kwargs, self.name)
         job = JobRecord(
-            id=job_id or uuid.uuid4().hex,
+            id=job_id or new_job_id(),
             event=self.name,
             route=route,
             payload=payload,
-            **self.job_fields(),
+            **(fields or self.job_fields()),
             eta=eta,
             created_at=now,
         )

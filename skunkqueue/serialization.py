@@ -15,11 +15,15 @@ from .errors import SerializationError
 
 SERIALIZERS = ("json", "pickle")
 
+# One encoder built once: json.dumps with options builds a new JSONEncoder per call,
+# which costs more than encoding a small call's arguments.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
 
 def encode(serializer: str, value: Any, what: str) -> str:
     if serializer == "json":
         try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False)
+            return _JSON.encode(value)
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"{what} cannot be serialized as JSON ({exc}); pass JSON-compatible values, "

@@ -19,6 +19,7 @@ from skunkqueue.errors import BackendUnavailable
 from skunkqueue.jobs import JobRecord, Outcome
 from skunkqueue.persistence import Backend, open_backend
 from skunkqueue.persistence.records import lost_deliveries_error
+from skunkqueue.persistence.redis import PUT_CHUNK
 from skunkqueue.serialization import encode_call
 
 from .contract.support import T0, job, lead
@@ -237,8 +238,11 @@ def test_scripts_are_loaded_again_after_script_flush(url):
     try:
         assert backend.put([job("a")], T0) == [True]
         client.script_flush()
-        assert backend.put([job("b")], T0) == [True]
-        assert [j.id for j in backend.claim(["default"], "w", T0, 30, limit=2)] == ["a", "b"]
+        # Several pipelined chunks, all refused with NOSCRIPT and all sent again, once.
+        batch = [job(f"b{i:03}") for i in range(2 * PUT_CHUNK + 1)]
+        assert backend.put(batch, T0) == [True] * len(batch)
+        claimed = backend.claim(["default"], "w", T0, 30, limit=len(batch) + 5)
+        assert [j.id for j in claimed] == ["a"] + [j.id for j in batch]
     finally:
         backend.close()
         client.close()
@@ -250,8 +254,11 @@ def test_the_backend_carries_on_after_a_redis_restart(tmp_path):
         backend = open_backend(server.url, "restart")
         assert backend.put([job("before")], T0) == [True]
         server.restart()  # no persistence here: data and loaded scripts are gone
-        assert backend.put([job("after")], T0) == [True]
-        assert [j.id for j in backend.claim(["default"], "w", T0, 30, limit=5)] == ["after"]
+        # The first send meets the dead connection, the second NOSCRIPT; each job once.
+        batch = [job(f"after{i:03}") for i in range(2 * PUT_CHUNK + 1)]
+        assert backend.put(batch, T0) == [True] * len(batch)
+        claimed = backend.claim(["default"], "w", T0, 30, limit=len(batch) + 5)
+        assert [j.id for j in claimed] == [j.id for j in batch]
         backend.close()
     finally:
         server.stop()

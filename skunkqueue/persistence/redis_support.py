@@ -13,7 +13,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -100,30 +100,49 @@ def _encode_int(name: str, value: Any) -> str:
     return str(operator.index(value))
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encode_json(name: str, value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _JSON.encode(value)
 
 
 _ENCODERS = {"str": _encode_str, "float": _encode_float, "int": _encode_int, "json": _encode_json}
-# (field, hash field, encoder, default, always stored), state and seq left out: put
-# writes the state it chose and the script assigns seq.
-_PLAN = [
-    (name, code, _ENCODERS[kind], DEFAULTS.get(name), name in ALWAYS_STORED)
+# Fields stored only when they differ from their JobRecord default: (field, hash field,
+# encoder, default). encode_record writes the others itself.
+_OPTIONAL = [
+    (name, code, _ENCODERS[kind], DEFAULTS.get(name))
     for name, (code, kind) in FIELDS.items()
-    if name not in ("state", "seq")
+    if name not in ALWAYS_STORED + ("seq", "created_at")
 ]
+# A new job usually has every optional field at its default: one C-level read and one
+# tuple comparison tell, before any per-field work.
+_optional_values = operator.attrgetter(*(name for name, _, _, _ in _OPTIONAL))
+_OPTIONAL_DEFAULTS = tuple(default for _, _, _, default in _OPTIONAL)
 
 
 def encode_record(job: JobRecord, state: str) -> list[str]:
-    """The hash fields of ``job`` stored in ``state``, as flat field/value strings (no seq)."""
-    out = ["s", state]
-    values = vars(job)
-    for name, code, encode, default, always in _PLAN:
-        value = values[name]
-        if value is None or (not always and value == default):
-            continue
-        out.append(code)
-        out.append(encode(name, value))
+    """The hash fields of ``job`` stored in ``state``, as flat field/value strings (no seq).
+
+    They begin with state, eta and route, in that order (put.lua reads them by position).
+    created_at is stored only where it differs from eta: a job fired for now has both
+    equal, and each field left out saves Redis memory and script time on every put.
+    """
+    eta = _encode_float("eta", job.eta)
+    out = [
+        "s", state,
+        "t", eta,
+        "r", _encode_str("route", job.route),
+        "e", _encode_str("event", job.event),
+        "p", _encode_str("payload", job.payload),
+    ]  # fmt: skip
+    if job.created_at != job.eta:
+        out += ("c", _encode_float("created_at", job.created_at))
+    values = _optional_values(job)
+    if values != _OPTIONAL_DEFAULTS:
+        for (name, code, encode, default), value in zip(_OPTIONAL, values, strict=True):
+            if value is not None and value != default:
+                out += (code, encode(name, value))
     return out
 
 
@@ -135,6 +154,7 @@ def decode_record(job_id: str, fields: Sequence[str] | dict[str, str]) -> JobRec
     for code, text in fields.items():
         name, decode = BY_CODE[code]
         data[name] = decode(text)
+    data.setdefault("created_at", data.get("eta", 0.0))  # see encode_record
     return JobRecord(**data)
 
 
@@ -151,6 +171,109 @@ def script_text(name: str) -> str:
     if name in JOB_SCRIPTS:
         text = folder.joinpath("_common.lua").read_text(encoding="utf-8") + "\n" + text
     return text
+
+
+# -- the direct lane ----------------------------------------------------------------
+
+
+#: (redis-py Script, keys, args)
+ScriptCall = tuple[Any, Sequence[str], Sequence[str]]
+
+
+class ScriptLane:
+    """Script calls on one connection kept out of the client's pool.
+
+    A one-job put costs Redis about 25 us; redis-py's per-call bookkeeping (taking a
+    connection from the pool and giving it back, its command packer, its observability
+    hooks) costs as much again. This lane holds one connection, packs with hiredis when
+    it is installed, and can pipeline several calls (a large ``put`` in chunks). Calls
+    from several threads take turns; a forked child opens its own connection.
+
+    A call that fails on the connection is sent once more on a new one, as redis-py's own
+    default retry does: our scripts are safe to repeat (put by id, claim and finish by
+    owner); only a second failure reaches the caller.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        import redis
+
+        try:
+            import hiredis
+
+            self._pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+        except ImportError:  # redis-py's pure-Python packer, through a connection
+            self._pack = self._pack_with_redis_py
+        self._client = client
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+        self._lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._no_script = redis.exceptions.NoScriptError
+
+    def _pack_with_redis_py(self, command: tuple[Any, ...]) -> bytes:
+        return b"".join(self._conn.pack_command(*command))
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._pid != os.getpid():
+            # After a fork the parent's socket is not ours to use or to close.
+            self._conn = self._client.connection_pool.make_connection()
+            self._pid = os.getpid()
+        return self._conn
+
+    def run(self, calls: Iterable[ScriptCall]) -> list[Any]:
+        """Run (script, keys, args) calls in order, pipelined; their replies, in order.
+
+        ``calls`` may be a generator: each call is sent as soon as it is made, so Redis
+        runs one while the caller builds the next. An error reply raises it (the calls
+        before and after it were run)."""
+        with self._lock:
+            sent: list[ScriptCall] = []
+            pending: Iterator[ScriptCall] = iter(calls)  # what was sent is not in it
+            lost, reloaded = 0, False
+            while True:
+                conn = self._connection()
+                try:
+                    self._send(conn, pending, sent)
+                    return self._replies(conn, len(sent))
+                except self._no_script:  # a restarted server, or SCRIPT FLUSH
+                    if reloaded:
+                        raise
+                    reloaded = True
+                    for script in {id(call[0]): call[0] for call in sent}.values():
+                        script.sha = self._client.script_load(script.script)
+                except self._lost:
+                    conn.disconnect()
+                    lost += 1
+                    if lost > 1:
+                        raise
+                # Again from the first call: replies were not all read.
+                pending, sent = iter([*sent, *pending]), []
+
+    def _send(self, conn: Any, calls: Iterable[ScriptCall], sent: list[ScriptCall]) -> None:
+        for call in calls:
+            script, keys, args = call
+            sent.append(call)
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            conn.send_packed_command([self._pack(command)], check_health=False)
+
+    def _replies(self, conn: Any, count: int) -> list[Any]:
+        replies, error = [], None
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except self._lost:
+                raise
+            except Exception as exc:  # an error reply: read the rest, then raise it
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.disconnect()
+            self._conn = None
 
 
 # -- connecting ---------------------------------------------------------------------

@@ -23,7 +23,8 @@
 -- leader's wake-up the way a popped list token would).
 --
 -- Job record fields (redis.py FIELDS; a field that is absent holds the JobRecord default):
---   e event  r route  p payload  z serializer  s state  t eta  c created_at  q seq
+--   e event  r route  p payload  z serializer  s state  t eta  q seq
+--   c created_at (absent where it equals t: put leaves it out, decode_record restores it)
 --   a attempts  d deliveries  m max_deliveries  o owner  l lease_until  b started_at
 --   f finished_at  x expires_at  k result_ttl  tm timeout  rt retry  rs result
 --   er error  sc schedule  pa parent
@@ -47,18 +48,27 @@ local function member(seq, id) return string.char(48 + #seq) .. seq .. '|' .. id
 local function member_id(m) return string.sub(m, string.byte(m) - 45) end
 local function member_seq(m) return tonumber(string.sub(m, 2, string.byte(m) - 47)) end
 
--- Count changes are summed per (state, route) and written once at the end.
-local deltas = {}
+-- Count changes are summed per (state, route), and index additions grouped per key;
+-- flush() writes both once at the end of the script (one ZADD per key, not per job).
+local deltas, additions = {}, {}
 local function count(state, route, n)
   local field = state .. '|' .. route
   deltas[field] = (deltas[field] or 0) + n
 end
-local function flush_counts()
+local function add_later(key, score, m)
+  local list = additions[key]
+  if not list then list = {}; additions[key] = list end
+  list[#list + 1] = score
+  list[#list + 1] = m
+end
+local function flush()
+  for key, list in pairs(additions) do redis.call('ZADD', key, unpack(list)) end
   for field, n in pairs(deltas) do
     if n ~= 0 and redis.call('HINCRBY', COUNTS, field, n) <= 0 then
       redis.call('HDEL', COUNTS, field)
     end
   end
+  deltas, additions = {}, {}
 end
 
 -- One token per route at most: it means "look", not "one job", and a worker's claim
@@ -109,13 +119,13 @@ local function unlink(id, state, route, seq, owner)
   count(state, route, -1)
 end
 
--- Where a stored record waits, given its state.
+-- Where a stored record waits, given its state (written by flush()).
 local function index(id, state, route, seq, eta)
   if state == 'scheduled' or state == 'retrying' then
     due_at(tonumber(eta))
-    redis.call('ZADD', SCHEDULED, eta, member(seq, id))
+    add_later(SCHEDULED, eta, member(seq, id))
   elseif state == 'queued' then
-    redis.call('ZADD', ready_key(route), eta, member(seq, id))
+    add_later(ready_key(route), eta, member(seq, id))
     wake(route)
   end
   count(state, route, 1)

@@ -24,5 +24,5 @@ for k = 4, #ARGV do
     answers[#answers + 1] = 0
   end
 end
-flush_counts()
+flush()
 return answers

@@ -50,6 +50,6 @@ if #taken == limit then
     if redis.call('ZCARD', KEYS[7 + r]) > 0 then wake_key(KEYS[7 + n + r]) end
   end
 end
-flush_counts()
+flush()
 wake_scheduler()
 return taken

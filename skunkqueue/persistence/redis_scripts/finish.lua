@@ -58,6 +58,6 @@ for j = 1, tonumber(ARGV[4]) do
   end
   i = i + 7
 end
-flush_counts()
+flush()
 wake_scheduler()
 return answers

@@ -20,18 +20,19 @@ end
 
 -- Due: scheduled and retrying jobs with eta <= now, earliest (eta, seq) first.
 local due = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+local due_members = {}
 for k = 1, #due, 2 do
   local m, eta = due[k], due[k + 1]
-  local id = member_id(m)
-  local key = job_key(id)
+  due_members[#due_members + 1] = m
+  local key = job_key(member_id(m))
   local rec = redis.call('HMGET', key, 's', 'r')
-  redis.call('ZREM', SCHEDULED, m)
   redis.call('HSET', key, 's', 'queued')
-  redis.call('ZADD', ready_key(rec[2]), eta, m)
+  add_later(ready_key(rec[2]), eta, m)
   wake(rec[2])
   count(rec[1], rec[2], -1)
   count('queued', rec[2], 1)
 end
+if #due_members > 0 then redis.call('ZREM', SCHEDULED, unpack(due_members)) end
 local promoted = #due / 2
 
 -- Lapsed: running jobs with lease_until < now go back to their queue, or to error once
@@ -67,6 +68,8 @@ for _, id in ipairs(lapsed) do
   end
 end
 
+flush()  -- before deleting: an expired record may be one just indexed above
+
 -- Expired: records past expires_at are deleted, whatever their state.
 local expired = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
@@ -79,7 +82,7 @@ for _, id in ipairs(expired) do
     redis.call('ZREM', EXPIRY, id)
   end
 end
-flush_counts()
+flush()
 
 local more = 0
 if promoted >= limit or #lapsed >= limit or #expired >= limit then more = 1 end

@@ -3,8 +3,8 @@
 --             keys j:<id> and ready:<route> are built from the prefix)
 -- ARGV[1]     now
 -- ARGV[2]     number of jobs, then for each job:
---               id, state, eta, route, expires_at ('' for none),
---               n, then n strings: field, value, ... (the record without q)
+--               id, expires_at ('' for none), n, then n strings: field, value, ...
+--               (the record without q), which begin with 's' state, 't' eta, 'r' route
 --             Python chose each state (scheduled / queued / retrying / cancelled) with its
 --             own float comparison of eta and now.
 -- Touches     j:<id> (HASH), scheduled or ready:<route> (ZSET), expiry (ZSET), counts,
@@ -18,19 +18,20 @@ local first_seq = redis.call('INCRBY', SEQ, jobs) - jobs
 local answers = {}
 local i = 3
 for j = 1, jobs do
-  local id, state, eta, route, expires = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local n = tonumber(ARGV[i + 5])
+  local id, expires, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local state, eta, route = ARGV[i + 4], ARGV[i + 6], ARGV[i + 8]
   local key = job_key(id)
-  local old = redis.call('HMGET', key, 's', 'r', 'q', 'o', 'x')
-  if old[1] and not (old[5] and tonumber(old[5]) <= now) then
+  local old = nil
+  if redis.call('EXISTS', key) == 1 then old = redis.call('HMGET', key, 's', 'r', 'q', 'o', 'x') end
+  if old and not (old[5] and tonumber(old[5]) <= now) then
     answers[j] = 0
   else
-    if old[1] then
+    if old then
       unlink(id, old[1], old[2], old[3], old[4])
       redis.call('DEL', key)
     end
     local seq = string.format('%d', first_seq + j)
-    redis.call('HSET', key, 'q', seq, unpack(ARGV, i + 6, i + 5 + n))
+    redis.call('HSET', key, 'q', seq, unpack(ARGV, i + 3, i + 2 + n))
     index(id, state, route, seq, eta)
     if expires ~= '' then
       redis.call('ZADD', EXPIRY, expires, id)
@@ -39,8 +40,8 @@ for j = 1, jobs do
     end
     answers[j] = 1
   end
-  i = i + 6 + n
+  i = i + 3 + n
 end
-flush_counts()
+flush()
 wake_scheduler()
 return answers
