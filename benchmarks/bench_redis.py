@@ -102,6 +102,22 @@ def server_info(url: str) -> dict[str, Any]:
     }
 
 
+def lpush_rate(url: str, n: int) -> int:
+    """Jobs per second of the issue's reference producer: one redis-py LPUSH per job of
+    a small payload, on one connection (the key is deleted afterwards)."""
+    r = client(url)
+    key = "skunkqueue-bench:lpush"
+    payload = '{"args":[],"kwargs":{}}'
+    r.ping()
+    started = time.perf_counter()
+    for _ in range(n):
+        r.lpush(key, payload)
+    elapsed = time.perf_counter() - started
+    r.delete(key)
+    r.close()
+    return round(n / elapsed)
+
+
 def round_trip(url: str, pings: int) -> dict[str, Any]:
     """The ceiling for one-round-trip-per-job: redis-py PINGs in a loop on one connection,
     and redis-benchmark's PING/LPUSH rates (one client without pipelining, and its
