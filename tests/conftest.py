@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .servers import RedisCluster, RedisServer
+from .servers import ExternalMongo, MongoServer, RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,22 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[MongoServer | ExternalMongo]:
+    """A MongoDB for the tests: ``$SKUNKQUEUE_TEST_MONGO_URL`` if set (started by nobody
+    here), else a SecantusDB ``secantusd-py`` of the tests' own. ``.url`` names the database;
+    tests share it but never a collection or queue name."""
+    external = os.environ.get("SKUNKQUEUE_TEST_MONGO_URL")
+    if external:
+        yield ExternalMongo(external)
+        return
+    server = MongoServer(Path(tmp_path_factory.mktemp("mongo"))).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -3,6 +3,10 @@
 A test that needs a server binary that is not installed is skipped with the reason on a
 developer's machine, and fails when ``CI`` is set: CI must never go green by silently
 testing nothing.
+
+MongoDB tests run against SecantusDB (``secantusd-py``), a GPL MongoDB-compatible server
+used only as a test tool: it is run as a separate process, never imported, and never a
+dependency of the package (``.ci/run`` installs it into its own virtualenv, .tools/secantus).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -38,14 +44,42 @@ def free_cluster_port() -> int:
         return port
 
 
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI is set: .ci/run must install it)")
-        pytest.skip(message)
-    return path
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _missing(message: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: .ci/run must install it)")
+    pytest.skip(message)
+
+
+def require_binary(
+    name: str, env: str | None = None, fallback: Path | None = None, hint: str = ""
+) -> str:
+    """The binary's path: from the variable ``env`` if set, else PATH, else ``fallback``."""
+    if env and os.environ.get(env):
+        path = os.environ[env]
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            _missing(f"{env}={path} is not an executable file")
+        return path
+    found = shutil.which(name)
+    if found is None and fallback is not None and os.access(fallback, os.X_OK):
+        found = str(fallback)
+    if found is None:
+        _missing(f"{name} is not installed{hint}")
+    return found
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Stop by PID: send ``sig``, wait, and SIGKILL if it is still running at the deadline."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 def _ping(port: int) -> bool:
@@ -95,14 +129,7 @@ class RedisServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop by PID: SIGTERM is a clean shutdown, SIGKILL a crash."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout)
+        stop_process(self.proc, sig, timeout)
 
     def restart(self, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)
@@ -154,3 +181,84 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class MongoServer:
+    """One SecantusDB ``secantusd-py`` process: a single-node replica set, data in memory.
+
+    The binary is ``$SKUNKQUEUE_SECANTUSD``, else ``secantusd-py`` on PATH, else the one
+    ``.ci/run`` installs into .tools/secantus. Its own temp files and log go to ``directory``.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.binary = require_binary(
+            "secantusd-py",
+            env="SKUNKQUEUE_SECANTUSD",
+            fallback=REPO_ROOT / ".tools" / "secantus" / "bin" / "secantusd-py",
+            hint=" (python3 -m venv .tools/secantus && .tools/secantus/bin/pip install secantusdb)",
+        )
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/skunkqueue_test?directConnection=true"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"secantusd-{self.port}.log"
+
+    def start(self, timeout: float = 30.0) -> MongoServer:
+        import pymongo
+        import pymongo.errors
+
+        # An empty --config turns off the search for ./secantusd.toml and ~/.secantus/.
+        config = self.dir / "secantusd.toml"
+        config.touch()
+        argv = [
+            self.binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
+            "--storage-path", ":memory:", "--log-level", "WARNING",
+        ]  # fmt: skip
+        # ':memory:' is a temp directory: keep it (and any left by a kill) under self.dir.
+        env = {**os.environ, "TMPDIR": str(self.dir)}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.dir, env=env, start_new_session=True,
+            )  # fmt: skip
+        client: pymongo.MongoClient = pymongo.MongoClient(
+            self.url, serverSelectionTimeoutMS=250, connectTimeoutMS=250
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.admin.command("ping")
+                    return self
+                except pymongo.errors.PyMongoError as exc:
+                    error = exc
+                code = self.proc.poll()
+                if code is not None or time.monotonic() > deadline:
+                    self.stop(signal.SIGKILL)
+                    why = f"exited with {code}" if code is not None else f"no ping in {timeout} s"
+                    log_text = self.log.read_text(errors="replace") if self.log.exists() else ""
+                    raise RuntimeError(
+                        f"secantusd-py on port {self.port} did not start ({why}; last error: "
+                        f"{str(error).splitlines()[0][:200]}):\n{log_text[-2000:]}"
+                    )
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop by PID: SIGTERM is a clean shutdown (its temp data is removed), SIGKILL a crash."""
+        stop_process(self.proc, sig, timeout)
+
+
+@dataclass(frozen=True)
+class ExternalMongo:
+    """A MongoDB the user runs (``SKUNKQUEUE_TEST_MONGO_URL``): the tests start nothing."""
+
+    url: str

@@ -22,6 +22,8 @@ BACKENDS = {
     "unix": ("skunkqueue.persistence.redis", "RedisBackend"),
     "redis+cluster": ("skunkqueue.persistence.redis", "RedisBackend"),
     "rediss+cluster": ("skunkqueue.persistence.redis", "RedisBackend"),
+    "mongodb": ("skunkqueue.persistence.mongodb", "MongoBackend"),
+    "mongodb+srv": ("skunkqueue.persistence.mongodb", "MongoBackend"),
 }
 
 

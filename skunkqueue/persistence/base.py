@@ -101,7 +101,10 @@ class Backend(ABC):
         states given by the caller are kept as given). The backend assigns ``seq`` so
         that jobs with equal etas leave in the order they were put. An existing id is
         left untouched (idempotent fire). All jobs of one call are written together or,
-        on error, not at all.
+        on error, not at all; a backend that writes a large call in atomic chunks (Redis:
+        100 jobs per script call, pipelined) may leave earlier chunks written when the
+        connection drops or a later record cannot be encoded (a caller's bug: ``Event``
+        serializes every call before it puts). Putting the same ids again completes it.
         """
 
     @abstractmethod

@@ -36,6 +36,8 @@ class BackendSpec:
     url: Callable[[Path, str], str] | None = None
     server: bool = False
     fixture: str | None = None
+    #: Jobs the claim-contention tests (test_exclusivity.py) put and drain.
+    contention_jobs: int = 400
 
 
 BACKENDS = [
@@ -43,9 +45,10 @@ BACKENDS = [
     BackendSpec("sqlite", lambda tmp, unique: f"sqlite:///{tmp}/jobs.db"),
     BackendSpec("redis", server=True, fixture="redis_server"),
     BackendSpec("redis+cluster", server=True, fixture="redis_cluster"),
+    # SecantusDB (the stand-in server) runs tens of claims per second: the contention
+    # tests use fewer jobs there, the same number against a real MongoDB.
+    BackendSpec("mongodb", server=True, fixture="mongo_server", contention_jobs=120),
     # Other server backends, once their modules exist, are one entry each, e.g.:
-    # BackendSpec("mongodb", lambda tmp, unique: os.environ.get(
-    #     "SKUNKQUEUE_TEST_MONGODB", "mongodb://localhost:27017/skunkqueue_test"), server=True),
     # BackendSpec("fdb", lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_FDB", "fdb://"),
     #     server=True),
 ]

@@ -21,12 +21,11 @@ from skunkqueue.persistence import open_backend
 
 from .support import T0, job
 
-N_JOBS = 400
 ROUTES = ["a", "b", "c"]
 DEADLINE = 20.0  # seconds; each drain takes well under one
 
 
-def _fill(backend, n=N_JOBS):
+def _fill(backend, n):
     jobs = [job(f"job-{i:04d}", route=ROUTES[i % len(ROUTES)], eta=T0 - (i % 7)) for i in range(n)]
     assert backend.put(jobs, now=T0) == [True] * n
     return {j.id for j in jobs}
@@ -80,7 +79,7 @@ def _in_threads(n, fn):
 
 def test_threads_never_claim_the_same_job(store):
     backend = store.open()
-    all_ids = _fill(backend)
+    all_ids = _fill(backend, store.spec.contention_jobs)
     n_threads = 6
     instances = [store.open() for _ in range(n_threads)]  # opening is not what is measured
     start = threading.Barrier(n_threads)
@@ -107,7 +106,7 @@ def test_processes_never_claim_the_same_job(store):
     backend = store.open()
     if not backend.shared_across_processes:
         pytest.skip(f"{store.spec.id}: shared_across_processes is False (one process only)")
-    all_ids = _fill(backend)
+    all_ids = _fill(backend, store.spec.contention_jobs)
     n_procs = 4
     ctx = multiprocessing.get_context("spawn")  # no inherited locks or connections
     start = ctx.Barrier(n_procs)

@@ -1,0 +1,703 @@
+"""MongoDB backend: job documents in time-indexed collections, finished ones under a TTL index.
+
+URLs are whatever pymongo accepts (``mongodb://[user:pass@]host[:port][,host2...]/db?...``
+and ``mongodb+srv://``); the database is the URL's path (default ``skunkqueue``). The
+seed form ``SkunkQueue('demo', **default_cfg)`` means ``mongodb://localhost:27017/skunkqueue``.
+
+Layout. Queues share four collections of the database; every document carries its queue
+name ``q`` and a string ``_id`` of the queue name, the unit separator U+001F (which a
+queue name may not contain) and the job id (or lease or schedule name):
+
+* ``sq_jobs`` one document per job, with the JobRecord's fields under their own names,
+  plus ``expire_on`` (a BSON date, for the TTL index) and ``claim`` (the token of the
+  claim that took it). Indexes (see INDEXES): ``ready`` (q, state, route, eta, seq) for
+  claims, ``waiting`` (q, state, eta, seq) for promotion and listings, ``leased``
+  (q, state, lease_until) for lapsed leases, ``held`` (q, owner), ``expiry``
+  (q, expires_at) for deletion by the leader, and ``ttl`` (expire_on, expireAfterSeconds
+  0) so that MongoDB removes expired records by itself as well. Its TTL monitor runs
+  about once a minute, so every reader also treats a record past ``expires_at`` as gone.
+* ``sq_leases`` leader and worker leases (owner, token, until, info);
+* ``sq_schedules`` stored cron and interval schedules;
+* ``sq_counters`` one ``seq`` counter per queue.
+
+Atomic steps. Each verb is one atomic document operation or a bounded batch of them,
+each filtered on the state (and owner) it expects, so no read-then-write race can hand a
+job out twice or overwrite a newer change: a claim marks up to ``limit`` queued jobs
+with its own token in one ``update_many`` and reads back what it got; ``finish``,
+``cancel`` and lease recovery replace a record only where it still has the state,
+owner and delivery count they read. A fenced write (``promote``, ``save_schedule``)
+checks the lease first; a leader deposed between that check and its write can only
+repeat a transition its successor would make too (promotion, recovery, expiry are all
+idempotent), which is why the writes carry no transaction.
+
+Durability. On a replica set (or sharded cluster) writes use majority write concern,
+unless the URL sets ``w=``, and retryable writes stay on (pymongo's default), so a
+primary failover loses no job whose ``fire()`` returned. On a standalone server, a write
+is as durable as that server's journal.
+
+Wake-ups. Where the deployment has change streams (replica sets and sharded clusters)
+one background thread per backend watches this queue's changes and wakes waiting
+workers and schedulers at once; elsewhere ``wait`` polls, every 10 ms while work keeps
+coming and backing off to every 500 ms when idle (the worst-case delay before an idle
+worker sees a new job). ``skunq status`` says which is in use.
+
+Sharded clusters: shard ``sq_jobs`` on ``{q: 1, _id: 1}`` (and the others on
+``{_id: 1}``): every hot query filters on ``q``, so one queue's claims and promotions go
+to one shard, and queues spread over shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config import redact
+from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
+from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .records import apply_outcome, recover
+
+default_cfg: dict[str, Any] = {
+    "backend": "mongodb",
+    "conn_url": "localhost:27017",
+    "dbname": "skunkqueue",
+}
+
+log = logging.getLogger("skunkqueue.mongodb")
+
+JOBS, LEASES, SCHEDULES, COUNTERS = "sq_jobs", "sq_leases", "sq_schedules", "sq_counters"
+DEFAULT_DATABASE = "skunkqueue"
+SEPARATOR = "\x1f"  # between queue name and id in _id
+
+#: Index name -> (keys, options) of each collection; ensure_indexes() makes them so.
+INDEXES: dict[str, dict[str, tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    JOBS: {
+        "ready": ([("q", 1), ("state", 1), ("route", 1), ("eta", 1), ("seq", 1)], {}),
+        "waiting": ([("q", 1), ("state", 1), ("eta", 1), ("seq", 1)], {}),
+        "leased": ([("q", 1), ("state", 1), ("lease_until", 1)], {}),
+        "held": ([("q", 1), ("owner", 1)], {}),
+        "expiry": ([("q", 1), ("expires_at", 1)], {}),
+        "ttl": ([("expire_on", 1)], {"expireAfterSeconds": 0}),
+    },
+    LEASES: {"names": ([("q", 1), ("name", 1)], {})},
+    SCHEDULES: {"names": ([("q", 1), ("name", 1)], {})},
+}
+
+#: Documents one claim, promote kind or finish batch touches at most per call.
+BATCH = 500
+#: Polling fallback: first and longest interval between looks (seconds).
+POLL_MIN, POLL_MAX = 0.01, 0.5
+
+QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
+WAITING_STATES = sorted(s.value for s in WAITING)
+CANCELLABLE_STATES = sorted(s.value for s in CANCELLABLE)
+RECORD_FIELDS = tuple(JobRecord.__dataclass_fields__)
+_STR_FIELDS = ("id", "event", "route", "payload", "serializer", "state")
+
+# Indexes already checked by this process, per (client address, database).
+_indexed: set[tuple[str, str]] = set()
+_indexed_lock = threading.Lock()
+
+
+def _date(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+
+
+class MongoBackend(Backend):
+    """One queue in a MongoDB database (see the module docstring for the layout)."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(url, queue)
+        if SEPARATOR in queue or "\x00" in queue:
+            raise ConfigurationError("a queue name may not contain U+001F or NUL")
+        try:
+            import pymongo
+            from pymongo import errors
+        except ImportError as exc:
+            raise ImportError(
+                "the MongoDB backend needs pymongo: pip install 'skunkqueue[mongodb]'"
+            ) from exc
+        self._pymongo = pymongo
+        self._errors = errors
+        self._unreachable = (errors.ConnectionFailure, errors.ServerSelectionTimeoutError)
+        try:
+            self._client: Any = pymongo.MongoClient(
+                url, serverSelectionTimeoutMS=10_000, connectTimeoutMS=5_000, tz_aware=True
+            )
+        except errors.ConfigurationError as exc:
+            raise ConfigurationError(f"MongoDB URL {redact(url)!r}: {exc}") from None
+        except errors.InvalidURI as exc:
+            raise ConfigurationError(f"MongoDB URL {redact(url)!r}: {exc}") from None
+        try:
+            hello = self._client.admin.command("hello")
+        except errors.PyMongoError as exc:
+            self._client.close()
+            raise BackendUnavailable(f"cannot reach MongoDB at {redact(url)!r}: {exc}") from exc
+        replicated = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+        database = self._client.get_default_database(DEFAULT_DATABASE)
+        if replicated and "w=" not in (urlsplit(url).query or ""):
+            from pymongo.write_concern import WriteConcern
+
+            database = database.with_options(write_concern=WriteConcern("majority"))
+        self._db = database
+        self._jobs = database[JOBS]
+        self._leases = database[LEASES]
+        self._schedules = database[SCHEDULES]
+        self._counters = database[COUNTERS]
+        with self._talking():
+            self._ensure_indexes()
+        self._watcher: _ChangeWatcher | None = None
+        self.wake_mode = "polling (10-500 ms)"
+        if replicated:
+            self._watcher = _ChangeWatcher(self._db, queue, self._unreachable)
+            self.wake_mode = "change streams"
+        self._idle_polls = 0
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @contextmanager
+    def _talking(self) -> Iterator[None]:
+        """Report a lost server as BackendUnavailable, naming it (password elided)."""
+        try:
+            yield
+        except self._unreachable as exc:
+            raise BackendUnavailable(f"MongoDB at {redact(self.url)!r}: {exc}") from exc
+
+    def _ensure_indexes(self) -> None:
+        """Create the indexes, once per process and database; an index of ours whose
+        definition changed (keys or options) is dropped and made again."""
+        place = (self.url, self._db.name)
+        with _indexed_lock:
+            if place in _indexed:
+                return
+            for name, wanted in INDEXES.items():
+                collection = self._db[name]
+                existing = collection.index_information()
+                for index, (keys, options) in wanted.items():
+                    found = existing.get(index)
+                    if found is not None and (
+                        [tuple(k) for k in found["key"]] != keys
+                        or any(found.get(k) != v for k, v in options.items())
+                    ):
+                        log.warning("index %s.%s changed: rebuilding it", name, index)
+                        collection.drop_index(index)
+                        found = None
+                    if found is None:
+                        collection.create_index(keys, name=index, **options)
+            _indexed.add(place)
+
+    def _key(self, name: str) -> str:
+        return f"{self.queue}{SEPARATOR}{name}"
+
+    def _document(self, job: JobRecord) -> dict[str, Any]:
+        for name in _STR_FIELDS:
+            value = getattr(job, name)
+            if not isinstance(value, str):
+                raise TypeError(f"job field {name} must be a string, not {type(value).__name__}")
+        document = job.to_dict()
+        document["_id"] = self._key(job.id)
+        document["q"] = self.queue
+        document["expire_on"] = _date(job.expires_at)
+        return document
+
+    @staticmethod
+    def _record(document: dict[str, Any]) -> JobRecord:
+        return JobRecord(**{name: document[name] for name in RECORD_FIELDS if name in document})
+
+    def _alive(self, now: float) -> dict[str, Any]:
+        return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+
+    def _check_fence(self, fence: Fence, now: float) -> None:
+        lease = self._leases.find_one({"_id": self._key(fence.name)})
+        if (
+            lease is None
+            or lease.get("owner") != fence.owner
+            or lease.get("token") != fence.token
+            or lease.get("until", 0.0) < now
+        ):
+            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """One insert_many of every job (each document encoded before any is sent);
+        ids that exist are refused, unless their record expired (then replaced)."""
+        documents = [self._document(job) for job in jobs]
+        if not documents:
+            return []
+        kept = (JobState.RETRYING.value, JobState.CANCELLED.value)
+        with self._talking():
+            counter = self._counters.find_one_and_update(
+                {"_id": self.queue},
+                {"$inc": {"seq": len(documents)}},
+                upsert=True,
+                return_document=self._pymongo.ReturnDocument.AFTER,
+            )
+            first = counter["seq"] - len(documents)
+            for offset, document in enumerate(documents, 1):
+                if document["state"] not in kept:
+                    document["state"] = (
+                        JobState.SCHEDULED.value if document["eta"] > now else QUEUED
+                    )
+                document["seq"] = first + offset
+            answers = [True] * len(documents)
+            try:
+                self._jobs.insert_many(documents, ordered=False)
+            except self._errors.BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
+                    raise
+                for error in errors:
+                    index = error["index"]
+                    document = documents[index]
+                    replaced = self._jobs.replace_one(
+                        {"_id": document["_id"], "expires_at": {"$lte": now}}, document
+                    )
+                    answers[index] = replaced.modified_count == 1
+        return answers
+
+    def get(self, job_id: str, now: float) -> JobRecord | None:
+        with self._talking():
+            document = self._jobs.find_one({"_id": self._key(job_id)})
+        if document is None:
+            return None
+        record = self._record(document)
+        return None if record.expires_at is not None and record.expires_at <= now else record
+
+    def list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        query: dict[str, Any] = {"q": self.queue, **self._alive(now)}
+        if state is not None:
+            query["state"] = state
+        if route is not None:
+            query["route"] = route
+        with self._talking():
+            found = self._jobs.find(query).sort([("eta", 1), ("seq", 1)]).limit(limit)
+            return [self._record(d) for d in found]
+
+    def stats(self, now: float) -> Stats:
+        pipeline = [
+            {"$match": {"q": self.queue, **self._alive(now)}},
+            {"$group": {"_id": {"state": "$state", "route": "$route"}, "n": {"$sum": 1}}},
+        ]
+        with self._talking():
+            rows = list(self._jobs.aggregate(pipeline))
+            first = self._jobs.find_one(
+                {"q": self.queue, "state": {"$in": WAITING_STATES}},
+                sort=[("eta", 1), ("seq", 1)],
+                projection={"eta": 1},
+            )
+        counts = {(r["_id"]["state"], r["_id"]["route"]): r["n"] for r in rows}
+        return Stats(counts=counts, next_due=None if first is None else first["eta"])
+
+    def claim(
+        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+    ) -> list[JobRecord]:
+        """Mark the first ``limit`` queued jobs with this claim's token in one
+        update_many (filtered on ``state: queued``, so a job another claimer took in
+        between is skipped), then read back what the token got; a few rounds while
+        other claimers won the first picks."""
+        wanted = min(limit, BATCH)
+        if wanted <= 0 or not routes:
+            return []
+        token = os.urandom(12).hex()
+        claimed: list[JobRecord] = []
+        query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
+        with self._talking():
+            for _ in range(4):
+                picks = [
+                    d["_id"]
+                    for d in self._jobs.find(query, projection={"_id": 1})
+                    .sort([("eta", 1), ("seq", 1)])
+                    .limit(wanted - len(claimed))
+                ]
+                if not picks:
+                    break
+                self._jobs.update_many(
+                    {"_id": {"$in": picks}, "state": QUEUED},
+                    {
+                        "$set": {
+                            "state": RUNNING,
+                            "owner": owner,
+                            "lease_until": now + lease,
+                            "started_at": now,
+                            "claim": token,
+                        },
+                        "$inc": {"deliveries": 1},
+                    },
+                )
+                got = self._jobs.find({"_id": {"$in": picks}, "claim": token, "state": RUNNING})
+                claimed += [self._record(d) for d in got]
+                if len(claimed) >= wanted:
+                    break
+        claimed.sort(key=lambda r: (r.eta, r.seq))
+        return claimed
+
+    def renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        query: dict[str, Any] = {"q": self.queue, "owner": owner, "state": RUNNING}
+        if job_ids is not None:
+            query["_id"] = {"$in": [self._key(i) for i in job_ids]}
+        with self._talking():
+            self._jobs.update_many(query, {"$set": {"lease_until": now + lease}})
+            return {d["id"] for d in self._jobs.find(query, projection={"id": 1})}
+
+    def _replace_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
+        """Write ``new`` where the stored record still has ``old``'s state, owner and
+        delivery count: a compare-and-set on one document."""
+        result = self._jobs.replace_one(
+            {
+                "_id": self._key(old.id),
+                "state": old.state,
+                "owner": old.owner,
+                "deliveries": old.deliveries,
+            },
+            self._document(new),
+        )
+        return result.matched_count == 1
+
+    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        if not outcomes:
+            return []
+        keys = [self._key(o.job_id) for o in outcomes]
+        with self._talking():
+            held = {
+                d["id"]: self._record(d)
+                for d in self._jobs.find({"_id": {"$in": keys}, "state": RUNNING, "owner": owner})
+            }
+            answers: list[bool] = []
+            for outcome in outcomes:
+                old = held.pop(outcome.job_id, None)  # one outcome per job and claim
+                if old is None:
+                    answers.append(False)
+                    continue
+                new = self._record(self._document(old))
+                apply_outcome(new, outcome, now)
+                answers.append(self._replace_if_unchanged(old, new))
+        return answers
+
+    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        keys = [self._key(i) for i in job_ids]
+        with self._talking():
+            found = {
+                d["id"]: self._record(d)
+                for d in self._jobs.find(
+                    {"_id": {"$in": keys}, "state": {"$in": CANCELLABLE_STATES}}
+                )
+            }
+            answers = []
+            for job_id in job_ids:
+                old = found.pop(job_id, None)
+                if old is None:
+                    answers.append(False)
+                    continue
+                new = self._record(self._document(old))
+                new.state = JobState.CANCELLED.value
+                new.error = {"reason": reason}
+                new.finished_at = now
+                new.expires_at = now + new.result_ttl
+                answers.append(self._replace_if_unchanged(old, new))
+        return answers
+
+    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+        limit = max(1, min(limit, BATCH))
+        report = PromoteReport()
+        with self._talking():
+            self._check_fence(fence, now)
+            due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}
+            due = [
+                d["_id"]
+                for d in self._jobs.find(due_query, projection={"_id": 1})
+                .sort([("eta", 1), ("seq", 1)])
+                .limit(limit)
+            ]
+            if due:
+                moved = self._jobs.update_many(
+                    {**due_query, "_id": {"$in": due}}, {"$set": {"state": QUEUED}}
+                )
+                report.promoted = moved.modified_count
+            lapsed = [
+                self._record(d)
+                for d in self._jobs.find(
+                    {"q": self.queue, "state": RUNNING, "lease_until": {"$lt": now}}
+                ).limit(limit)
+            ]
+            for old in lapsed:
+                new = self._record(self._document(old))
+                recover(new, now)
+                if self._replace_if_unchanged(old, new):
+                    if new.state == JobState.ERROR.value:
+                        report.failed += 1
+                    else:
+                        report.recovered += 1
+            expired = [
+                d["_id"]
+                for d in self._jobs.find(
+                    {"q": self.queue, "expires_at": {"$lte": now}}, projection={"_id": 1}
+                ).limit(limit)
+            ]
+            if expired:
+                deleted = self._jobs.delete_many(
+                    {"_id": {"$in": expired}, "expires_at": {"$lte": now}}
+                )
+                report.expired = deleted.deleted_count
+            report.more = len(due) >= limit or len(lapsed) >= limit or len(expired) >= limit
+            report.next_due = self._next_due()
+        return report
+
+    def _next_due(self) -> float | None:
+        first = self._jobs.find_one(
+            {"q": self.queue, "state": {"$in": WAITING_STATES}},
+            sort=[("eta", 1), ("seq", 1)],
+            projection={"eta": 1},
+        )
+        running = self._jobs.find_one(
+            {"q": self.queue, "state": RUNNING, "lease_until": {"$ne": None}},
+            sort=[("lease_until", 1)],
+            projection={"lease_until": 1},
+        )
+        times = [d[f] for d, f in ((first, "eta"), (running, "lease_until")) if d is not None]
+        return min(times) if times else None
+
+    # -- leases -------------------------------------------------------------------
+
+    def _lease(self, document: dict[str, Any]) -> Lease:
+        return Lease(
+            document["name"],
+            document["owner"],
+            document["token"],
+            document["until"],
+            dict(document.get("info") or {}),
+        )
+
+    def acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None:
+        after = self._pymongo.ReturnDocument.AFTER
+        fields = {"until": now + ttl, "info": dict(info or {})}
+        with self._talking():
+            renewed = self._leases.find_one_and_update(
+                {"_id": self._key(name), "owner": owner, "until": {"$gte": now}},
+                {"$set": fields},
+                return_document=after,
+            )
+            if renewed is not None:
+                return self._lease(renewed)
+            try:
+                taken = self._leases.find_one_and_update(
+                    {
+                        "_id": self._key(name),
+                        "$or": [{"owner": ""}, {"until": {"$lt": now}}],
+                    },
+                    {
+                        "$set": {**fields, "owner": owner, "q": self.queue, "name": name},
+                        "$inc": {"token": 1},
+                    },
+                    upsert=True,
+                    return_document=after,
+                )
+            except self._errors.DuplicateKeyError:
+                return None  # held by another owner: the upsert found no free lease
+            return self._lease(taken)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._talking():
+            result = self._leases.update_one(
+                {"_id": self._key(name), "owner": owner},
+                {"$set": {"owner": "", "until": 0.0, "info": {}}},
+            )
+        return result.matched_count == 1
+
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        query = {
+            "q": self.queue,
+            "name": {"$regex": "^" + re.escape(prefix)},
+            "owner": {"$ne": ""},
+            "until": {"$gte": now},
+        }
+        with self._talking():
+            return [self._lease(d) for d in self._leases.find(query).sort("name", 1)]
+
+    # -- schedules ----------------------------------------------------------------
+
+    def save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None:
+        document = {
+            "_id": self._key(schedule.name),
+            "q": self.queue,
+            "name": schedule.name,
+            "spec": schedule.spec,
+            "template": schedule.template,
+            "next_fire": schedule.next_fire,
+            "updated_at": schedule.updated_at,
+        }
+        with self._talking():
+            if fence is not None:
+                self._check_fence(fence, now)
+            self._schedules.replace_one({"_id": document["_id"]}, document, upsert=True)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        with self._talking():
+            found = self._schedules.find({"q": self.queue}).sort("name", 1)
+            return [
+                ScheduleRecord(
+                    name=d["name"],
+                    spec=d["spec"],
+                    template=d["template"],
+                    next_fire=d["next_fire"],
+                    updated_at=d.get("updated_at", 0.0),
+                )
+                for d in found
+            ]
+
+    def remove_schedule(self, name: str) -> bool:
+        with self._talking():
+            return self._schedules.delete_one({"_id": self._key(name)}).deleted_count == 1
+
+    # -- waiting ------------------------------------------------------------------
+
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+        if timeout <= 0:
+            return
+        if self._watcher is not None and self._watcher.healthy():
+            self._watcher.wait(timeout, routes)
+            return
+        # Polling: a cheap indexed look per interval, the interval doubling while idle.
+        deadline = time.monotonic() + timeout
+        while True:
+            interval = min(POLL_MAX, POLL_MIN * 2**self._idle_polls)
+            left = deadline - time.monotonic()
+            time.sleep(max(0.0, min(interval, left)))
+            if time.monotonic() >= deadline - 0.0005:
+                self._idle_polls += 1
+                return
+            if routes is None:
+                self._idle_polls += 1
+                return  # a scheduler looks itself; only its sleep is bounded here
+            query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
+            with self._talking():
+                if self._jobs.find_one(query, projection={"_id": 1}) is not None:
+                    self._idle_polls = 0
+                    return
+            self._idle_polls += 1
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+        self._client.close()
+
+
+class _ChangeWatcher:
+    """One change stream on this queue's jobs and leases, in a daemon thread.
+
+    A worker waiting on routes wakes when a job may have become queued (an insert or
+    replace with state queued, an update setting state); a scheduler wakes when an eta or
+    lease may have moved earlier (a job stored scheduled or retrying, a lease shortened,
+    a lease released). Waking early is allowed, so the filters are coarse.
+    """
+
+    def __init__(self, database: Any, queue: str, unreachable: tuple[type, ...]) -> None:
+        self._db = database
+        self._queue = queue
+        self._unreachable = unreachable
+        self._cond = threading.Condition()
+        self._worker_version = 0
+        self._scheduler_version = 0
+        self._seen: dict[str, int] = {}
+        self._closed = False
+        self._connected = threading.Event()
+        self._failed_at = 0.0
+        self._thread = threading.Thread(
+            target=self._loop, name=f"skunkqueue-watch-{queue}", daemon=True
+        )
+        self._thread.start()
+
+    def healthy(self) -> bool:
+        """Watching now, or never failed: while the stream is down, wait() polls."""
+        if self._connected.is_set():
+            return True
+        return self._failed_at == 0.0 and self._connected.wait(2.0)
+
+    def _loop(self) -> None:
+        mine = "^" + re.escape(self._queue + SEPARATOR)
+        pipeline = [
+            {"$match": {"ns.coll": {"$in": [JOBS, LEASES]}, "documentKey._id": {"$regex": mine}}}
+        ]
+        failures = 0
+        while not self._closed:
+            try:
+                with self._db.watch(pipeline, max_await_time_ms=250) as stream:
+                    self._connected.set()
+                    self._bump(workers=True, scheduler=True)  # changes before it were unseen
+                    failures = 0
+                    while not self._closed and stream.alive:
+                        change = stream.try_next()
+                        if change is not None:
+                            self._classify(change)
+            except Exception as exc:
+                if self._closed:
+                    return
+                failures += 1
+                self._connected.clear()
+                self._failed_at = time.monotonic()
+                log.debug("change stream on %s: %r; reconnecting", self._queue, exc)
+                self._bump(workers=True, scheduler=True)  # waiters look (and poll) now
+                with self._cond:
+                    self._cond.wait(min(2.0, 0.05 * 2**failures))
+
+    def _classify(self, change: dict[str, Any]) -> None:
+        kind = change.get("operationType")
+        collection = change.get("ns", {}).get("coll")
+        if collection == LEASES:
+            self._bump(workers=False, scheduler=True)
+            return
+        document = change.get("fullDocument") or {}
+        updated = (change.get("updateDescription") or {}).get("updatedFields") or {}
+        state = document.get("state") or updated.get("state")
+        workers = state == QUEUED or kind == "update" and "state" in updated
+        scheduler = state in WAITING_STATES or "lease_until" in updated or kind == "replace"
+        if workers or scheduler:
+            self._bump(workers=workers, scheduler=scheduler)
+
+    def _bump(self, *, workers: bool, scheduler: bool) -> None:
+        with self._cond:
+            if workers:
+                self._worker_version += 1
+            if scheduler:
+                self._scheduler_version += 1
+            self._cond.notify_all()
+
+    def wait(self, timeout: float, routes: Sequence[str] | None) -> None:
+        kind = "scheduler" if routes is None else "workers"
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            version = self._version(kind)
+            if self._seen.get(kind) == version:
+                while self._version(kind) == version and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            self._seen[kind] = self._version(kind)
+
+    def _version(self, kind: str) -> int:
+        return self._scheduler_version if kind == "scheduler" else self._worker_version
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=2.0)
