@@ -107,6 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     stats = backend.stats(now)
     print(f"queue {backend.queue} on {redact(backend.url)}")
+    print(f"wake-ups: {backend.wake_mode}")
     print("jobs:")
     if not stats.counts:
         print("  (none)")

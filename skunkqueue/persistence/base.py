@@ -85,6 +85,8 @@ class Backend(ABC):
 
     #: Whether separate processes opening the same URL see the same data.
     shared_across_processes: bool = True
+    #: How ``wait`` learns of new work, as ``skunq status`` shows it.
+    wake_mode: str = "polling every 5 ms"
 
     def __init__(self, url: str, queue: str) -> None:
         self.url = url

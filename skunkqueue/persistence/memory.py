@@ -40,6 +40,7 @@ _stores_lock = threading.Lock()
 
 class MemoryBackend(Backend):
     shared_across_processes = False
+    wake_mode = "in-process condition variable"
 
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)

@@ -76,6 +76,9 @@ log = logging.getLogger("skunkqueue.mongodb")
 JOBS, LEASES, SCHEDULES, COUNTERS = "sq_jobs", "sq_leases", "sq_schedules", "sq_counters"
 DEFAULT_DATABASE = "skunkqueue"
 SEPARATOR = "\x1f"  # between queue name and id in _id
+#: Hint for queries by _id that also filter on other fields: the plan is the _id index
+#: whatever the planner guesses (the stand-in server's planner scans without it).
+BY_ID = "_id_"
 
 #: Index name -> (keys, options) of each collection; ensure_indexes() makes them so.
 INDEXES: dict[str, dict[str, tuple[list[tuple[str, int]], dict[str, Any]]]] = {
@@ -128,13 +131,18 @@ class MongoBackend(Backend):
         self._pymongo = pymongo
         self._errors = errors
         self._unreachable = (errors.ConnectionFailure, errors.ServerSelectionTimeoutError)
+        # Our timeouts unless the URL sets its own (pymongo lets keywords win over it).
+        given = {part.split("=")[0].lower() for part in (urlsplit(url).query or "").split("&")}
+        options = {
+            name: value
+            for name, value in (("serverSelectionTimeoutMS", 10_000), ("connectTimeoutMS", 5_000))
+            if name.lower() not in given
+        }
         try:
-            self._client: Any = pymongo.MongoClient(
-                url, serverSelectionTimeoutMS=10_000, connectTimeoutMS=5_000, tz_aware=True
-            )
+            self._client: Any = pymongo.MongoClient(url, tz_aware=True, **options)
         except errors.ConfigurationError as exc:
             raise ConfigurationError(f"MongoDB URL {redact(url)!r}: {exc}") from None
-        except errors.InvalidURI as exc:
+        except (errors.InvalidURI, ValueError) as exc:  # pymongo's words for a malformed URL
             raise ConfigurationError(f"MongoDB URL {redact(url)!r}: {exc}") from None
         try:
             hello = self._client.admin.command("hello")
@@ -259,7 +267,7 @@ class MongoBackend(Backend):
                     index = error["index"]
                     document = documents[index]
                     replaced = self._jobs.replace_one(
-                        {"_id": document["_id"], "expires_at": {"$lte": now}}, document
+                        {"_id": document["_id"], "expires_at": {"$lte": now}}, document, hint=BY_ID
                     )
                     answers[index] = replaced.modified_count == 1
         return answers
@@ -297,6 +305,7 @@ class MongoBackend(Backend):
                 {"q": self.queue, "state": {"$in": WAITING_STATES}},
                 sort=[("eta", 1), ("seq", 1)],
                 projection={"eta": 1},
+                hint="waiting",
             )
         counts = {(r["_id"]["state"], r["_id"]["route"]): r["n"] for r in rows}
         return Stats(counts=counts, next_due=None if first is None else first["eta"])
@@ -336,8 +345,11 @@ class MongoBackend(Backend):
                         },
                         "$inc": {"deliveries": 1},
                     },
+                    hint=BY_ID,
                 )
-                got = self._jobs.find({"_id": {"$in": picks}, "claim": token, "state": RUNNING})
+                got = self._jobs.find(
+                    {"_id": {"$in": picks}, "claim": token, "state": RUNNING}, hint=BY_ID
+                )
                 claimed += [self._record(d) for d in got]
                 if len(claimed) >= wanted:
                     break
@@ -351,8 +363,8 @@ class MongoBackend(Backend):
         if job_ids is not None:
             query["_id"] = {"$in": [self._key(i) for i in job_ids]}
         with self._talking():
-            self._jobs.update_many(query, {"$set": {"lease_until": now + lease}})
-            return {d["id"] for d in self._jobs.find(query, projection={"id": 1})}
+            self._jobs.update_many(query, {"$set": {"lease_until": now + lease}}, hint="held")
+            return {d["id"] for d in self._jobs.find(query, projection={"id": 1}, hint="held")}
 
     def _replace_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
         """Write ``new`` where the stored record still has ``old``'s state, owner and
@@ -365,6 +377,7 @@ class MongoBackend(Backend):
                 "deliveries": old.deliveries,
             },
             self._document(new),
+            hint=BY_ID,
         )
         return result.matched_count == 1
 
@@ -375,7 +388,9 @@ class MongoBackend(Backend):
         with self._talking():
             held = {
                 d["id"]: self._record(d)
-                for d in self._jobs.find({"_id": {"$in": keys}, "state": RUNNING, "owner": owner})
+                for d in self._jobs.find(
+                    {"_id": {"$in": keys}, "state": RUNNING, "owner": owner}, hint=BY_ID
+                )
             }
             answers: list[bool] = []
             for outcome in outcomes:
@@ -394,7 +409,7 @@ class MongoBackend(Backend):
             found = {
                 d["id"]: self._record(d)
                 for d in self._jobs.find(
-                    {"_id": {"$in": keys}, "state": {"$in": CANCELLABLE_STATES}}
+                    {"_id": {"$in": keys}, "state": {"$in": CANCELLABLE_STATES}}, hint=BY_ID
                 )
             }
             answers = []
@@ -419,13 +434,13 @@ class MongoBackend(Backend):
             due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}
             due = [
                 d["_id"]
-                for d in self._jobs.find(due_query, projection={"_id": 1})
+                for d in self._jobs.find(due_query, projection={"_id": 1}, hint="waiting")
                 .sort([("eta", 1), ("seq", 1)])
                 .limit(limit)
             ]
             if due:
                 moved = self._jobs.update_many(
-                    {**due_query, "_id": {"$in": due}}, {"$set": {"state": QUEUED}}
+                    {**due_query, "_id": {"$in": due}}, {"$set": {"state": QUEUED}}, hint=BY_ID
                 )
                 report.promoted = moved.modified_count
             lapsed = [
@@ -450,7 +465,7 @@ class MongoBackend(Backend):
             ]
             if expired:
                 deleted = self._jobs.delete_many(
-                    {"_id": {"$in": expired}, "expires_at": {"$lte": now}}
+                    {"_id": {"$in": expired}, "expires_at": {"$lte": now}}, hint=BY_ID
                 )
                 report.expired = deleted.deleted_count
             report.more = len(due) >= limit or len(lapsed) >= limit or len(expired) >= limit
@@ -462,6 +477,7 @@ class MongoBackend(Backend):
             {"q": self.queue, "state": {"$in": WAITING_STATES}},
             sort=[("eta", 1), ("seq", 1)],
             projection={"eta": 1},
+            hint="waiting",
         )
         running = self._jobs.find_one(
             {"q": self.queue, "state": RUNNING, "lease_until": {"$ne": None}},
@@ -492,6 +508,7 @@ class MongoBackend(Backend):
                 {"_id": self._key(name), "owner": owner, "until": {"$gte": now}},
                 {"$set": fields},
                 return_document=after,
+                hint=BY_ID,
             )
             if renewed is not None:
                 return self._lease(renewed)
@@ -507,6 +524,7 @@ class MongoBackend(Backend):
                     },
                     upsert=True,
                     return_document=after,
+                    hint=BY_ID,
                 )
             except self._errors.DuplicateKeyError:
                 return None  # held by another owner: the upsert found no free lease
@@ -517,6 +535,7 @@ class MongoBackend(Backend):
             result = self._leases.update_one(
                 {"_id": self._key(name), "owner": owner},
                 {"$set": {"owner": "", "until": 0.0, "info": {}}},
+                hint=BY_ID,
             )
         return result.matched_count == 1
 

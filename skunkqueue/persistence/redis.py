@@ -89,6 +89,8 @@ INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
 class RedisBackend(Backend):
     """One queue on a Redis server or cluster (see the module docstring for the layout)."""
 
+    wake_mode = "BLPOP on the routes' wake lists; Pub/Sub for schedulers"
+
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
         if "{" in queue or "}" in queue:

@@ -455,6 +455,8 @@ class SQLiteBackend(Backend):
 
     # -- waiting ------------------------------------------------------------------
 
+    wake_mode = "SQLite data_version, read every 2 ms"
+
     def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
         while True:

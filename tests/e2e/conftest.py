@@ -71,9 +71,12 @@ class Proc:
 class E2E:
     """One test's world: a directory, a database URL, a queue name and its processes."""
 
-    def __init__(self, directory: Path, url: str | None = None) -> None:
+    def __init__(self, directory: Path, url: str | None = None, scale: float = 1.0) -> None:
         self.dir = directory
         self.url = url or f"sqlite:///{directory / 'jobs.db'}"
+        #: Share of the job counts a scenario uses on this store: the MongoDB stand-in
+        #: server stores and claims tens of jobs per second, not thousands.
+        self.scale = scale
         self.queue_name = f"q{uuid.uuid4().hex[:8]}"
         self.procs: list[Proc] = []
         self.modules: list[str] = []
@@ -171,16 +174,22 @@ class E2E:
             sys.path.remove(str(self.dir))
 
 
-# Every scenario runs on each backend that worker processes can share. A server backend's
-# URL comes from its session fixture (tests/conftest.py); each test has its own queue name.
-E2E_BACKENDS = {"sqlite": None, "redis": "redis_server", "redis+cluster": "redis_cluster"}
+# Every scenario runs on each backend that worker processes can share: (the session
+# fixture of its server (tests/conftest.py), or None; the share of job counts it runs).
+# Each test has its own queue name.
+E2E_BACKENDS = {
+    "sqlite": (None, 1.0),
+    "redis": ("redis_server", 1.0),
+    "redis+cluster": ("redis_cluster", 1.0),
+    "mongodb": ("mongo_server", 0.2),
+}
 
 
 @pytest.fixture(params=sorted(E2E_BACKENDS))
 def e2e(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[E2E]:
-    server_fixture = E2E_BACKENDS[request.param]
+    server_fixture, scale = E2E_BACKENDS[request.param]
     url = request.getfixturevalue(server_fixture).url if server_fixture else None
-    world = E2E(tmp_path, url)
+    world = E2E(tmp_path, url, scale)
     yield world
     failed = getattr(request.node, "rep_call", None)
     world.teardown()

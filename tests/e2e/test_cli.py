@@ -179,6 +179,9 @@ def test_status_shows_counts_workers_leader_and_next_due(e2e: E2E) -> None:
         (worker_pid,) = (int(p) for p in re.findall(r"routes=foo\s+host=\S+ pid=(\d+)", out))
         assert parent_of(worker_pid) == worker.pid, "the live worker should be a child of the pool"
         assert f"next due: {when(soon)}" in out, out
+        assert f"wake-ups: {backend.wake_mode}" in out, out
+        if backend.url.startswith("mongodb"):  # the stand-in server is a replica set
+            assert backend.wake_mode == "change streams"
 
 
 # -- cancel ---------------------------------------------------------------------------

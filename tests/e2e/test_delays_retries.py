@@ -92,10 +92,10 @@ def test_delayed_jobs_never_start_before_their_eta(e2e: E2E, local_zone: None) -
     start_pool(e2e, "foo", "foo")
     tasks = e2e.import_module("delay_tasks")
 
-    count = 300
+    count = 3 * round(100 * e2e.scale)
     kinds = ["aware", "naive", "delta"] * (count // 3)
     random.Random(7).shuffle(kinds)
-    base = time.time() + 0.5
+    base = time.time() + 0.5 / e2e.scale  # every fire is stored before the first eta
     fired = []  # (handle, kind, earliest allowed start)
     for i, kind in enumerate(kinds):
         target = base + 2.0 * i / count
