@@ -6,6 +6,7 @@
     python benchmarks/bench.py --quick                        # tiny N: a smoke run
     python benchmarks/bench.py --json out.json                # also save the raw numbers
     python benchmarks/bench.py --redis                        # an own redis-server, Redis figures
+    python benchmarks/bench.py --mongo                        # an own SecantusDB (stand-in), explain()
 
 Everything goes through the public API (``SkunkQueue``, ``Event.fire``/``fire_many``/
 ``fire_at``, handles, ``queue.backend.stats``) and real ``skunq work`` processes, exactly
@@ -34,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import bench_mongo  # benchmarks/bench_mongo.py, next to this script
 import bench_redis  # benchmarks/bench_redis.py, next to this script
 
 import skunkqueue
@@ -91,6 +93,8 @@ class Sizes:
     ticks: int
     scheduled: int = 50000  # Redis: jobs for bytes per scheduled job and promotion
     pings: int = 5000  # Redis: round trips timed for the fire() ceiling
+    delayed_lead: float = 1.0  # seconds from firing to the first eta: firing takes less
+    poll: float = POLL  # seconds between the bench's completion polls (each a stats() call)
 
 
 FULL = Sizes(
@@ -105,6 +109,29 @@ QUICK = Sizes(
     ticks=2,
     scheduled=2000,
     pings=500,
+)
+# SecantusDB, the MongoDB stand-in, manages tens of claims per second: small N. A stats()
+# call there takes about 0.2 s (a collection scan), so the bench polls less often, not to
+# take the server's time from the workers; and firing 60 jobs takes more than 1 s.
+MONGO = Sizes(
+    fire_single=200,
+    fire_many=1000,
+    drain=500,
+    delayed=60,
+    delayed_spread=3.0,
+    ticks=3,
+    delayed_lead=3.0,
+    poll=0.5,
+)
+MONGO_QUICK = Sizes(
+    fire_single=50,
+    fire_many=500,
+    drain=100,
+    delayed=15,
+    delayed_spread=1.0,
+    ticks=2,
+    delayed_lead=3.0,
+    poll=0.5,
 )
 
 
@@ -330,7 +357,13 @@ class Bench:
             events["noop"].fire_many([()] * min(FIRE_MANY_BATCH, n - offset))
         pool = Pool(self, queue.name, workers, with_scheduler=False)
         try:
-            wait_for(lambda: complete_count(queue) >= n, 300, f"{n} jobs to complete", pool)
+            wait_for(
+                lambda: complete_count(queue) >= n,
+                300,
+                f"{n} jobs to complete",
+                pool,
+                interval=self.sizes.poll,
+            )
             done = time.time()
             # Worker processes' memory once they have run their share of the jobs.
             pss = [bench_redis.pss_mib(pid) for pid in bench_redis.children(pool.popen.pid)]
@@ -372,7 +405,7 @@ class Bench:
         try:
             self.wait_ready(queue, pool, workers, scheduler=True)
             n, spread = self.sizes.delayed, self.sizes.delayed_spread
-            lead = 1.0  # seconds between now and the first eta: firing them all takes less
+            lead = self.sizes.delayed_lead
             base = time.time() + lead
             etas = [base + spread * i / n for i in range(n)]
             handles = [
@@ -380,7 +413,11 @@ class Bench:
             ]
             fired_by = time.time()
             wait_for(
-                lambda: finished_count(queue) >= n, spread + lead + 60, f"{n} delayed jobs", pool
+                lambda: finished_count(queue) >= n,
+                spread + lead + 60,
+                f"{n} delayed jobs",
+                pool,
+                interval=self.sizes.poll,
             )
         finally:
             pool.stop()
@@ -394,6 +431,7 @@ class Bench:
         queue.close()
         return {
             "jobs": n,
+            "lead_s": lead,
             "spread_s": spread,
             "workers": workers,
             "fired_before_first_eta": fired_by < base,
@@ -425,7 +463,7 @@ class Bench:
                 wanted + 30,
                 f"{wanted} cron ticks",
                 pool,
-                interval=0.2,
+                interval=max(0.2, self.sizes.poll),
             )
         finally:
             pool.stop()
@@ -531,6 +569,7 @@ def report(results: dict[str, Any]) -> str:
             f"{' (Valkey)' if server.get('valkey_version') else ''}, "
             f"redis-py {server['redis_py']}, reply parser {server['redis_parser']}"
         )
+    lines += bench_mongo.header(results)
     lines += [
         (
             f"workers: real `skunq work` processes run with --log-level {results['worker_log_level']} "
@@ -684,6 +723,11 @@ def report(results: dict[str, Any]) -> str:
                 "",
             )
         )
+    stand_in = bench_mongo.stand_in_label(results)
+    if stand_in:  # every speed figure on SecantusDB carries the label
+        rows = [(a, b, t or (stand_in if b else "")) for a, b, t in rows]
+    if results.get("explain"):
+        rows += bench_mongo.rows(results["explain"])
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     lines.append(f"{'figure':<{width}}  {'measured':<{vwidth}}  target")
@@ -691,13 +735,16 @@ def report(results: dict[str, Any]) -> str:
     notes = []
     if dl and not dl["fired_before_first_eta"]:
         notes.append(
-            "note: firing the delayed jobs took longer than the 1 s lead; early etas were queued at once"
+            f"note: firing the delayed jobs took longer than the {dl['lead_s']:g} s lead; "
+            "early etas were queued at once"
         )
     if c:
         notes.append(
             f"note: cron warm-up ticks (schedule just stored) excluded, lateness ms: {c['warmup_ticks_ms']}; "
             f"missing ticks in the measured run: {c['missing_ticks']}"
         )
+    if results.get("explain"):
+        notes += bench_mongo.details(results["explain"])
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -713,19 +760,28 @@ def main(argv: list[str] | None = None) -> int:
         "--json", metavar="PATH", default=None, help="also write the raw numbers here"
     )
     parser.add_argument(
-        "--drain-workers", default="2,3", help="worker process counts to drain with (default 2,3)"
+        "--drain-workers",
+        default=None,
+        help="worker process counts to drain with (default 2,3; 2 with --mongo)",
     )
     parser.add_argument("--drain-jobs", type=int, default=None, help="no-op jobs per drain run")
     parser.add_argument(
         "--only",
         default=None,
         help="comma-separated phases to run (fire, drain, delayed, cron; on Redis also "
-        "promote, which measures promotion and bytes per scheduled job); default: all",
+        "promote, which measures promotion and bytes per scheduled job; on MongoDB also "
+        "explain, the explain() check of the queries per claim); default: all",
     )
     parser.add_argument(
         "--redis",
         action="store_true",
         help="start an own redis-server on a free loopback port and benchmark it",
+    )
+    parser.add_argument(
+        "--mongo",
+        action="store_true",
+        help="start an own SecantusDB (a MongoDB stand-in) on a free loopback port and "
+        "benchmark it, with small N, plus the explain() check",
     )
     parser.add_argument(
         "--runs",
@@ -744,13 +800,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.redis and args.url:
         parser.error("--redis starts its own server: give --url redis://... to use another")
+    if args.mongo and (args.url or args.redis):
+        parser.error("--mongo starts its own server: give --url mongodb://... to use another")
 
-    sizes = QUICK if args.quick else FULL
+    if args.mongo:
+        sizes = MONGO_QUICK if args.quick else MONGO
+    else:
+        sizes = QUICK if args.quick else FULL
     if args.drain_jobs:
         sizes.drain = args.drain_jobs
     workdir = Path(tempfile.mkdtemp(prefix="skunq-bench-"))
-    server = bench_redis.OwnRedis(workdir).start() if args.redis else None
+    server: bench_redis.OwnRedis | bench_mongo.OwnSecantus | None = None
     try:
+        if args.redis:
+            server = bench_redis.OwnRedis(workdir).start()
+        elif args.mongo:
+            server = bench_mongo.OwnSecantus(workdir).start()
         return run(args, parser, sizes, workdir, server)
     finally:
         if server is not None:
@@ -766,7 +831,7 @@ def run(
     parser: argparse.ArgumentParser,
     sizes: Sizes,
     workdir: Path,
-    server: bench_redis.OwnRedis | None,
+    server: bench_redis.OwnRedis | bench_mongo.OwnSecantus | None,
 ) -> int:
     if server is not None:
         url = server.url
@@ -774,13 +839,17 @@ def run(
         url = absolute_url(args.url) if args.url else f"sqlite:///{workdir / 'bench.db'}"
     probe = SkunkQueue("bench-probe", url=url)
     shared = probe.backend.shared_across_processes
-    backend = "redis" if type(probe.backend).__name__ == "RedisBackend" else "sqlite"
+    kind = type(probe.backend).__name__
+    backend = {"RedisBackend": "redis", "MongoBackend": "mongodb"}.get(kind, "sqlite")
     probe.close()
     if not shared:
         parser.error(
             f"{url}: this backend lives in one process; the benchmark needs worker processes"
         )
-    default_phases = "fire,drain,delayed,cron" + (",promote" if backend == "redis" else "")
+    default_phases = {
+        "redis": "fire,drain,delayed,cron,promote",
+        "mongodb": "explain,fire,drain,delayed,cron",
+    }.get(backend, "fire,drain,delayed,cron")
     phases = {p.strip() for p in (args.only or default_phases).split(",") if p.strip()}
     runs = args.runs or (3 if backend == "redis" else 1)
     results: dict[str, Any] = {
@@ -801,12 +870,24 @@ def run(
             print(f"{what} (run {i + 1} of {runs}) ...", file=sys.stderr, flush=True)
             bench.run_id = uuid.uuid4().hex[:6]  # fresh queue names for every run
             done.append(phase())
+            tidy()
         return median_merge(done)
+
+    def tidy() -> None:
+        """On MongoDB, delete the run's queues: stats() on the stand-in scans the whole
+        collection, so one phase's leftovers would slow the next."""
+        if backend == "mongodb":
+            bench_mongo.drop_queues(url, f"bench-{bench.run_id}-")
 
     if backend == "redis":
         import redis
 
         results["redis_server"] = {**bench_redis.server_info(url), "redis_py": redis.__version__}
+    if backend == "mongodb":
+        results["mongo_server"] = bench_mongo.server_info(url)
+    if "explain" in phases and backend == "mongodb":
+        print("explain() of the queries per claim ...", file=sys.stderr, flush=True)
+        results["explain"] = bench_mongo.explain_check(url)
     if "fire" in phases:
         results["fire"] = repeat("fire rate", bench.fire_rate)
         if backend == "redis":
@@ -814,7 +895,8 @@ def run(
             results["round_trip"] = bench_redis.round_trip(url, sizes.pings)
     if "drain" in phases:
         results["drain"] = []
-        for workers in (int(w) for w in args.drain_workers.split(",")):
+        counts = args.drain_workers or ("2" if backend == "mongodb" else "2,3")
+        for workers in (int(w) for w in counts.split(",")):
             results["drain"].append(
                 repeat(f"drain with {workers} workers", lambda w=workers: bench.drain(w))
             )
@@ -823,6 +905,7 @@ def run(
     if "cron" in phases:
         print("cron ticks ...", file=sys.stderr, flush=True)
         results["cron"] = bench.cron()
+        tidy()
     if "promote" in phases and backend == "redis":
         # The seed demo's queue name on an own server; a suffixed one on a shared server.
         name = "demo" if server is not None else f"demo-{bench.run_id}"

@@ -171,6 +171,14 @@ def test_hot_queries_walk_indexes_and_never_scan_the_collection(opened):
             {"q": q, "state": "running", "lease_until": {"$lt": now}}
         ),
         "promote: expired": jobs.find({"q": q, "expires_at": {"$lte": now}}),
+        "promote: earliest lease end": jobs.find(
+            {"q": q, "state": "running", "lease_until": {"$ne": None}},
+            hint="leased",  # as the backend asks
+        ).sort([("lease_until", 1)]),
+        "listing: all states": jobs.find(
+            {"q": q, "$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]},
+            hint="expiry",  # as the backend asks
+        ).sort([("eta", 1), ("seq", 1)]),
         "renew: held by owner": jobs.find(
             {"q": q, "owner": "w", "state": "running"},
             hint="held",  # as the backend asks

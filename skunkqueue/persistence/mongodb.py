@@ -290,8 +290,11 @@ class MongoBackend(Backend):
             query["state"] = state
         if route is not None:
             query["route"] = route
+        # Not a hot query, but an index walk all the same: the $or of _alive() leads
+        # weaker planners to a collection scan.
+        index = "ready" if route is not None else "waiting" if state is not None else "expiry"
         with self._talking():
-            found = self._jobs.find(query).sort([("eta", 1), ("seq", 1)]).limit(limit)
+            found = self._jobs.find(query, hint=index).sort([("eta", 1), ("seq", 1)]).limit(limit)
             return [self._record(d) for d in found]
 
     def stats(self, now: float) -> Stats:
@@ -300,7 +303,7 @@ class MongoBackend(Backend):
             {"$group": {"_id": {"state": "$state", "route": "$route"}, "n": {"$sum": 1}}},
         ]
         with self._talking():
-            rows = list(self._jobs.aggregate(pipeline))
+            rows = list(self._jobs.aggregate(pipeline, hint="expiry"))  # see list_jobs
             first = self._jobs.find_one(
                 {"q": self.queue, "state": {"$in": WAITING_STATES}},
                 sort=[("eta", 1), ("seq", 1)],
@@ -483,6 +486,7 @@ class MongoBackend(Backend):
             {"q": self.queue, "state": RUNNING, "lease_until": {"$ne": None}},
             sort=[("lease_until", 1)],
             projection={"lease_until": 1},
+            hint="leased",
         )
         times = [d[f] for d, f in ((first, "eta"), (running, "lease_until")) if d is not None]
         return min(times) if times else None

@@ -96,9 +96,10 @@ def test_delayed_jobs_never_start_before_their_eta(e2e: E2E, local_zone: None) -
     kinds = ["aware", "naive", "delta"] * (count // 3)
     random.Random(7).shuffle(kinds)
     base = time.time() + 0.5 / e2e.scale  # every fire is stored before the first eta
+    spread = 2.0 / e2e.scale  # seconds over which the etas lie: within the store's pace
     fired = []  # (handle, kind, earliest allowed start)
     for i, kind in enumerate(kinds):
-        target = base + 2.0 * i / count
+        target = base + spread * i / count
         if kind == "aware":
             when: datetime | timedelta = datetime.fromtimestamp(target, AWARE_ZONE)
             eta = when.timestamp()
@@ -117,7 +118,7 @@ def test_delayed_jobs_never_start_before_their_eta(e2e: E2E, local_zone: None) -
     backend = e2e.queue().backend
     wait_until(
         lambda: backend.stats(time.time()).counts.get(("complete", "foo"), 0) == count,
-        timeout=25,
+        timeout=25 + spread,
         what=f"{count} delayed jobs complete",
     )
 
