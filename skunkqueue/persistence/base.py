@@ -130,8 +130,10 @@ class Backend(ABC):
         """Atomically take up to ``limit`` queued jobs from ``routes`` for ``owner``.
 
         Jobs leave in (eta, seq) order across the given routes. Each taken job becomes
-        ``running`` with ``owner``, ``lease_until = now + lease``, ``started_at = now``
-        and ``deliveries + 1``. No job is ever handed to two claimers.
+        ``running`` with ``owner``, ``lease_until = now + lease``, ``started_at =
+        max(now, eta)`` and ``deliveries + 1``. No job is ever handed to two claimers.
+        (A claimer reads ``now`` before its call; a leader with a later clock may queue a
+        job in between, and the start is never recorded before the job's eta.)
         """
 
     @abstractmethod

@@ -133,7 +133,7 @@ class MemoryBackend(Backend):
                 r.state = JobState.RUNNING.value
                 r.owner = owner
                 r.lease_until = now + lease
-                r.started_at = now
+                r.started_at = max(now, r.eta)
                 r.deliveries += 1
             if ready:
                 self._touch()

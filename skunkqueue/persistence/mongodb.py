@@ -328,12 +328,12 @@ class MongoBackend(Backend):
         query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
         with self._talking():
             for _ in range(4):
-                picks = [
-                    d["_id"]
-                    for d in self._jobs.find(query, projection={"_id": 1})
+                found = list(
+                    self._jobs.find(query, projection={"_id": 1, "eta": 1})
                     .sort([("eta", 1), ("seq", 1)])
                     .limit(wanted - len(claimed))
-                ]
+                )
+                picks = [d["_id"] for d in found]
                 if not picks:
                     break
                 self._jobs.update_many(
@@ -350,6 +350,14 @@ class MongoBackend(Backend):
                     },
                     hint=BY_ID,
                 )
+                for early in (d for d in found if d["eta"] > now):
+                    # Queued by a leader whose clock is ahead of ours: the start is
+                    # never recorded before the eta (see Backend.claim).
+                    self._jobs.update_one(
+                        {"_id": early["_id"], "claim": token},
+                        {"$set": {"started_at": early["eta"]}},
+                        hint=BY_ID,
+                    )
                 got = self._jobs.find(
                     {"_id": {"$in": picks}, "claim": token, "state": RUNNING}, hint=BY_ID
                 )

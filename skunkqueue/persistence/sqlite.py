@@ -248,7 +248,8 @@ class SQLiteBackend(Backend):
             if not chosen:
                 return []
             rows = db.execute(
-                f"UPDATE sq_jobs SET state = 'running', owner = ?, lease_until = ?, started_at = ?, "
+                f"UPDATE sq_jobs SET state = 'running', owner = ?, lease_until = ?, "
+                f"started_at = MAX(?, eta), "
                 f"deliveries = deliveries + 1 WHERE seq IN ({', '.join('?' for _ in chosen)}) "
                 f"RETURNING {', '.join(COLUMNS)}",
                 [owner, now + lease, now, *chosen],

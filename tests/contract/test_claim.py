@@ -117,3 +117,16 @@ def test_promoted_job_keeps_its_put_order_among_equal_etas(backend):
     backend.put([job("direct", eta=T0 + 10)], now=T0 + 20)  # due on arrival: queued at once
     backend.promote(T0 + 20, lead(backend, T0 + 20))
     assert ids(backend.claim(["default"], "w", T0 + 20, lease=30, limit=2)) == ["waited", "direct"]
+
+
+def test_start_is_never_recorded_before_the_eta(backend):
+    """A worker reads its clock before it claims; a leader with a later clock may queue the
+    job in between. The recorded start is then the eta, never earlier."""
+    backend.put([job("racing", eta=T0 + 5), job("due", eta=T0 - 1)], now=T0)
+    backend.promote(T0 + 5, lead(backend, T0 + 5))
+    claimed = {r.id: r for r in backend.claim(["default"], "w", T0 + 4.5, lease=30, limit=5)}
+    assert set(claimed) == {"racing", "due"}
+    assert claimed["racing"].started_at == T0 + 5
+    assert claimed["due"].started_at == T0 + 4.5
+    stored = backend.get("racing", T0 + 5)
+    assert stored is not None and stored.started_at == T0 + 5

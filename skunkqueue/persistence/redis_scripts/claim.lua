@@ -18,7 +18,7 @@ local candidates = {}
 for r = 1, n do
   local head = redis.call('ZRANGE', KEYS[7 + r], 0, limit - 1, 'WITHSCORES')
   for k = 1, #head, 2 do
-    candidates[#candidates + 1] = {tonumber(head[k + 1]), member_seq(head[k]), head[k], r}
+    candidates[#candidates + 1] = {tonumber(head[k + 1]), member_seq(head[k]), head[k], r, head[k + 1]}
   end
 end
 if #candidates == 0 then return {} end
@@ -35,7 +35,9 @@ for k = 1, math.min(limit, #candidates) do
   local id, route = member_id(c[3]), ARGV[5 + c[4]]
   local key = job_key(id)
   redis.call('ZREM', KEYS[7 + c[4]], c[3])
-  redis.call('HSET', key, 's', 'running', 'o', owner, 'l', lease_until, 'b', now)
+  local started = now  -- never before the eta (see Backend.claim)
+  if c[1] > tonumber(now) then started = c[5] end
+  redis.call('HSET', key, 's', 'running', 'o', owner, 'l', lease_until, 'b', started)
   redis.call('HINCRBY', key, 'd', 1)
   redis.call('ZADD', RUNNING, lease_until, id)
   redis.call('SADD', KEYS[7], id)
