@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import ExternalMongo, MongoServer, RedisCluster, RedisServer
+from .servers import ExternalMongo, FdbSimServer, MongoServer, RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,15 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def fdb_sim_server() -> Iterator[FdbSimServer]:
+    """The FoundationDB simulator in a process of its own, for tests whose worker and
+    scheduler processes must share one store (no FoundationDB cluster can run here)."""
+    server = FdbSimServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,12 @@ dependency of the package (``.ci/run`` installs it into its own virtualenv, .too
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +264,35 @@ class ExternalMongo:
     """A MongoDB the user runs (``SKUNKQUEUE_TEST_MONGO_URL``): the tests start nothing."""
 
     url: str
+
+
+class FdbSimServer:
+    """``python -m skunkqueue.persistence.fdb_sim``: the FoundationDB simulator served on a
+    free loopback port, so worker and scheduler processes share one store."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"fdbsim+tcp://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> FdbSimServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skunkqueue.persistence.fdb_sim", "--port", "0"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            stop_process(self.proc, signal.SIGKILL, 5)
+            raise RuntimeError(f"the FoundationDB simulator printed no port within {timeout} s")
+        line = self.proc.stdout.readline().decode()
+        self.port = int(line.rsplit(":", 1)[-1])
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGTERM, 10)

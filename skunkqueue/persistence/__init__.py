@@ -24,6 +24,9 @@ BACKENDS = {
     "rediss+cluster": ("skunkqueue.persistence.redis", "RedisBackend"),
     "mongodb": ("skunkqueue.persistence.mongodb", "MongoBackend"),
     "mongodb+srv": ("skunkqueue.persistence.mongodb", "MongoBackend"),
+    "fdb": ("skunkqueue.persistence.fdb", "FoundationDBBackend"),
+    "fdbsim": ("skunkqueue.persistence.fdb", "FoundationDBBackend"),
+    "fdbsim+tcp": ("skunkqueue.persistence.fdb", "FoundationDBBackend"),
 }
 
 

@@ -48,6 +48,23 @@ BACKENDS = [
     # SecantusDB (the stand-in server) runs tens of claims per second: the contention
     # tests use fewer jobs there, the same number against a real MongoDB.
     BackendSpec("mongodb", server=True, fixture="mongo_server", contention_jobs=120),
+    # FoundationDB through the simulator (skunkqueue/persistence/fdb_sim.py): in-process,
+    # and served to several processes; a real cluster, where one runs, is "fdb".
+    BackendSpec("fdbsim", lambda tmp, unique: f"fdbsim://{unique}"),
+    BackendSpec("fdbsim+tcp", server=True, fixture="fdb_sim_server"),
+    # A real FoundationDB cluster, only where one is named (tests/test_fdb_backend.py
+    # reports the skip with its reason when it is not).
+    *(
+        [
+            BackendSpec(
+                "fdb",
+                lambda tmp, unique: f"fdb://{os.environ['SKUNKQUEUE_TEST_FDB_CLUSTER']}",
+                server=True,
+            )
+        ]
+        if os.environ.get("SKUNKQUEUE_TEST_FDB_CLUSTER")
+        else []
+    ),
     # Other server backends, once their modules exist, are one entry each, e.g.:
     # BackendSpec("fdb", lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_FDB", "fdb://"),
     #     server=True),

@@ -182,6 +182,7 @@ E2E_BACKENDS = {
     "redis": ("redis_server", 1.0),
     "redis+cluster": ("redis_cluster", 1.0),
     "mongodb": ("mongo_server", 0.2),
+    "fdbsim+tcp": ("fdb_sim_server", 1.0),
 }
 
 

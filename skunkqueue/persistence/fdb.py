@@ -1,0 +1,596 @@
+"""FoundationDB backend: ordered keys in one subspace per queue, every verb one short transaction.
+
+URLs:
+
+* ``fdb:///etc/foundationdb/fdb.cluster`` (or ``fdb://`` for the default cluster file): a
+  real cluster, through the official binding (``pip install 'skunkqueue[fdb]'``, which
+  needs the client library ``libfdb_c`` installed). The queue's subspace comes from the
+  directory layer, at ``('skunkqueue', queue)``.
+* ``fdbsim://NAME``: the in-process simulator (``fdb_sim.py``), shared by every backend
+  of this process that names it, like ``memory://``. For tests and one-process apps.
+* ``fdbsim+tcp://127.0.0.1:PORT``: a simulator served by ``python -m
+  skunkqueue.persistence.fdb_sim --port PORT``, shared by processes (tests, worker pools).
+
+The seed form ``SkunkQueue('demo', **default_cfg)`` means ``fdb://`` (the default cluster).
+
+Key layout, after the queue's prefix, every key a tuple (``fdb.tuple``, the binding's own
+encoding, which works without the client library, so the simulator and a cluster see the
+same bytes):
+
+* ``('j', id)`` -> the job record, JSON;
+* ``('s', eta, seq, id)`` scheduled and retrying jobs, in due order;
+* ``('r', route, eta, seq, id)`` queued jobs, per route in (eta, seq) order;
+* ``('u', lease_until, id)`` running jobs, by lease end; ``('o', owner, id)`` by holder;
+* ``('x', expires_at, id)`` records with an expiry, for the leader's cleanup;
+* ``('c', state, route)`` counts, changed by atomic add (no conflicts between writers);
+* ``('q',)`` the put sequence; ``('l', name)`` leases; ``('h', name)`` schedules;
+* ``('w', route)`` and ``('w*',)`` wake counters, bumped by atomic add, watched by waiters.
+
+Contention: claimers read the first ready keys with a snapshot read (no conflict on what
+they look at) and declare a read conflict only on the keys they take. The first attempt
+takes the first keys in order; an attempt retried after a conflict picks at random among
+the first few, so claimers spread over the head of the queue instead of colliding on the
+same key again and again.
+
+Limits: a record over 100 kB (FoundationDB's value limit) is refused with a clear error;
+a put is written in transactions of at most PUT_BYTES (far inside the 10 MB limit), and
+the leader's steps touch at most BATCH records per transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, SerializationError
+from ..jobs import CANCELLABLE, JobRecord, JobState, Outcome
+from . import fdb_sim
+from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .records import apply_outcome, recover
+
+default_cfg: dict[str, Any] = {"backend": "fdb", "conn_url": "", "dbname": None}
+
+API_VERSION = 710
+#: FoundationDB refuses values over 100,000 bytes; a record must fit in one.
+MAX_RECORD_BYTES = 100_000
+#: Bytes of records one put transaction writes at most (the limit is 10 MB).
+PUT_BYTES = 1_000_000
+#: Records one claim, promote kind, finish or cancel transaction touches at most.
+BATCH = 250
+#: A claim retried after a conflict picks among this many times ``limit`` first keys.
+SPREAD = 4
+
+QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
+SCHEDULED, RETRYING = JobState.SCHEDULED.value, JobState.RETRYING.value
+WAITING_STATES = (SCHEDULED, RETRYING)
+CANCELLABLE_STATES = {s.value for s in CANCELLABLE}
+ONE = struct.pack("<q", 1)
+
+_sims: dict[str, fdb_sim.SimDatabase] = {}
+_sims_lock = threading.Lock()
+
+
+def _tuple_layer() -> Any:
+    try:
+        import fdb.tuple
+    except ImportError as exc:
+        raise ImportError(
+            "the FoundationDB backend needs the binding: pip install 'skunkqueue[fdb]'"
+        ) from exc
+    return fdb.tuple
+
+
+def _open_database(url: str, queue: str, pack: Callable[[tuple], bytes]) -> tuple[Any, bytes]:
+    """The database handle and the queue's key prefix for ``url``."""
+    parts = urlsplit(url)
+    if parts.scheme == "fdbsim":
+        name = parts.netloc or "default"
+        with _sims_lock:
+            database = _sims.setdefault(name, fdb_sim.SimDatabase())
+        return database, pack(("skunkqueue", queue))
+    if parts.scheme == "fdbsim+tcp":
+        if not parts.hostname or not parts.port:
+            raise ConfigurationError(f"{url!r}: an fdbsim+tcp URL needs host:port")
+        try:
+            return fdb_sim.connect((parts.hostname, parts.port)), pack(("skunkqueue", queue))
+        except OSError as exc:
+            raise BackendUnavailable(f"no FoundationDB simulator at {url!r}: {exc}") from exc
+    import fdb
+
+    try:
+        fdb.api_version(API_VERSION)
+    except RuntimeError:
+        pass  # already chosen in this process
+    except Exception as exc:  # the binding raises a bare Exception without libfdb_c
+        raise BackendUnavailable(f"FoundationDB client library not usable: {exc}") from exc
+    database = fdb.open((parts.netloc + parts.path) or None)  # None: the default file
+    directory = fdb.directory.create_or_open(database, ("skunkqueue", queue))
+    return database, directory.key()
+
+
+class FoundationDBBackend(Backend):
+    """One queue in a FoundationDB subspace (see the module docstring for the layout)."""
+
+    wake_mode = "FoundationDB watches on wake counters"
+
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(url, queue)
+        self._tuple = _tuple_layer()
+        self._db, self._prefix = _open_database(url, queue, self._tuple.pack)
+        self.shared_across_processes = urlsplit(url).scheme != "fdbsim"
+        self._seen: dict[bytes, bytes | None] = {}
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _k(self, *items: Any) -> bytes:
+        return self._prefix + self._tuple.pack(items)
+
+    def _range(self, *items: Any) -> tuple[bytes, bytes]:
+        """Every key that starts with the tuple ``items``."""
+        start = self._k(*items)
+        return start, start + b"\xff"
+
+    def _unpack(self, key: bytes) -> tuple:
+        return self._tuple.unpack(key[len(self._prefix) :])
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fdb_sim.transactional(self._db, fn, *args)
+
+    @staticmethod
+    def _encode(record: JobRecord) -> bytes:
+        data = json.dumps(record.to_dict(), separators=(",", ":")).encode()
+        if len(data) > MAX_RECORD_BYTES:
+            raise SerializationError(
+                f"job {record.id}: its record is {len(data):,} bytes, over FoundationDB's "
+                f"{MAX_RECORD_BYTES:,}-byte value limit; store large payloads elsewhere "
+                "and pass a reference"
+            )
+        return data
+
+    @staticmethod
+    def _decode(value: Any) -> JobRecord:
+        return JobRecord.from_dict(json.loads(bytes(value)))
+
+    def _read(self, tr: Any, job_id: str, snapshot: bool = False) -> JobRecord | None:
+        value = (tr.snapshot if snapshot else tr).get(self._k("j", job_id))
+        return self._decode(value) if value.present() else None
+
+    def _count(self, tr: Any, state: str, route: str, n: int) -> None:
+        tr.add(self._k("c", state, route), struct.pack("<q", n))
+
+    def _wake(self, tr: Any, route: str | None) -> None:
+        tr.add(self._k("w", route) if route is not None else self._k("w*"), ONE)
+
+    def _index(self, tr: Any, r: JobRecord) -> None:
+        """Write ``r`` and the index keys its state puts it under, counting it."""
+        tr.set(self._k("j", r.id), self._encode(r))
+        if r.state in WAITING_STATES:
+            tr.set(self._k("s", float(r.eta), r.seq, r.id), b"")
+        elif r.state == QUEUED:
+            tr.set(self._k("r", r.route, float(r.eta), r.seq, r.id), b"")
+            self._wake(tr, r.route)
+        elif r.state == RUNNING:
+            tr.set(self._k("u", float(r.lease_until or 0.0), r.id), b"")
+            tr.set(self._k("o", r.owner, r.id), b"")
+        if r.expires_at is not None:
+            tr.set(self._k("x", float(r.expires_at), r.id), b"")
+        self._count(tr, r.state, r.route, 1)
+
+    def _unindex(self, tr: Any, r: JobRecord) -> None:
+        """Remove the index keys of ``r`` as stored (the record itself stays)."""
+        if r.state in WAITING_STATES:
+            tr.clear(self._k("s", float(r.eta), r.seq, r.id))
+        elif r.state == QUEUED:
+            tr.clear(self._k("r", r.route, float(r.eta), r.seq, r.id))
+        elif r.state == RUNNING:
+            tr.clear(self._k("u", float(r.lease_until or 0.0), r.id))
+            tr.clear(self._k("o", r.owner, r.id))
+        if r.expires_at is not None:
+            tr.clear(self._k("x", float(r.expires_at), r.id))
+        self._count(tr, r.state, r.route, -1)
+
+    def _check_fence(self, tr: Any, fence: Fence, now: float) -> None:
+        # A normal read: a lease that changes hands before this commits fails it.
+        lease = self._lease_at(tr, fence.name)
+        if (
+            lease is None
+            or (lease.owner, lease.token) != (fence.owner, fence.token)
+            or (lease.until < now)
+        ):
+            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """Every record is checked and encoded first; then one transaction per PUT_BYTES
+        of records (a call larger than that is written in several, each atomic)."""
+        records = [JobRecord.from_dict(job.to_dict()) for job in jobs]
+        sizes = []
+        for r in records:
+            for name in ("id", "event", "route", "payload", "serializer"):
+                if not isinstance(getattr(r, name), str):
+                    raise TypeError(f"job field {name} must be a string")
+            if r.state not in (RETRYING, JobState.CANCELLED.value):
+                r.state = SCHEDULED if r.eta > now else QUEUED
+            sizes.append(len(self._encode(r)))
+        answers: list[bool] = []
+        chunk: list[JobRecord] = []
+        used = 0
+        for r, size in zip(records, sizes, strict=True):
+            if chunk and used + size > PUT_BYTES:
+                answers += self._run(self._put, chunk, now)
+                chunk, used = [], 0
+            chunk.append(r)
+            used += size
+        if chunk:
+            answers += self._run(self._put, chunk, now)
+        return answers
+
+    def _put(self, tr: Any, records: list[JobRecord], now: float) -> list[bool]:
+        seq_key = self._k("q")
+        current = tr.get(seq_key)
+        seq = struct.unpack("<q", bytes(current))[0] if current.present() else 0
+        answers = []
+        woke_scheduler = False
+        for r in records:
+            old = self._read(tr, r.id)
+            if old is not None and (old.expires_at is None or old.expires_at > now):
+                answers.append(False)
+                continue
+            if old is not None:
+                self._unindex(tr, old)
+            seq += 1
+            stored = JobRecord.from_dict(r.to_dict())
+            stored.seq = seq
+            self._index(tr, stored)
+            if stored.state in WAITING_STATES and not woke_scheduler:
+                self._wake(tr, None)
+                woke_scheduler = True
+            answers.append(True)
+        tr.set(seq_key, struct.pack("<q", seq))
+        return answers
+
+    def get(self, job_id: str, now: float) -> JobRecord | None:
+        record = self._run(lambda tr: self._read(tr, job_id, snapshot=True))
+        if record is None or (record.expires_at is not None and record.expires_at <= now):
+            return None
+        return record
+
+    def _all(self, tr: Any) -> Iterable[JobRecord]:
+        begin, end = self._range("j")
+        return (self._decode(kv.value) for kv in tr.snapshot.get_range(begin, end))
+
+    def list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        """Reads the queue's records (not a hot path: status and listings)."""
+        if limit <= 0:
+            return []
+        found = [
+            r
+            for r in self._run(lambda tr: list(self._all(tr)))
+            if (r.expires_at is None or r.expires_at > now)
+            and (state is None or r.state == state)
+            and (route is None or r.route == route)
+        ]
+        found.sort(key=lambda r: (r.eta, r.seq))
+        return found[:limit]
+
+    def stats(self, now: float) -> Stats:
+        def read(tr: Any) -> Stats:
+            counts: dict[tuple[str, str], int] = {}
+            begin, end = self._range("c")
+            for kv in tr.snapshot.get_range(begin, end):
+                _, state, route = self._unpack(kv.key)
+                counts[(state, route)] = struct.unpack("<q", bytes(kv.value))[0]
+            # Expired records the leader has not deleted yet still count in ('c', ...).
+            begin, _ = self._range("x")
+            for kv in tr.snapshot.get_range(begin, self._k("x", float(now)) + b"\xff"):
+                stale = self._read(tr, self._unpack(kv.key)[2], snapshot=True)
+                if stale is not None:
+                    key = (stale.state, stale.route)
+                    counts[key] = counts.get(key, 0) - 1
+            begin, end = self._range("s")
+            first = list(tr.snapshot.get_range(begin, end, limit=1))
+            next_due = self._unpack(first[0].key)[1] if first else None
+            return Stats({k: n for k, n in counts.items() if n > 0}, next_due)
+
+        return self._run(read)
+
+    def claim(
+        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+    ) -> list[JobRecord]:
+        wanted = min(limit, BATCH)
+        if wanted <= 0 or not routes:
+            return []
+        attempts = [0]
+
+        def take(tr: Any) -> list[JobRecord]:
+            attempts[0] += 1
+            heads = []  # (eta, seq, id, key) of the first ready keys of each route
+            for route in dict.fromkeys(routes):
+                begin, end = self._range("r", route)
+                for kv in tr.snapshot.get_range(begin, end, limit=wanted * SPREAD):
+                    _, _, eta, seq, job_id = self._unpack(kv.key)
+                    heads.append((eta, seq, job_id, kv.key))
+            heads.sort()
+            heads = heads[: wanted * SPREAD]
+            if attempts[0] == 1 or len(heads) <= wanted:
+                picks = heads[:wanted]
+            else:  # retried after a conflict: spread over the head of the queue
+                picks = sorted(random.sample(heads, wanted))
+            taken = []
+            for _, _, job_id, key in picks:
+                tr.add_read_conflict_key(key)  # only what we take can conflict
+                r = self._read(tr, job_id)
+                if r is None or r.state != QUEUED:
+                    continue
+                self._unindex(tr, r)
+                r.state = RUNNING
+                r.owner = owner
+                r.lease_until = now + lease
+                r.started_at = max(now, r.eta)  # see Backend.claim
+                r.deliveries += 1
+                self._index(tr, r)
+                taken.append(r)
+            return taken
+
+        return self._run(take)
+
+    def renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        def extend(tr: Any) -> set[str]:
+            begin, end = self._range("o", owner)
+            held = [self._unpack(kv.key)[2] for kv in tr.get_range(begin, end)]
+            if job_ids is not None:
+                held = [i for i in held if i in set(job_ids)]
+            renewed = set()
+            for job_id in held:
+                r = self._read(tr, job_id)
+                if r is None or r.state != RUNNING or r.owner != owner:
+                    continue
+                self._unindex(tr, r)
+                r.lease_until = now + lease
+                self._index(tr, r)
+                renewed.add(job_id)
+            if renewed and lease <= 0:
+                self._wake(tr, None)  # given up: the leader should recover them now
+            return renewed
+
+        return self._run(extend)
+
+    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        answers: list[bool] = []
+        for start in range(0, len(outcomes), BATCH):
+            answers += self._run(self._finish, outcomes[start : start + BATCH], owner, now)
+        return answers
+
+    def _finish(self, tr: Any, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        answers = []
+        for outcome in outcomes:
+            r = self._read(tr, outcome.job_id)
+            if r is None or r.state != RUNNING or r.owner != owner:
+                answers.append(False)
+                continue
+            self._unindex(tr, r)
+            apply_outcome(r, outcome, now)
+            self._index(tr, r)
+            if r.state == RETRYING:
+                self._wake(tr, None)
+            answers.append(True)
+        return answers
+
+    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        def cancel_all(tr: Any) -> list[bool]:
+            answers = []
+            for job_id in job_ids:
+                r = self._read(tr, job_id)
+                if r is None or r.state not in CANCELLABLE_STATES:
+                    answers.append(False)
+                    continue
+                self._unindex(tr, r)
+                r.state = JobState.CANCELLED.value
+                r.error = {"reason": reason}
+                r.finished_at = now
+                r.expires_at = now + r.result_ttl
+                self._index(tr, r)
+                answers.append(True)
+            return answers
+
+        return self._run(cancel_all)
+
+    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+        limit = max(1, min(limit, BATCH))
+
+        def step(tr: Any) -> PromoteReport:
+            self._check_fence(tr, fence, now)
+            report = PromoteReport()
+            begin, _ = self._range("s")
+            due = list(tr.get_range(begin, self._k("s", float(now)) + b"\xff", limit=limit))
+            for kv in due:
+                r = self._read(tr, self._unpack(kv.key)[3])
+                if r is None or r.state not in WAITING_STATES:
+                    continue
+                self._unindex(tr, r)
+                r.state = QUEUED
+                self._index(tr, r)
+                report.promoted += 1
+            begin, _ = self._range("u")
+            lapsed = list(tr.get_range(begin, self._k("u", float(now)), limit=limit))  # < now
+            for kv in lapsed:
+                r = self._read(tr, self._unpack(kv.key)[2])
+                if r is None or r.state != RUNNING:
+                    continue
+                self._unindex(tr, r)
+                recover(r, now)
+                self._index(tr, r)
+                if r.state == JobState.ERROR.value:
+                    report.failed += 1
+                else:
+                    report.recovered += 1
+            begin, _ = self._range("x")
+            expired = list(tr.get_range(begin, self._k("x", float(now)) + b"\xff", limit=limit))
+            for kv in expired:
+                job_id = self._unpack(kv.key)[2]
+                r = self._read(tr, job_id)
+                tr.clear(kv.key)
+                if r is not None and r.expires_at is not None and r.expires_at <= now:
+                    self._unindex(tr, r)
+                    tr.clear(self._k("j", job_id))
+                    report.expired += 1
+            report.more = len(due) >= limit or len(lapsed) >= limit or len(expired) >= limit
+            report.next_due = self._next_due(tr)
+            return report
+
+        return self._run(step)
+
+    def _next_due(self, tr: Any) -> float | None:
+        times = []
+        for kind in ("s", "u"):
+            begin, end = self._range(kind)
+            first = list(tr.snapshot.get_range(begin, end, limit=1))
+            if first:
+                times.append(self._unpack(first[0].key)[1])
+        return min(times) if times else None
+
+    # -- leases -------------------------------------------------------------------
+
+    def _lease_at(self, tr: Any, name: str) -> Lease | None:
+        value = tr.get(self._k("l", name))
+        if not value.present():
+            return None
+        data = json.loads(bytes(value))
+        return Lease(name, data["owner"], data["token"], data["until"], data.get("info") or {})
+
+    def _set_lease(self, tr: Any, lease: Lease) -> None:
+        data = {
+            "owner": lease.owner,
+            "token": lease.token,
+            "until": lease.until,
+            "info": lease.info,
+        }
+        tr.set(self._k("l", lease.name), json.dumps(data).encode())
+
+    def acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None:
+        def take(tr: Any) -> Lease | None:
+            current = self._lease_at(tr, name)
+            if current is not None and current.owner and current.owner != owner:
+                if current.until >= now:
+                    return None
+            if current is not None and current.owner == owner and current.until >= now:
+                token = current.token
+            else:
+                token = (current.token if current else 0) + 1
+            lease = Lease(name, owner, token, now + ttl, dict(info or {}))
+            self._set_lease(tr, lease)
+            return lease
+
+        return self._run(take)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        def release(tr: Any) -> bool:
+            current = self._lease_at(tr, name)
+            if current is None or current.owner != owner:
+                return False
+            self._set_lease(tr, Lease(name, "", current.token, 0.0, {}))
+            self._wake(tr, None)  # a standby may campaign now
+            return True
+
+        return self._run(release)
+
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        # A string element is 0x02, its UTF-8 bytes (0x00 escaped), 0x00: names with the
+        # prefix lie between the prefix's bytes and those bytes followed by 0xff.
+        head = self._k("l")
+        start = head + b"\x02" + prefix.encode().replace(b"\x00", b"\x00\xff")
+
+        def read(tr: Any) -> list[Lease]:
+            found = []
+            for kv in tr.snapshot.get_range(start, start + b"\xff"):
+                name = self._unpack(kv.key)[1]
+                data = json.loads(bytes(kv.value))
+                if data["owner"] and data["until"] >= now:
+                    found.append(
+                        Lease(name, data["owner"], data["token"], data["until"], data["info"])
+                    )
+            return found
+
+        return sorted(self._run(read), key=lambda lease: lease.name)
+
+    # -- schedules ----------------------------------------------------------------
+
+    def save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None:
+        data = json.dumps(
+            {
+                "spec": schedule.spec,
+                "template": schedule.template,
+                "next_fire": schedule.next_fire,
+                "updated_at": schedule.updated_at,
+            }
+        ).encode()
+
+        def save(tr: Any) -> None:
+            if fence is not None:
+                self._check_fence(tr, fence, now)
+            tr.set(self._k("h", schedule.name), data)
+
+        self._run(save)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        def read(tr: Any) -> list[ScheduleRecord]:
+            begin, end = self._range("h")
+            found = []
+            for kv in tr.snapshot.get_range(begin, end):
+                data = json.loads(bytes(kv.value))
+                found.append(ScheduleRecord(name=self._unpack(kv.key)[1], **data))
+            return found
+
+        return sorted(self._run(read), key=lambda s: s.name)
+
+    def remove_schedule(self, name: str) -> bool:
+        def remove(tr: Any) -> bool:
+            key = self._k("h", name)
+            found = tr.get(key).present()
+            tr.clear(key)
+            return found
+
+        return self._run(remove)
+
+    # -- waiting ------------------------------------------------------------------
+
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+        """Watch the wake counters of ``routes`` (or the scheduler's); return at once if one
+        moved since this backend last looked, else when a watch fires or at ``timeout``."""
+        if timeout <= 0:
+            return
+        keys = [self._k("w", r) for r in routes] if routes is not None else [self._k("w*")]
+        woken = threading.Event()
+
+        def register(tr: Any) -> tuple[dict[bytes, bytes | None], list[Any]]:
+            values = {}
+            for key in keys:
+                value = tr.get(key)
+                values[key] = bytes(value) if value.present() else None
+            return values, [tr.watch(key) for key in keys]
+
+        values, watches = self._run(register)
+        moved = any(self._seen.get(key, b"unseen") != value for key, value in values.items())
+        self._seen.update(values)
+        try:
+            if not moved:
+                for watch in watches:
+                    watch.on_ready(lambda _: woken.set())
+                woken.wait(timeout)
+        finally:
+            for watch in watches:
+                watch.cancel()

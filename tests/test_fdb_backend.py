@@ -1,0 +1,138 @@
+"""What the FoundationDB backend promises beyond the contract suite: wake-ups by watches,
+records that fit FoundationDB's limits or are refused, large puts split into transactions
+far inside the 10 MB limit, the seed's import paths, and the real-cluster run where one
+exists. Runs against the simulator (skunkqueue/persistence/fdb_sim.py); no FoundationDB
+cluster or client library can be installed here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from skunkqueue.config import QueueConfig
+from skunkqueue.errors import SerializationError
+from skunkqueue.persistence import Backend, open_backend
+from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PUT_BYTES
+
+from .contract.support import T0, job
+
+DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
+PROMPT = 1.0
+
+
+@pytest.fixture(params=["fdbsim", "fdbsim+tcp"])
+def opened(request: pytest.FixtureRequest) -> Iterator[Callable[[], Backend]]:
+    """Open more backends on one fresh queue of the simulator (in-process or served)."""
+    if request.param == "fdbsim":
+        url = f"fdbsim://{uuid.uuid4().hex}"
+    else:
+        url = request.getfixturevalue("fdb_sim_server").url
+    queue, backends = f"ft-{uuid.uuid4().hex[:10]}", []
+
+    def open_one() -> Backend:
+        backends.append(open_backend(url, queue))
+        return backends[-1]
+
+    yield open_one
+    for backend in backends:
+        backend.close()
+
+
+def wait_in_thread(backend: Backend, routes: list[str] | None) -> Callable[[], float]:
+    took: list[float] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        backend.wait(DEADLINE, routes)
+        took.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join() -> float:
+        thread.join(DEADLINE * 2)
+        assert took, "the waiting thread never returned"
+        return took[0]
+
+    return join
+
+
+def test_idle_worker_wakes_when_a_job_is_put(opened):
+    worker, producer = opened(), opened()
+    worker.wait(0.01, ["default"])  # the first wait reports news; consume it
+    join = wait_in_thread(worker, ["default"])
+    time.sleep(0.2)  # let the wait begin: a put before it would also wake it at once
+    producer.put([job("now")], time.time())
+    assert join() < PROMPT
+
+
+def test_scheduler_wakes_when_a_scheduled_job_is_put(opened):
+    scheduler, producer = opened(), opened()
+    scheduler.wait(0.01)
+    join = wait_in_thread(scheduler, None)
+    time.sleep(0.2)
+    producer.put([job("later", eta=time.time() + 3600)], time.time())
+    assert join() < PROMPT
+
+
+def test_a_change_between_waits_wakes_the_next_wait_at_once(opened):
+    worker, producer = opened(), opened()
+    worker.wait(0.01, ["default"])
+    producer.put([job("meanwhile")], time.time())  # while nobody waited
+    started = time.monotonic()
+    worker.wait(DEADLINE, ["default"])
+    assert time.monotonic() - started < PROMPT
+
+
+def test_wait_without_news_lasts_its_timeout_and_no_longer(opened):
+    backend = opened()
+    backend.wait(0.01, ["quiet"])
+    started = time.monotonic()
+    backend.wait(0.3, ["quiet"])
+    assert 0.29 <= time.monotonic() - started < 0.4
+
+
+def test_a_record_over_the_value_limit_is_refused_and_nothing_is_written(opened):
+    backend = opened()
+    huge = job("huge", payload="x" * MAX_RECORD_BYTES)
+    with pytest.raises(SerializationError, match="100,000-byte value limit"):
+        backend.put([job("small"), huge], T0)
+    assert backend.list_jobs(T0) == []
+
+
+def test_a_put_larger_than_one_transaction_is_stored_whole(opened):
+    backend = opened()
+    payload = "y" * 90_000  # each record just under the value limit
+    jobs = [job(f"big-{i:02}", payload=payload) for i in range(2 * PUT_BYTES // 90_000 + 3)]
+    assert backend.put(jobs, T0) == [True] * len(jobs)
+    claimed = backend.claim(["default"], "w", T0, 30, limit=len(jobs))
+    assert [j.id for j in claimed] == [j.id for j in jobs]
+
+
+def test_seed_import_paths_name_the_default_cluster():
+    from skunkqueue.persistence.fdb import default_cfg
+    from skunkqueue.persistence.foundation import default_cfg as seed_cfg
+
+    assert seed_cfg == default_cfg
+    assert QueueConfig.from_kwargs("demo", **default_cfg).url == "fdb://"
+    assert QueueConfig.from_kwargs("demo", backend="foundation").url == "fdb://"
+
+
+def test_real_cluster_suite():
+    """The contract suite runs against a real cluster as the backend "fdb" when
+    SKUNKQUEUE_TEST_FDB_CLUSTER names a cluster file and libfdb_c loads."""
+    cluster = os.environ.get("SKUNKQUEUE_TEST_FDB_CLUSTER")
+    if not cluster:
+        pytest.skip(
+            "SKUNKQUEUE_TEST_FDB_CLUSTER is not set: no FoundationDB cluster here, so the "
+            "contract suite ran against the simulator only"
+        )
+    backend = open_backend(f"fdb://{cluster}", f"ft-{uuid.uuid4().hex[:10]}")
+    assert backend.put([job("real")], T0) == [True]
+    assert backend.get("real", T0) is not None
