@@ -18,7 +18,7 @@ import pytest
 from skunkqueue.config import QueueConfig
 from skunkqueue.errors import SerializationError
 from skunkqueue.persistence import Backend, open_backend
-from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PUT_BYTES
+from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
 
 from .contract.support import T0, job
 
@@ -136,3 +136,11 @@ def test_real_cluster_suite():
     backend = open_backend(f"fdb://{cluster}", f"ft-{uuid.uuid4().hex[:10]}")
     assert backend.put([job("real")], T0) == [True]
     assert backend.get("real", T0) is not None
+
+
+def test_a_listing_longer_than_one_transaction_page_sees_every_record(opened):
+    backend = opened()
+    n = PAGE + PAGE // 2
+    assert backend.put([job(f"l{i:05}", eta=T0 - i) for i in range(n)], T0) == [True] * n
+    listed = backend.list_jobs(T0, limit=n + 10)
+    assert [r.id for r in listed] == [f"l{i:05}" for i in reversed(range(n))]

@@ -43,7 +43,7 @@ import json
 import random
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,6 +64,8 @@ PUT_BYTES = 1_000_000
 BATCH = 250
 #: A claim retried after a conflict picks among this many times ``limit`` first keys.
 SPREAD = 4
+#: Records one listing transaction reads.
+PAGE = 1000
 
 QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
 SCHEDULED, RETRYING = JobState.SCHEDULED.value, JobState.RETRYING.value
@@ -261,9 +263,16 @@ class FoundationDBBackend(Backend):
             return None
         return record
 
-    def _all(self, tr: Any) -> Iterable[JobRecord]:
+    def _all(self) -> Iterator[JobRecord]:
+        """Every record of the queue, PAGE keys per transaction (snapshot reads), so a
+        long listing never nears the 5 s transaction limit."""
         begin, end = self._range("j")
-        return (self._decode(kv.value) for kv in tr.snapshot.get_range(begin, end))
+        while True:
+            page = self._run(lambda tr, b=begin: list(tr.snapshot.get_range(b, end, limit=PAGE)))
+            yield from (self._decode(kv.value) for kv in page)
+            if len(page) < PAGE:
+                return
+            begin = page[-1].key + b"\x00"
 
     def list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
@@ -273,7 +282,7 @@ class FoundationDBBackend(Backend):
             return []
         found = [
             r
-            for r in self._run(lambda tr: list(self._all(tr)))
+            for r in self._all()
             if (r.expires_at is None or r.expires_at > now)
             and (state is None or r.state == state)
             and (route is None or r.route == route)
