@@ -44,6 +44,7 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.cluster
 def test_broadcast_runs_once_on_each_of_three_workers(e2e: E2E) -> None:
     e2e.write_module("bcast_tasks", TASKS)
     worker = e2e.worker("foo", "foo", "foo")

@@ -87,6 +87,7 @@ def runs_of(e2e: E2E, name: str) -> list[float]:
     return [float(t) for t in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.cluster
 def test_delayed_jobs_never_start_before_their_eta(e2e: E2E, local_zone: None) -> None:
     e2e.write_module("delay_tasks", TASKS)
     start_pool(e2e, "foo", "foo")
@@ -159,6 +160,7 @@ def test_retry_then_success_honours_backoff(e2e: E2E) -> None:
     assert third - first < 10
 
 
+@pytest.mark.cluster
 def test_retries_exhausted_end_in_error_with_traceback(e2e: E2E) -> None:
     e2e.write_module("retry_tasks", TASKS)
     start_pool(e2e, "foo")

@@ -133,6 +133,7 @@ def tick_records(backend: Backend) -> list[JobRecord]:
 # -- leader election --------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_cron_fires_every_tick_exactly_once_across_a_leader_sigkill(e2e: E2E) -> None:
     e2e.write_module("ticks", TICKS)
     schedulers = [e2e.scheduler("--import", "ticks", "--leader-ttl", str(TTL)) for _ in range(2)]
@@ -328,6 +329,7 @@ def _running_job_with_a_rescuer(e2e: E2E) -> tuple[Proc, Any, int, int]:
     return first_pool, job, running, rescuer
 
 
+@pytest.mark.cluster
 def test_worker_sigkilled_mid_job_is_redelivered_to_another_pool(e2e: E2E) -> None:
     first_pool, job, victim, rescuer = _running_job_with_a_rescuer(e2e)
 

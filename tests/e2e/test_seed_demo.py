@@ -11,6 +11,7 @@ from .conftest import E2E, REPO
 
 
 @pytest.mark.parametrize("e2e", ["sqlite"], indirect=True)  # the seed uses the SQLite default_cfg
+@pytest.mark.cluster
 def test_seed_demo_prints_result_and_state(e2e: E2E) -> None:
     for name in ("demo.py", "demo_worker.py"):
         shutil.copy(REPO / "examples" / name, e2e.dir / name)
