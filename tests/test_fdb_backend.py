@@ -8,7 +8,6 @@ cluster or client library can be installed here.
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from skunkqueue.persistence import Backend, open_backend
 from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
 
 from .contract.support import T0, job
+from .waiting import timed_wait
 
 DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
 PROMPT = 1.0
@@ -44,29 +44,10 @@ def opened(request: pytest.FixtureRequest) -> Iterator[Callable[[], Backend]]:
         backend.close()
 
 
-def wait_in_thread(backend: Backend, routes: list[str] | None) -> Callable[[], float]:
-    took: list[float] = []
-
-    def run() -> None:
-        started = time.monotonic()
-        backend.wait(DEADLINE, routes)
-        took.append(time.monotonic() - started)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join() -> float:
-        thread.join(DEADLINE * 2)
-        assert took, "the waiting thread never returned"
-        return took[0]
-
-    return join
-
-
 def test_idle_worker_wakes_when_a_job_is_put(opened):
     worker, producer = opened(), opened()
     worker.wait(0.01, ["default"])  # the first wait reports news; consume it
-    join = wait_in_thread(worker, ["default"])
+    join = timed_wait(worker, DEADLINE, ["default"])
     time.sleep(0.2)  # let the wait begin: a put before it would also wake it at once
     producer.put([job("now")], time.time())
     assert join() < PROMPT
@@ -75,7 +56,7 @@ def test_idle_worker_wakes_when_a_job_is_put(opened):
 def test_scheduler_wakes_when_a_scheduled_job_is_put(opened):
     scheduler, producer = opened(), opened()
     scheduler.wait(0.01)
-    join = wait_in_thread(scheduler, None)
+    join = timed_wait(scheduler, DEADLINE, None)
     time.sleep(0.2)
     producer.put([job("later", eta=time.time() + 3600)], time.time())
     assert join() < PROMPT

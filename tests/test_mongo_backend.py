@@ -7,7 +7,6 @@ started by the fixtures, or SKUNKQUEUE_TEST_MONGO_URL).
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from skunkqueue.persistence.mongodb import BY_ID, INDEXES, JOBS, POLL_MAX, Mongo
 
 from .contract.support import job
 from .servers import free_port
+from .waiting import timed_wait
 
 pymongo = pytest.importorskip("pymongo")
 
@@ -49,27 +49,6 @@ def opened(mongo_server) -> Iterator[Callable[..., MongoBackend]]:
         backend.close()
 
 
-def wait_in_thread(backend: MongoBackend, routes: list[str] | None) -> Callable[[], float]:
-    """Start ``backend.wait(DEADLINE, routes)`` in a thread; the returned function joins it
-    and gives how long the wait took."""
-    took: list[float] = []
-
-    def run() -> None:
-        started = time.monotonic()
-        backend.wait(DEADLINE, routes)
-        took.append(time.monotonic() - started)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join() -> float:
-        thread.join(DEADLINE * 2)
-        assert took, "the waiting thread never returned"
-        return took[0]
-
-    return join
-
-
 # -- wake-ups -------------------------------------------------------------------------
 
 
@@ -80,7 +59,7 @@ def test_a_replica_set_gives_change_stream_wake_ups(opened):
 def test_idle_worker_wakes_when_a_job_is_put(opened):
     worker, producer = opened(), opened()
     worker.wait(0.01, ["default"])  # the stream is open and the old news consumed
-    join = wait_in_thread(worker, ["default"])
+    join = timed_wait(worker, DEADLINE, ["default"])
     time.sleep(0.2)  # let the wait begin: a put before it would also wake it at once
     producer.put([job("now")], time.time())
     assert join() < PROMPT
@@ -89,7 +68,7 @@ def test_idle_worker_wakes_when_a_job_is_put(opened):
 def test_scheduler_wakes_when_a_scheduled_job_is_put(opened):
     scheduler, producer = opened(), opened()
     scheduler.wait(0.01)
-    join = wait_in_thread(scheduler, None)
+    join = timed_wait(scheduler, DEADLINE, None)
     time.sleep(0.2)
     producer.put([job("later", eta=time.time() + 3600)], time.time())
     assert join() < PROMPT
@@ -110,7 +89,7 @@ def test_polling_fallback_finds_a_new_job_within_its_longest_interval(opened):
     poller._watcher.close()  # as on a standalone server: no change streams
     poller._watcher = None
     poller._idle_polls = 10  # backed off to the longest interval
-    join = wait_in_thread(poller, ["default"])
+    join = timed_wait(poller, DEADLINE, ["default"])
     time.sleep(0.1)
     producer.put([job("polled")], time.time())
     took = join()

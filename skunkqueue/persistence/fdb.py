@@ -51,7 +51,7 @@ from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, Serializ
 from ..jobs import CANCELLABLE, JobRecord, JobState, Outcome
 from . import fdb_sim
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
-from .records import apply_outcome, recover
+from .records import apply_outcome, recover, taken_lease
 
 default_cfg: dict[str, Any] = {"backend": "fdb", "conn_url": "", "dbname": None}
 
@@ -490,16 +490,9 @@ class FoundationDBBackend(Backend):
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
         def take(tr: Any) -> Lease | None:
-            current = self._lease_at(tr, name)
-            if current is not None and current.owner and current.owner != owner:
-                if current.until >= now:
-                    return None
-            if current is not None and current.owner == owner and current.until >= now:
-                token = current.token
-            else:
-                token = (current.token if current else 0) + 1
-            lease = Lease(name, owner, token, now + ttl, dict(info or {}))
-            self._set_lease(tr, lease)
+            lease = taken_lease(self._lease_at(tr, name), name, owner, now, ttl, info or {})
+            if lease is not None:
+                self._set_lease(tr, lease)
             return lease
 
         return self._run(take)

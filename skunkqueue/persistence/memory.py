@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from ..errors import LeaseLost
 from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
-from .records import apply_outcome, recover
+from .records import apply_outcome, recover, taken_lease
 
 default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
 
@@ -245,18 +245,9 @@ class MemoryBackend(Backend):
     ) -> Lease | None:
         with self._locked():
             current = self._store.leases.get(name)
-            if (
-                current is not None
-                and current.owner  # a released lease has no owner: it is free
-                and current.owner != owner
-                and current.until >= now
-            ):
+            lease = taken_lease(current, name, owner, now, ttl, info or {})
+            if lease is None:
                 return None
-            if current is not None and current.owner == owner and current.until >= now:
-                token = current.token
-            else:
-                token = (current.token if current else 0) + 1
-            lease = Lease(name, owner, token, now + ttl, dict(info or {}))
             self._store.leases[name] = lease
             self._touch()
             return lease

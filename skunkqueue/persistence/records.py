@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..jobs import JobRecord, JobState, Outcome
+from .base import Lease
 
 
 def lost_deliveries_error(lost: int, max_deliveries: int) -> dict[str, Any]:
@@ -51,3 +52,18 @@ def recover(r: JobRecord, now: float) -> None:
         r.expires_at = now + r.result_ttl
     else:
         r.state = JobState.QUEUED.value
+
+
+def taken_lease(
+    current: Lease | None, name: str, owner: str, now: float, ttl: float, info: dict[str, Any]
+) -> Lease | None:
+    """``acquire_lease``'s rule: the lease ``owner`` holds after asking at ``now``, or
+    ``None`` while another owner holds it unexpired. The token grows when the owner changes
+    (or re-takes its own expired lease) and stays on renewal."""
+    if current is not None and current.owner and current.owner != owner and current.until >= now:
+        return None
+    if current is not None and current.owner == owner and current.until >= now:
+        token = current.token
+    else:
+        token = (current.token if current else 0) + 1
+    return Lease(name, owner, token, now + ttl, dict(info))
