@@ -40,7 +40,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import (
+    Client,
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -900,7 +907,10 @@ class SimServer:
         self, db: SimDatabase | None = None, port: int = 0, authkey: bytes = DEFAULT_AUTHKEY
     ) -> None:
         self.db = db if db is not None else SimDatabase()
-        self._listener = Listener(("127.0.0.1", port), authkey=authkey)
+        # The handshake runs in each connection's own thread (see _serve), so a slow client
+        # never holds up the others; the backlog lets a whole worker pool connect at once.
+        self._authkey = authkey
+        self._listener = Listener(("127.0.0.1", port), backlog=128)
         self.address: tuple[str, int] = self._listener.address
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -943,6 +953,12 @@ class SimServer:
         self.stop()
 
     def _serve(self, conn: Connection) -> None:
+        try:
+            deliver_challenge(conn, self._authkey)
+            answer_challenge(conn, self._authkey)
+        except (AuthenticationError, EOFError, OSError):
+            conn.close()
+            return
         with self._lock:
             self._conns.add(conn)
         try:
