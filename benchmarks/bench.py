@@ -7,6 +7,7 @@
     python benchmarks/bench.py --json out.json                # also save the raw numbers
     python benchmarks/bench.py --redis                        # an own redis-server, Redis figures
     python benchmarks/bench.py --mongo                        # an own SecantusDB (stand-in), explain()
+    python benchmarks/bench.py --fdbsim                       # an own FoundationDB simulator, contention
 
 Everything goes through the public API (``SkunkQueue``, ``Event.fire``/``fire_many``/
 ``fire_at``, handles, ``queue.backend.stats``) and real ``skunq work`` processes, exactly
@@ -35,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import bench_fdb  # benchmarks/bench_fdb.py, next to this script
 import bench_mongo  # benchmarks/bench_mongo.py, next to this script
 import bench_redis  # benchmarks/bench_redis.py, next to this script
 
@@ -132,6 +134,29 @@ MONGO_QUICK = Sizes(
     ticks=2,
     delayed_lead=3.0,
     poll=0.5,
+)
+
+# The FoundationDB simulator (fdbsim+tcp): one Python server process that every worker and
+# the producer reach over a local socket, a few round trips per transaction; fire() manages
+# about 1,000 jobs/s there. Sizes for a whole --fdbsim run of under two minutes.
+FDBSIM = Sizes(
+    fire_single=1000,
+    fire_many=5000,
+    drain=3000,
+    delayed=100,
+    delayed_spread=2.0,
+    ticks=3,
+    delayed_lead=1.0,
+    poll=0.2,
+)
+FDBSIM_QUICK = Sizes(
+    fire_single=100,
+    fire_many=500,
+    drain=300,
+    delayed=20,
+    delayed_spread=1.0,
+    ticks=2,
+    poll=0.2,
 )
 
 
@@ -570,6 +595,7 @@ def report(results: dict[str, Any]) -> str:
             f"redis-py {server['redis_py']}, reply parser {server['redis_parser']}"
         )
     lines += bench_mongo.header(results)
+    lines += bench_fdb.header(results)
     lines += [
         (
             f"workers: real `skunq work` processes run with --log-level {results['worker_log_level']} "
@@ -726,8 +752,14 @@ def report(results: dict[str, Any]) -> str:
     stand_in = bench_mongo.stand_in_label(results)
     if stand_in:  # every speed figure on SecantusDB carries the label
         rows = [(a, b, t or (stand_in if b else "")) for a, b, t in rows]
+    simulator = bench_fdb.label(results)
+    if simulator:  # every figure on the FoundationDB simulator carries the label
+        rows = [(a, b, t or (simulator if b else "")) for a, b, t in rows]
     if results.get("explain"):
         rows += bench_mongo.rows(results["explain"])
+    for key in ("contention", "contention_procs"):
+        if results.get(key):
+            rows += bench_fdb.rows(results[key])
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     lines.append(f"{'figure':<{width}}  {'measured':<{vwidth}}  target")
@@ -745,6 +777,9 @@ def report(results: dict[str, Any]) -> str:
         )
     if results.get("explain"):
         notes += bench_mongo.details(results["explain"])
+    for key in ("contention", "contention_procs"):
+        if results.get(key):
+            notes += bench_fdb.details(results[key])
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -770,7 +805,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated phases to run (fire, drain, delayed, cron; on Redis also "
         "promote, which measures promotion and bytes per scheduled job; on MongoDB also "
-        "explain, the explain() check of the queries per claim); default: all",
+        "explain, the explain() check of the queries per claim; on the FoundationDB "
+        "simulator also contention, conflicts per 1,000 claims with 8 claimer threads, and "
+        "the opt-in contention-procs, the same with 8 claimer processes); default: all",
     )
     parser.add_argument(
         "--redis",
@@ -782,6 +819,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start an own SecantusDB (a MongoDB stand-in) on a free loopback port and "
         "benchmark it, with small N, plus the explain() check",
+    )
+    parser.add_argument(
+        "--fdbsim",
+        action="store_true",
+        help="start an own FoundationDB simulator (python -m skunkqueue.persistence.fdb_sim) "
+        "on a free loopback port and benchmark it, with small N, plus the claim-contention "
+        "figure; simulator figures say nothing about a cluster's speed",
     )
     parser.add_argument(
         "--runs",
@@ -802,20 +846,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--redis starts its own server: give --url redis://... to use another")
     if args.mongo and (args.url or args.redis):
         parser.error("--mongo starts its own server: give --url mongodb://... to use another")
+    if args.fdbsim and (args.url or args.redis or args.mongo):
+        parser.error("--fdbsim starts its own simulator: give --url fdbsim+tcp://... for another")
 
     if args.mongo:
         sizes = MONGO_QUICK if args.quick else MONGO
+    elif args.fdbsim or (args.url and args.url.startswith("fdbsim+tcp://")):
+        sizes = FDBSIM_QUICK if args.quick else FDBSIM
     else:
         sizes = QUICK if args.quick else FULL
     if args.drain_jobs:
         sizes.drain = args.drain_jobs
     workdir = Path(tempfile.mkdtemp(prefix="skunq-bench-"))
-    server: bench_redis.OwnRedis | bench_mongo.OwnSecantus | None = None
+    server: bench_redis.OwnRedis | bench_mongo.OwnSecantus | bench_fdb.OwnFdbSim | None = None
     try:
         if args.redis:
             server = bench_redis.OwnRedis(workdir).start()
         elif args.mongo:
             server = bench_mongo.OwnSecantus(workdir).start()
+        elif args.fdbsim:
+            server = bench_fdb.OwnFdbSim(workdir).start()
         return run(args, parser, sizes, workdir, server)
     finally:
         if server is not None:
@@ -831,7 +881,7 @@ def run(
     parser: argparse.ArgumentParser,
     sizes: Sizes,
     workdir: Path,
-    server: bench_redis.OwnRedis | bench_mongo.OwnSecantus | None,
+    server: bench_redis.OwnRedis | bench_mongo.OwnSecantus | bench_fdb.OwnFdbSim | None,
 ) -> int:
     if server is not None:
         url = server.url
@@ -840,7 +890,11 @@ def run(
     probe = SkunkQueue("bench-probe", url=url)
     shared = probe.backend.shared_across_processes
     kind = type(probe.backend).__name__
-    backend = {"RedisBackend": "redis", "MongoBackend": "mongodb"}.get(kind, "sqlite")
+    backend = {
+        "RedisBackend": "redis",
+        "MongoBackend": "mongodb",
+        "FoundationDBBackend": "fdb",
+    }.get(kind, "sqlite")
     probe.close()
     if not shared:
         parser.error(
@@ -849,6 +903,7 @@ def run(
     default_phases = {
         "redis": "fire,drain,delayed,cron,promote",
         "mongodb": "explain,fire,drain,delayed,cron",
+        "fdb": "fire,drain,delayed,cron,contention",
     }.get(backend, "fire,drain,delayed,cron")
     phases = {p.strip() for p in (args.only or default_phases).split(",") if p.strip()}
     runs = args.runs or (3 if backend == "redis" else 1)
@@ -885,6 +940,8 @@ def run(
         results["redis_server"] = {**bench_redis.server_info(url), "redis_py": redis.__version__}
     if backend == "mongodb":
         results["mongo_server"] = bench_mongo.server_info(url)
+    if backend == "fdb":
+        results["fdb_server"] = bench_fdb.server_info(url)
     if "explain" in phases and backend == "mongodb":
         print("explain() of the queries per claim ...", file=sys.stderr, flush=True)
         results["explain"] = bench_mongo.explain_check(url)
@@ -895,7 +952,7 @@ def run(
             results["round_trip"] = bench_redis.round_trip(url, sizes.pings)
     if "drain" in phases:
         results["drain"] = []
-        counts = args.drain_workers or ("2" if backend == "mongodb" else "2,3")
+        counts = args.drain_workers or ("2" if backend in ("mongodb", "fdb") else "2,3")
         for workers in (int(w) for w in counts.split(",")):
             results["drain"].append(
                 repeat(f"drain with {workers} workers", lambda w=workers: bench.drain(w))
@@ -921,6 +978,22 @@ def run(
         for m in memory:
             m.pop("record_fields")
         results["memory"] = median_merge(memory)
+    if "contention" in phases and backend == "fdb":
+        # In-process fdbsim:// databases of its own, whatever --url names: the conflicts
+        # are counted by wrapping the simulator's on_error in this process.
+        results["contention"] = bench_fdb.contention(
+            jobs=bench_fdb.CONTENTION_JOBS // (10 if args.quick else 1),
+            runs=1 if args.quick else bench_fdb.CONTENTION_RUNS,
+            progress=lambda what: print(f"{what} ...", file=sys.stderr, flush=True),
+        )
+    if "contention-procs" in phases and url.startswith("fdbsim+tcp://"):
+        # Opt-in: the same cases with claimer processes on the served simulator.
+        results["contention_procs"] = bench_fdb.contention_processes(
+            url,
+            jobs=bench_fdb.CONTENTION_PROCESS_JOBS // (10 if args.quick else 1),
+            runs=1 if args.quick else bench_fdb.CONTENTION_RUNS,
+            progress=lambda what: print(f"{what} ...", file=sys.stderr, flush=True),
+        )
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     print(report(results))
     print(f"(whole run: {results['elapsed_s']} s)")
