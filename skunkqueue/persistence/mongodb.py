@@ -292,7 +292,9 @@ class MongoBackend(Backend):
             query["route"] = route
         # Not a hot query, but an index walk all the same: the $or of _alive() leads
         # weaker planners to a collection scan.
-        index = "ready" if route is not None else "waiting" if state is not None else "expiry"
+        # ready bounds (state, route) and waiting bounds state; with a route but no state,
+        # neither bounds anything past q, and the stand-in then drops matches: expiry.
+        index = "expiry" if state is None else "ready" if route is not None else "waiting"
         with self._talking():
             found = self._jobs.find(query, hint=index).sort([("eta", 1), ("seq", 1)]).limit(limit)
             return [self._record(d) for d in found]
