@@ -8,6 +8,7 @@ cluster or client library can be installed here.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from skunkqueue.config import QueueConfig
 from skunkqueue.errors import SerializationError
-from skunkqueue.persistence import Backend, open_backend
+from skunkqueue.persistence import Backend, fdb_sim, open_backend
 from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
 
 from .contract.support import T0, job
@@ -125,3 +126,35 @@ def test_a_listing_longer_than_one_transaction_page_sees_every_record(opened):
     assert backend.put([job(f"l{i:05}", eta=T0 - i) for i in range(n)], T0) == [True] * n
     listed = backend.list_jobs(T0, limit=n + 10)
     assert [r.id for r in listed] == [f"l{i:05}" for i in reversed(range(n))]
+
+
+def test_concurrent_producers_never_conflict(monkeypatch):
+    """Each put's seq is its commit's versionstamp: no counter that every producer reads."""
+    conflicts = []
+    original = fdb_sim.SimTransaction.on_error
+
+    def counting(tr, err):
+        conflicts.append(getattr(err, "code", None))
+        return original(tr, err)
+
+    monkeypatch.setattr(fdb_sim.SimTransaction, "on_error", counting)
+    url, queue = f"fdbsim://{uuid.uuid4().hex}", "producers"
+    backends = [open_backend(url, queue) for _ in range(4)]
+    start = threading.Barrier(len(backends))
+
+    def produce(index: int) -> None:
+        start.wait(DEADLINE)
+        for i in range(50):
+            assert backends[index].put([job(f"p{index}-{i:02}")], T0) == [True]
+
+    threads = [threading.Thread(target=produce, args=(i,)) for i in range(len(backends))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE * 4)
+    assert conflicts == []
+    claimed = backends[0].claim(["default"], "w", T0, 30, limit=250)
+    assert len(claimed) == 200
+    for index in range(len(backends)):  # each producer's jobs leave in the order it put them
+        mine = [r.id for r in claimed if r.id.startswith(f"p{index}-")]
+        assert mine == sorted(mine)

@@ -17,13 +17,15 @@ Key layout, after the queue's prefix, every key a tuple (``fdb.tuple``, the bind
 encoding, which works without the client library, so the simulator and a cluster see the
 same bytes):
 
-* ``('j', id)`` -> the job record, JSON;
+* ``('j', id)`` -> the job record: its 12-byte seq, then JSON;
 * ``('s', eta, seq, id)`` scheduled and retrying jobs, in due order;
-* ``('r', route, eta, seq, id)`` queued jobs, per route in (eta, seq) order;
+* ``('r', route, eta, seq, id)`` queued jobs, per route in (eta, seq) order; ``seq`` is the
+  versionstamp of the put's commit plus the job's place in it (a tuple Versionstamp), so
+  producers never conflict on a counter and equal etas leave in commit order;
 * ``('u', lease_until, id)`` running jobs, by lease end; ``('o', owner, id)`` by holder;
 * ``('x', expires_at, id)`` records with an expiry, for the leader's cleanup;
 * ``('c', state, route)`` counts, changed by atomic add (no conflicts between writers);
-* ``('q',)`` the put sequence; ``('l', name)`` leases; ``('h', name)`` schedules;
+* ``('l', name)`` leases; ``('h', name)`` schedules;
 * ``('w', route)`` and ``('w*',)`` wake counters, bumped by atomic add, watched by waiters.
 
 Contention: claimers read the first ready keys with a snapshot read (no conflict on what
@@ -72,6 +74,9 @@ SCHEDULED, RETRYING = JobState.SCHEDULED.value, JobState.RETRYING.value
 WAITING_STATES = (SCHEDULED, RETRYING)
 CANCELLABLE_STATES = {s.value for s in CANCELLABLE}
 ONE = struct.pack("<q", 1)
+#: A seq: the 10-byte commit versionstamp and a 2-byte place within the commit.
+SEQ_BYTES = 12
+STAMP_PLACEHOLDER = b"\x00" * 10  # filled in by the commit
 
 _sims: dict[str, fdb_sim.SimDatabase] = {}
 _sims_lock = threading.Lock()
@@ -143,10 +148,29 @@ class FoundationDBBackend(Backend):
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fdb_sim.transactional(self._db, fn, *args)
 
+    def _seq_key(self, head: tuple, seq: int | None, place: int, job_id: str) -> bytes:
+        """The key ``head + (seq, job_id)``, seq as a tuple Versionstamp element (code
+        0x33, then 12 bytes). With ``seq=None`` the commit fills in the stamp: the key ends
+        with the stamp's offset, for set_versionstamped_key. Built by hand because the
+        binding packs versionstamps only with libfdb_c loaded (unpacking needs nothing)."""
+        start = self._k(*head) + b"\x33"
+        tail = self._tuple.pack((job_id,))
+        if seq is None:
+            stamp = STAMP_PLACEHOLDER + struct.pack(">H", place)
+            return start + stamp + tail + struct.pack("<I", len(start))
+        return start + seq.to_bytes(SEQ_BYTES, "big") + tail
+
+    @staticmethod
+    def _seq_of(stamp: Any) -> int:
+        """A seq from an unpacked tuple Versionstamp."""
+        return int.from_bytes(stamp.tr_version + struct.pack(">H", stamp.user_version), "big")
+
     @staticmethod
     def _encode(record: JobRecord) -> bytes:
-        data = json.dumps(record.to_dict(), separators=(",", ":")).encode()
-        if len(data) > MAX_RECORD_BYTES:
+        fields = record.to_dict()
+        del fields["seq"]  # stored in front of the JSON, where a commit can stamp it
+        data = json.dumps(fields, separators=(",", ":")).encode()
+        if len(data) + SEQ_BYTES > MAX_RECORD_BYTES:
             raise SerializationError(
                 f"job {record.id}: its record is {len(data):,} bytes, over FoundationDB's "
                 f"{MAX_RECORD_BYTES:,}-byte value limit; store large payloads elsewhere "
@@ -156,7 +180,10 @@ class FoundationDBBackend(Backend):
 
     @staticmethod
     def _decode(value: Any) -> JobRecord:
-        return JobRecord.from_dict(json.loads(bytes(value)))
+        data = bytes(value)
+        record = JobRecord.from_dict(json.loads(data[SEQ_BYTES:]))
+        record.seq = int.from_bytes(data[:SEQ_BYTES], "big")
+        return record
 
     def _read(self, tr: Any, job_id: str, snapshot: bool = False) -> JobRecord | None:
         value = (tr.snapshot if snapshot else tr).get(self._k("j", job_id))
@@ -168,13 +195,23 @@ class FoundationDBBackend(Backend):
     def _wake(self, tr: Any, route: str | None) -> None:
         tr.add(self._k("w", route) if route is not None else self._k("w*"), ONE)
 
-    def _index(self, tr: Any, r: JobRecord) -> None:
-        """Write ``r`` and the index keys its state puts it under, counting it."""
-        tr.set(self._k("j", r.id), self._encode(r))
+    def _index(self, tr: Any, r: JobRecord, place: int | None = None) -> None:
+        """Write ``r`` and the index keys its state puts it under, counting it. A new
+        record (``place`` = its place in this commit) gets its seq from the commit."""
+        if place is None:
+            tr.set(self._k("j", r.id), r.seq.to_bytes(SEQ_BYTES, "big") + self._encode(r))
+            index = tr.set
+        else:
+            stamp = STAMP_PLACEHOLDER + struct.pack(">H", place)
+            tr.set_versionstamped_value(
+                self._k("j", r.id), stamp + self._encode(r) + struct.pack("<I", 0)
+            )
+            index = tr.set_versionstamped_key
+        known = r.seq if place is None else None
         if r.state in WAITING_STATES:
-            tr.set(self._k("s", float(r.eta), r.seq, r.id), b"")
+            index(self._seq_key(("s", float(r.eta)), known, place or 0, r.id), b"")
         elif r.state == QUEUED:
-            tr.set(self._k("r", r.route, float(r.eta), r.seq, r.id), b"")
+            index(self._seq_key(("r", r.route, float(r.eta)), known, place or 0, r.id), b"")
             self._wake(tr, r.route)
         elif r.state == RUNNING:
             tr.set(self._k("u", float(r.lease_until or 0.0), r.id), b"")
@@ -186,9 +223,9 @@ class FoundationDBBackend(Backend):
     def _unindex(self, tr: Any, r: JobRecord) -> None:
         """Remove the index keys of ``r`` as stored (the record itself stays)."""
         if r.state in WAITING_STATES:
-            tr.clear(self._k("s", float(r.eta), r.seq, r.id))
+            tr.clear(self._seq_key(("s", float(r.eta)), r.seq, 0, r.id))
         elif r.state == QUEUED:
-            tr.clear(self._k("r", r.route, float(r.eta), r.seq, r.id))
+            tr.clear(self._seq_key(("r", r.route, float(r.eta)), r.seq, 0, r.id))
         elif r.state == RUNNING:
             tr.clear(self._k("u", float(r.lease_until or 0.0), r.id))
             tr.clear(self._k("o", r.owner, r.id))
@@ -234,27 +271,25 @@ class FoundationDBBackend(Backend):
         return answers
 
     def _put(self, tr: Any, records: list[JobRecord], now: float) -> list[bool]:
-        seq_key = self._k("q")
-        current = tr.get(seq_key)
-        seq = struct.unpack("<q", bytes(current))[0] if current.present() else 0
         answers = []
         woke_scheduler = False
+        placed: set[str] = set()  # a record stamped in this commit cannot be read back
         for r in records:
+            if r.id in placed:
+                answers.append(False)
+                continue
             old = self._read(tr, r.id)
             if old is not None and (old.expires_at is None or old.expires_at > now):
                 answers.append(False)
                 continue
             if old is not None:
                 self._unindex(tr, old)
-            seq += 1
-            stored = JobRecord.from_dict(r.to_dict())
-            stored.seq = seq
-            self._index(tr, stored)
-            if stored.state in WAITING_STATES and not woke_scheduler:
+            self._index(tr, r, place=len(placed))
+            placed.add(r.id)
+            if r.state in WAITING_STATES and not woke_scheduler:
                 self._wake(tr, None)
                 woke_scheduler = True
             answers.append(True)
-        tr.set(seq_key, struct.pack("<q", seq))
         return answers
 
     def get(self, job_id: str, now: float) -> JobRecord | None:
@@ -325,8 +360,8 @@ class FoundationDBBackend(Backend):
             for route in dict.fromkeys(routes):
                 begin, end = self._range("r", route)
                 for kv in tr.snapshot.get_range(begin, end, limit=wanted * SPREAD):
-                    _, _, eta, seq, job_id = self._unpack(kv.key)
-                    heads.append((eta, seq, job_id, kv.key))
+                    _, _, eta, stamp, job_id = self._unpack(kv.key)
+                    heads.append((eta, self._seq_of(stamp), job_id, kv.key))
             heads.sort()
             heads = heads[: wanted * SPREAD]
             if attempts[0] == 1 or len(heads) <= wanted:
