@@ -1,0 +1,75 @@
+"""Celery: Celery('bench', broker=redis://, backend=redis://), results stored in Redis.
+Worker: one `celery worker` with the default prefork pool and --concurrency 2 (2 child
+processes), --loglevel WARNING, otherwise defaults (mingle, gossip, heartbeat on; prefetch
+multiplier 4). Delayed jobs: apply_async(eta=...), held by the worker until due.
+"""
+
+import os
+import sys
+from datetime import datetime, timezone
+
+import common
+from celery import Celery
+
+app = Celery("bench", broker=os.environ["PEER_URL"], backend=os.environ["PEER_URL"])
+
+
+@app.task(name="bench.noop")
+def noop():
+    common.stamp()
+
+
+@app.task(name="bench.stamp")
+def stamp_eta(eta):
+    common.stamp(eta)
+
+
+def enqueue_all(n: int) -> None:
+    for _ in range(n):
+        noop.delay()
+
+
+def schedule(eta: float) -> None:
+    stamp_eta.apply_async((eta,), eta=datetime.fromtimestamp(eta, timezone.utc))
+
+
+def main() -> None:
+    args = common.parse_args()
+    worker = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "adapter_celery",
+        "worker",
+        "--concurrency",
+        str(args.workers),
+        "--loglevel",
+        "WARNING",
+    ]
+    if args.variant == "solo":
+        worker = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "adapter_celery",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+        ]
+    if args.scenario == "enqueue":
+        common.emit(common.scenario_enqueue(enqueue_all, args.n))
+    elif args.scenario == "drain":
+        common.emit(common.scenario_drain(enqueue_all, [worker], args.n))
+    else:
+        common.emit(common.scenario_delayed(schedule, [worker], args.n, args.spread, args.lead))
+
+
+if __name__ == "__main__":
+    # Run through the module's importable name, so task names match the workers'.
+    import adapter_celery
+
+    adapter_celery.main()
