@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from skunkqueue.config import QueueConfig
-from skunkqueue.errors import SerializationError
+from skunkqueue.errors import BackendUnavailable, ConfigurationError, SerializationError
 from skunkqueue.persistence import Backend, fdb_sim, open_backend
 from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
 
 from .contract.support import T0, job
+from .servers import free_port
 from .waiting import timed_wait
 
 DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
@@ -158,3 +159,10 @@ def test_concurrent_producers_never_conflict(monkeypatch):
     for index in range(len(backends)):  # each producer's jobs leave in the order it put them
         mine = [r.id for r in claimed if r.id.startswith(f"p{index}-")]
         assert mine == sorted(mine)
+
+
+def test_a_simulator_url_without_a_listener_or_a_port_fails_clearly():
+    with pytest.raises(BackendUnavailable, match="no FoundationDB simulator"):
+        open_backend(f"fdbsim+tcp://127.0.0.1:{free_port()}", "q")
+    with pytest.raises(ConfigurationError, match="needs host:port"):
+        open_backend("fdbsim+tcp://127.0.0.1", "q")
