@@ -138,8 +138,10 @@ def test_delayed_jobs_never_start_before_their_eta(e2e: E2E, local_zone: None) -
         assert record.started_at is not None and record.started_at >= eta
         lateness.append(started - eta)
     lateness.sort()
-    # Not a benchmark, but a job should not wait for anything like a polling period.
-    assert lateness[len(lateness) // 2] < 1.0, (
+    # Not a benchmark, but a job should not wait for anything like a polling period. On
+    # the MongoDB stand-in (scale < 1), which claims tens of jobs per second and under a
+    # loaded CI box was seen at a 1.2 s median, the bound grows with its pace.
+    assert lateness[len(lateness) // 2] < 1.0 / e2e.scale, (
         f"median lateness {lateness[len(lateness) // 2]:.3f} s"
     )
 
