@@ -3,6 +3,8 @@ processes with arq's defaults (max_jobs 10 per worker, poll_delay 0.5 s, results
 1 h). Tasks are coroutines; the start record uses the same sync redis-py RPUSH as every
 other library. Enqueue: `await pool.enqueue_job(...)`, one producer, one at a time.
 Delayed jobs: enqueue_job(..., _defer_until=datetime).
+Cron: cron_jobs=[cron(tick)] (arq's defaults: second=0, microsecond=123456, i.e. every
+minute at :00.123; unique, so one of the two workers runs it).
 """
 
 import asyncio
@@ -11,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 
 import common
-from arq import create_pool
+from arq import create_pool, cron
 from arq.connections import RedisSettings
 
 SETTINGS = RedisSettings.from_dsn(os.environ["PEER_URL"])
@@ -25,9 +27,15 @@ async def stamp_eta(ctx, eta):
     common.stamp(eta)
 
 
+async def tick(ctx):
+    common.stamp()
+
+
 class WorkerSettings:
     functions = [noop, stamp_eta]
     redis_settings = SETTINGS
+    # Only in the cron scenario: elsewhere a tick would add a stray start record.
+    cron_jobs = [cron(tick)] if os.environ.get("PEER_CRON") else []
 
 
 def run(coro):
@@ -68,6 +76,8 @@ def main() -> None:
         common.emit(common.scenario_enqueue(enqueue_all, args.n))
     elif args.scenario == "drain":
         common.emit(common.scenario_drain(enqueue_all, workers, args.n))
+    elif args.scenario == "cron":
+        common.emit(common.scenario_cron(workers, args.duration))
     else:
         common.emit(
             common.scenario_delayed(

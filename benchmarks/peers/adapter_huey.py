@@ -1,7 +1,9 @@
 """Huey: RedisHuey('bench', url=...) with its defaults (results stored; Huey does not
-store None results). Consumer: one `huey_consumer` with `-k process -w 2` (2 worker
+store None results), or SqliteHuey('bench', filename=...) when the harness's URL is
+sqlite:///PATH. Consumer: one `huey_consumer` with `-k process -w 2` (2 worker
 processes, so both cores are used; Huey's default is 1 worker thread) and the default
-scheduler interval (1 s) for schedule(delay=) jobs.
+scheduler interval (1 s) for schedule(delay=) jobs and periodic tasks.
+Cron: @huey.periodic_task(crontab()) (every minute), run by the same consumer.
 """
 
 import os
@@ -9,9 +11,13 @@ import sys
 import time
 
 import common
-from huey import RedisHuey
+from huey import RedisHuey, SqliteHuey, crontab
 
-huey = RedisHuey("bench", url=os.environ["PEER_URL"])
+URL = os.environ["PEER_URL"]
+if URL.startswith("sqlite:///"):
+    huey = SqliteHuey("bench", filename=URL[len("sqlite:///") :])
+else:
+    huey = RedisHuey("bench", url=URL)
 
 
 @huey.task()
@@ -22,6 +28,14 @@ def noop():
 @huey.task()
 def stamp_eta(eta):
     common.stamp(eta)
+
+
+if os.environ.get("PEER_CRON"):
+    # Only in the cron scenario: elsewhere a tick would add a stray start record.
+
+    @huey.periodic_task(crontab())
+    def tick():
+        common.stamp()
 
 
 def enqueue_all(n: int) -> None:
@@ -48,6 +62,8 @@ def main() -> None:
         common.emit(common.scenario_enqueue(enqueue_all, args.n))
     elif args.scenario == "drain":
         common.emit(common.scenario_drain(enqueue_all, [consumer], args.n))
+    elif args.scenario == "cron":
+        common.emit(common.scenario_cron([consumer], args.duration))
     else:
         common.emit(common.scenario_delayed(schedule, [consumer], args.n, args.spread, args.lead))
 

@@ -4,6 +4,7 @@ enqueue_at() jobs are moved to the queue (RQ's scheduler runs in one of the work
 one holding its lock, and checks every second by default). `--variant simple` runs
 SimpleWorker instead (no fork; RQ's fastest documented configuration). Results are
 stored by RQ (default result_ttl).
+Cron: `rq cron adapter_rq_cron` (RQ's CronScheduler, cron='* * * * *') beside the workers.
 """
 
 import os
@@ -21,6 +22,10 @@ def noop():
 
 def stamp_eta(eta):
     common.stamp(eta)
+
+
+def tick():
+    common.stamp()
 
 
 def queue() -> Queue:
@@ -56,6 +61,19 @@ def main() -> None:
         common.emit(common.scenario_enqueue(enqueue_all, args.n))
     elif args.scenario == "drain":
         common.emit(common.scenario_drain(enqueue_all, workers, args.n))
+    elif args.scenario == "cron":
+        cron = [
+            rq_bin,
+            "cron",
+            "adapter_rq_cron",
+            "--url",
+            os.environ["PEER_URL"],
+            "--path",
+            os.path.dirname(os.path.abspath(__file__)),
+            "--logging-level",
+            "warning",
+        ]
+        common.emit(common.scenario_cron([*workers, cron], args.duration))
     else:
         workers = [w + ["--with-scheduler"] for w in workers]
         common.emit(common.scenario_delayed(schedule, workers, args.n, args.spread, args.lead))

@@ -4,6 +4,8 @@ Workers: one `skunq work` pool (python -m skunkqueue work) with 2 worker process
 (`-r bench bench`), --log-level WARNING, default lease (30 s); results stored.
 Delayed jobs: fire_at(), promoted by one `skunq scheduler` process.
 Enqueue: fire() one job per call, or fire_many() in batches (--batch 500).
+Cron: an event with cron='* * * * *', ticked by the same `skunq scheduler`.
+The store is whatever the harness's URL names (redis://... or sqlite:///...).
 """
 
 import os
@@ -25,6 +27,14 @@ def noop():
 @queue.event(routes=["bench"], name="bench.stamp")
 def stamp_eta(eta):
     common.stamp(eta)
+
+
+if os.environ.get("PEER_CRON"):
+    # Only in the cron scenario: elsewhere a tick would add a stray start record.
+
+    @queue.event(routes=["bench"], name="bench.tick", cron="* * * * *")
+    def tick():
+        common.stamp()
 
 
 def enqueue_all_single(n: int) -> None:
@@ -69,6 +79,8 @@ def main() -> None:
         common.emit(common.scenario_enqueue(fn, args.n))
     elif args.scenario == "drain":
         common.emit(common.scenario_drain(make_enqueue_batched(500), [pool], args.n))
+    elif args.scenario == "cron":
+        common.emit(common.scenario_cron([pool, skunq("scheduler")], args.duration))
     else:
         common.emit(
             common.scenario_delayed(
