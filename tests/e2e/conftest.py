@@ -80,6 +80,7 @@ class E2E:
         self.queue_name = f"q{uuid.uuid4().hex[:8]}"
         self.procs: list[Proc] = []
         self.modules: list[str] = []
+        self.queues: list[SkunkQueue] = []
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(directory)]),
@@ -106,7 +107,9 @@ class E2E:
         return importlib.import_module(name)
 
     def queue(self, **cfg: Any) -> SkunkQueue:
-        return SkunkQueue(self.queue_name, url=self.url, **cfg)
+        queue = SkunkQueue(self.queue_name, url=self.url, **cfg)
+        self.queues.append(queue)
+        return queue
 
     def start(self, *args: str, name: str = "proc") -> Proc:
         """Start ``python -m skunkqueue ARGS`` in the test directory, in its own session."""
@@ -169,7 +172,13 @@ class E2E:
         for proc in self.procs:
             proc.kill_group()
         for name in self.modules:
-            sys.modules.pop(name, None)
+            module = sys.modules.pop(name, None)
+            if module is not None:
+                self.queues += [q for q in vars(module).values() if isinstance(q, SkunkQueue)]
+        # An open client keeps threads (MongoDB's monitors, a change stream) that the
+        # interpreter would otherwise join at exit, long after their server has stopped.
+        for queue in {id(q): q for q in self.queues}.values():
+            queue.close()
         if str(self.dir) in sys.path:
             sys.path.remove(str(self.dir))
 
