@@ -21,6 +21,7 @@ import pytest
 
 from skunkqueue import JobFailed, Retry, SerializationError, SkunkQueue
 from skunkqueue.jobs import JobRecord
+from skunkqueue.persistence.base import WORKER_LEASE_PREFIX
 from skunkqueue.scheduler import Scheduler, service
 from skunkqueue.scheduler.ticks import tick_job_id
 from skunkqueue.serialization import encode
@@ -429,3 +430,22 @@ def test_scheduler_step_promotes_at_eta_and_fires_ticks(queue: SkunkQueue) -> No
     with worker_thread(queue):
         assert run.wait(timeout=WAIT) == 7
         assert tick.wait(timeout=WAIT) == "tick"
+
+
+def test_the_leading_scheduler_forgets_workers_that_ended_long_ago(queue: SkunkQueue) -> None:
+    backend, now = queue.backend, time.time()
+    prefix = WORKER_LEASE_PREFIX
+    gone = backend.acquire_lease(prefix + "gone", "gone", now - 1000, ttl=3)
+    backend.acquire_lease(prefix + "recent", "recent", now - 10, ttl=3)
+    live = backend.acquire_lease(prefix + "live", "live", now, ttl=60)
+    assert gone is not None and live is not None
+    scheduler = Scheduler(queue.name, url=queue.config.url)
+    try:
+        scheduler.step(now)
+    finally:
+        scheduler.election.resign()
+        scheduler.backend.close()
+    # Forgotten: a new holder's token starts over instead of going on from the old one.
+    assert backend.acquire_lease(prefix + "gone", "x", now, ttl=1).token == 1
+    assert backend.acquire_lease(prefix + "recent", "y", now, ttl=1).token == 2
+    assert backend.leases(prefix + "live", now) == [live]

@@ -201,6 +201,16 @@ class Backend(ABC):
     def leases(self, prefix: str, now: float) -> list[Lease]:
         """Unexpired leases whose name starts with ``prefix``."""
 
+    @abstractmethod
+    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` leases whose name starts with ``prefix`` and that ended
+        (expired, or were released) before ``before``; returns how many.
+
+        Only for names that are never taken again, such as a worker's: a forgotten lease
+        loses its token, so taking the same name later would start the token over. Each
+        lease is checked and deleted atomically, so one renewed meanwhile stays.
+        """
+
     # -- schedules ----------------------------------------------------------------
 
     @abstractmethod

@@ -543,15 +543,18 @@ class FoundationDBBackend(Backend):
 
         return self._run(release)
 
-    def leases(self, prefix: str, now: float) -> list[Lease]:
+    def _lease_range(self, prefix: str) -> tuple[bytes, bytes]:
         # A string element is 0x02, its UTF-8 bytes (0x00 escaped), 0x00: names with the
         # prefix lie between the prefix's bytes and those bytes followed by 0xff.
-        head = self._k("l")
-        start = head + b"\x02" + prefix.encode().replace(b"\x00", b"\x00\xff")
+        start = self._k("l") + b"\x02" + prefix.encode().replace(b"\x00", b"\x00\xff")
+        return start, start + b"\xff"
+
+    def leases(self, prefix: str, now: float) -> list[Lease]:
+        begin, end = self._lease_range(prefix)
 
         def read(tr: Any) -> list[Lease]:
             found = []
-            for kv in tr.snapshot.get_range(start, start + b"\xff"):
+            for kv in tr.snapshot.get_range(begin, end):
                 name = self._unpack(kv.key)[1]
                 data = json.loads(bytes(kv.value))
                 if data["owner"] and data["until"] >= now:
@@ -561,6 +564,22 @@ class FoundationDBBackend(Backend):
             return found
 
         return sorted(self._run(read), key=lambda lease: lease.name)
+
+    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+        begin, end = self._lease_range(prefix)
+
+        def forget(tr: Any) -> int:
+            # A plain (not snapshot) read: a lease renewed meanwhile makes this conflict.
+            forgotten = 0
+            for kv in tr.get_range(begin, end, limit=PAGE):
+                if json.loads(bytes(kv.value))["until"] < before:
+                    tr.clear(kv.key)
+                    forgotten += 1
+                    if forgotten >= min(limit, BATCH):
+                        break
+            return forgotten
+
+        return self._run(forget)
 
     # -- schedules ----------------------------------------------------------------
 

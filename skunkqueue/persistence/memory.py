@@ -272,6 +272,17 @@ class MemoryBackend(Backend):
                 key=lambda lease: lease.name,
             )
 
+    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+        with self._locked():
+            ended = [
+                name
+                for name, lease in self._store.leases.items()
+                if name.startswith(prefix) and lease.until < before
+            ][:limit]
+            for name in ended:
+                del self._store.leases[name]
+            return len(ended)
+
     # -- schedules ----------------------------------------------------------------
 
     def save_schedule(

@@ -563,6 +563,19 @@ class MongoBackend(Backend):
         with self._talking():
             return [self._lease(d) for d in self._leases.find(query).sort("name", 1)]
 
+    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+        query = {
+            "q": self.queue,
+            "name": {"$regex": "^" + re.escape(prefix)},
+            "until": {"$lt": before},
+        }
+        with self._talking():
+            ended = [d["_id"] for d in self._leases.find(query, {"_id": 1}).limit(limit)]
+            if not ended:
+                return 0
+            # The filter again: a lease renewed since the find stays.
+            return self._leases.delete_many({**query, "_id": {"$in": ended}}).deleted_count
+
     # -- schedules ----------------------------------------------------------------
 
     def save_schedule(

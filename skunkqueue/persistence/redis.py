@@ -86,6 +86,14 @@ OUTCOME_STATES = ("complete", "error", "retrying", "queued")
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
 
 
+def names_with_prefix(prefix: str) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the names that start with ``prefix``."""
+    if not prefix:
+        return b"-", b"+"
+    # Byte 0xff never occurs in UTF-8, so it closes the range of names with the prefix.
+    return b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff"
+
+
 class RedisBackend(Backend):
     """One queue on a Redis server or cluster (see the module docstring for the layout)."""
 
@@ -384,10 +392,7 @@ class RedisBackend(Backend):
         return bool(self._run("release_lease", [self._key("lease:", name)], [owner, channel]))
 
     def leases(self, prefix: str, now: float) -> list[Lease]:
-        # Byte 0xff never occurs in UTF-8, so it closes the range of names with the prefix.
-        low, high = (
-            ("-", "+") if not prefix else (b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff")
-        )
+        low, high = names_with_prefix(prefix)
         with self._talking():
             names = self._client.zrangebylex(self._key("leases"), low, high)
             pipe = self._client.pipeline(transaction=False)
@@ -399,6 +404,16 @@ class RedisBackend(Backend):
             for name, row in zip(names, rows, strict=True)
             if row and row["o"] and float(row["u"]) >= now
         ]
+
+    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+        low, high = names_with_prefix(prefix)
+        return int(
+            self._run(
+                "forget_leases",
+                [self._prefix, self._key("leases")],
+                [low, high, number(before), str(limit)],
+            )
+        )
 
     # -- schedules ----------------------------------------------------------------
 

@@ -162,7 +162,13 @@ def decode_record(job_id: str, fields: Sequence[str] | dict[str, str]) -> JobRec
 
 #: Scripts that run on a queue's job indexes get _common.lua prepended.
 JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "promote", "stats")
-OTHER_SCRIPTS = ("acquire_lease", "release_lease", "save_schedule", "remove_schedule")
+OTHER_SCRIPTS = (
+    "acquire_lease",
+    "release_lease",
+    "forget_leases",
+    "save_schedule",
+    "remove_schedule",
+)
 
 
 def script_text(name: str) -> str:

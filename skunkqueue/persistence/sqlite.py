@@ -416,6 +416,14 @@ class SQLiteBackend(Backend):
         )
         return [Lease(n, o, t, u, json.loads(i)) for n, o, t, u, i in rows]
 
+    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM sq_leases WHERE rowid IN (SELECT rowid FROM sq_leases "
+                "WHERE queue = ? AND substr(name, 1, ?) = ? AND until < ? LIMIT ?)",
+                (self.queue, len(prefix), prefix, before, limit),
+            ).rowcount
+
     # -- schedules ----------------------------------------------------------------
 
     def save_schedule(

@@ -26,6 +26,10 @@ log = logging.getLogger("skunkqueue.scheduler")
 
 SCHEDULE_RELOAD = 0.2  # seconds between re-reads of stored schedules (a new one fires on time)
 SWEEP_EVERY = 5.0  # seconds between sweeps for broadcast copies of dead workers
+# A worker's lease record is deleted this long after it ended: every worker process takes
+# a name of its own, so without this the records of all workers ever started would pile
+# up, and every listing of live workers would read them all.
+FORGET_WORKERS_AFTER = 300.0
 MIN_SPACING = 0.002  # seconds between loop turns woken by data changes
 BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
 MAX_SLEEP = 0.25  # bounds how long stop() takes to be noticed
@@ -134,6 +138,7 @@ class Scheduler:
         fire_due(self.backend, self._schedules, now, fence)
         if now >= self._next_sweep:
             self._sweep_broadcast(now)
+            self.backend.forget_leases(WORKER_LEASE_PREFIX, now - FORGET_WORKERS_AFTER)
             self._next_sweep = now + SWEEP_EVERY
         if report.more:
             return now

@@ -131,3 +131,40 @@ def test_leases_are_per_queue(store):
     assert mine_lease is not None and theirs_lease is not None
     assert mine.leases(SCHEDULER_LEASE, T0) == [mine_lease]
     assert theirs.leases(SCHEDULER_LEASE, T0) == [theirs_lease]
+
+
+def test_forget_leases_deletes_the_ended_ones_with_the_prefix(backend):
+    w = WORKER_LEASE_PREFIX
+    live = backend.acquire_lease(w + "live", "l", T0, ttl=100)
+    backend.acquire_lease(w + "expired", "e", T0, ttl=10)
+    backend.acquire_lease(w + "released", "r", T0, ttl=100)
+    assert backend.release_lease(w + "released", "r")
+    at_edge = backend.acquire_lease(w + "at-edge", "a", T0, ttl=50)  # ends at `before`
+    other = backend.acquire_lease("other-expired", "o", T0, ttl=10)
+
+    assert backend.forget_leases(w, before=T0 + 50) == 2
+    assert backend.forget_leases(w, before=T0 + 50) == 0
+    assert backend.leases(w, T0 + 20) == [at_edge, live]
+    # A forgotten lease has no token left: taking its name starts over, as a new name does.
+    fresh = backend.acquire_lease("never-seen", "x", T0 + 60, ttl=10).token
+    assert backend.acquire_lease(w + "expired", "e2", T0 + 60, ttl=10).token == fresh
+    assert backend.acquire_lease(w + "released", "r2", T0 + 60, ttl=10).token == fresh
+    # The others kept theirs, so a new holder's token goes on from it.
+    assert backend.acquire_lease(w + "at-edge", "a2", T0 + 60, ttl=10).token == at_edge.token + 1
+    assert backend.acquire_lease("other-expired", "o2", T0 + 60, ttl=10).token == other.token + 1
+
+
+def test_forget_leases_stops_at_its_limit(backend):
+    for i in range(3):
+        backend.acquire_lease(f"{WORKER_LEASE_PREFIX}{i}", "w", T0, ttl=1)
+    assert backend.forget_leases(WORKER_LEASE_PREFIX, before=T0 + 10, limit=2) == 2
+    assert backend.forget_leases(WORKER_LEASE_PREFIX, before=T0 + 10, limit=2) == 1
+
+
+def test_forget_leases_is_per_queue(store):
+    mine, theirs = store.open(), store.open(queue=store.queue + "-other")
+    mine.acquire_lease(WORKER_LEASE_PREFIX + "a", "a", T0, ttl=1)
+    theirs_lease = theirs.acquire_lease(WORKER_LEASE_PREFIX + "a", "b", T0, ttl=1)
+    assert mine.forget_leases(WORKER_LEASE_PREFIX, before=T0 + 10) == 1
+    taken = theirs.acquire_lease(WORKER_LEASE_PREFIX + "a", "c", T0 + 10, ttl=1)
+    assert taken.token == theirs_lease.token + 1
