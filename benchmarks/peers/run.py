@@ -565,13 +565,16 @@ def fmt_ratio(row: dict[str, Any]) -> str:
     return f"{row['ratio_median']:.2f}x" if "ratio_median" in row else "–"
 
 
+COMMAND_COLUMNS = ["Redis commands per job", "Redis CPU µs per job"]
+
+
+def table_head(columns: list[str], with_commands: bool = False) -> list[str]:
+    columns = columns + (COMMAND_COLUMNS if with_commands else [])
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def enqueue_table(rows: dict[str, Any], with_commands: bool) -> list[str]:
-    head = "| library | jobs/s | ratio to SkunkQueue fire() |"
-    rule = "|---|---|---|"
-    if with_commands:
-        head += " Redis commands per job | Redis CPU µs per job |"
-        rule += "---|---|"
-    lines = [head, rule]
+    lines = table_head(["library", "jobs/s", "ratio to SkunkQueue fire()"], with_commands)
     for name, row in rows.items():
         line = f"| {name} | {fmt_rate(row)} | {fmt_ratio(row)} |"
         if with_commands:
@@ -587,15 +590,16 @@ def commands_cells(row: dict[str, Any]) -> str:
 
 
 def drain_table(rows: dict[str, Any], with_commands: bool) -> list[str]:
-    head = (
-        "| library | N | jobs/s, first to last start | ratio to SkunkQueue | "
-        "jobs/s from worker start | start-up s | worker PSS MiB (processes) |"
-    )
-    rule = "|---|---|---|---|---|---|---|"
-    if with_commands:
-        head += " Redis commands per job | Redis CPU µs per job |"
-        rule += "---|---|"
-    lines = [head, rule]
+    columns = [
+        "library",
+        "N",
+        "jobs/s, first to last start",
+        "ratio to SkunkQueue",
+        "jobs/s from worker start",
+        "start-up s",
+        "worker PSS MiB (processes)",
+    ]
+    lines = table_head(columns, with_commands)
     for name, row in rows.items():
         if "median" not in row:
             lines.append(
@@ -619,10 +623,9 @@ def drain_table(rows: dict[str, Any], with_commands: bool) -> list[str]:
 
 
 def delayed_table(rows: dict[str, Any]) -> list[str]:
-    lines = [
-        "| library | p50 | p99 (min – max over rounds) | max | early starts (worst round) |",
-        "|---|---|---|---|---|",
-    ]
+    lines = table_head(
+        ["library", "p50", "p99 (min – max over rounds)", "max", "early starts (worst round)"]
+    )
     for name, row in rows.items():
         if "median" not in row:
             lines.append(f"| {name} | {fmt_rate(row)} | | | |")
