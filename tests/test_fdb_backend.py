@@ -1,5 +1,5 @@
-"""What the FoundationDB backend promises beyond the contract suite: wake-ups by watches,
-records that fit FoundationDB's limits or are refused, large puts split into transactions
+"""What the FoundationDB backend promises beyond the contract suite (whose test_wait.py
+covers its wake-ups by watches): records that fit FoundationDB's limits or are refused, large puts split into transactions
 far inside the 10 MB limit, the seed's import paths, and the real-cluster run where one
 exists. Runs against the simulator (skunkqueue/persistence/fdb_sim.py); no FoundationDB
 cluster or client library can be installed here.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -22,10 +21,8 @@ from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
 
 from .contract.support import T0, job
 from .servers import free_port
-from .waiting import timed_wait
 
-DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
-PROMPT = 1.0
+DEADLINE = 5.0  # seconds a thread of these tests may take
 
 
 @pytest.fixture(params=["fdbsim", "fdbsim+tcp"])
@@ -44,41 +41,6 @@ def opened(request: pytest.FixtureRequest) -> Iterator[Callable[[], Backend]]:
     yield open_one
     for backend in backends:
         backend.close()
-
-
-def test_idle_worker_wakes_when_a_job_is_put(opened):
-    worker, producer = opened(), opened()
-    worker.wait(0.01, ["default"])  # the first wait reports news; consume it
-    join = timed_wait(worker, DEADLINE, ["default"])
-    time.sleep(0.2)  # let the wait begin: a put before it would also wake it at once
-    producer.put([job("now")], time.time())
-    assert join() < PROMPT
-
-
-def test_scheduler_wakes_when_a_scheduled_job_is_put(opened):
-    scheduler, producer = opened(), opened()
-    scheduler.wait(0.01)
-    join = timed_wait(scheduler, DEADLINE, None)
-    time.sleep(0.2)
-    producer.put([job("later", eta=time.time() + 3600)], time.time())
-    assert join() < PROMPT
-
-
-def test_a_change_between_waits_wakes_the_next_wait_at_once(opened):
-    worker, producer = opened(), opened()
-    worker.wait(0.01, ["default"])
-    producer.put([job("meanwhile")], time.time())  # while nobody waited
-    started = time.monotonic()
-    worker.wait(DEADLINE, ["default"])
-    assert time.monotonic() - started < PROMPT
-
-
-def test_wait_without_news_lasts_its_timeout_and_no_longer(opened):
-    backend = opened()
-    backend.wait(0.01, ["quiet"])
-    started = time.monotonic()
-    backend.wait(0.3, ["quiet"])
-    assert 0.29 <= time.monotonic() - started < 0.4
 
 
 def test_a_record_over_the_value_limit_is_refused_and_nothing_is_written(opened):

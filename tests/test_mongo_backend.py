@@ -1,7 +1,7 @@
-"""What the MongoDB backend promises beyond the contract suite: prompt wake-ups by change
-stream, a bounded polling fallback, indexes made and migrated at startup, index walks for
-every hot query, majority writes on a replica set, records kept for the TTL monitor, and
-errors that name the server. Runs against the session's MongoDB (the SecantusDB stand-in
+"""What the MongoDB backend promises beyond the contract suite (whose test_wait.py covers
+its prompt wake-ups): change streams on a replica set, a bounded polling fallback,
+indexes made and migrated at startup, index walks for every hot query, majority writes
+on a replica set, records kept for the TTL monitor, and errors that name the server. Runs against the session's MongoDB (the SecantusDB stand-in
 started by the fixtures, or SKUNKQUEUE_TEST_MONGO_URL).
 """
 
@@ -27,7 +27,6 @@ from .waiting import timed_wait
 pymongo = pytest.importorskip("pymongo")
 
 DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
-PROMPT = 1.0  # seconds within which a change-stream wake-up counts as prompt
 
 
 def with_database(url: str, name: str) -> str:
@@ -54,33 +53,6 @@ def opened(mongo_server) -> Iterator[Callable[..., MongoBackend]]:
 
 def test_a_replica_set_gives_change_stream_wake_ups(opened):
     assert opened().wake_mode == "change streams"
-
-
-def test_idle_worker_wakes_when_a_job_is_put(opened):
-    worker, producer = opened(), opened()
-    worker.wait(0.01, ["default"])  # the stream is open and the old news consumed
-    join = timed_wait(worker, DEADLINE, ["default"])
-    time.sleep(0.2)  # let the wait begin: a put before it would also wake it at once
-    producer.put([job("now")], time.time())
-    assert join() < PROMPT
-
-
-def test_scheduler_wakes_when_a_scheduled_job_is_put(opened):
-    scheduler, producer = opened(), opened()
-    scheduler.wait(0.01)
-    join = timed_wait(scheduler, DEADLINE, None)
-    time.sleep(0.2)
-    producer.put([job("later", eta=time.time() + 3600)], time.time())
-    assert join() < PROMPT
-
-
-def test_wait_without_news_lasts_its_timeout_and_no_longer(opened):
-    backend = opened()
-    backend.wait(0.01, ["default"])
-    started = time.monotonic()
-    backend.wait(0.3, ["nobody-puts-here"])
-    took = time.monotonic() - started
-    assert 0.29 <= took < 0.35, took
 
 
 def test_polling_fallback_finds_a_new_job_within_its_longest_interval(opened):

@@ -67,15 +67,6 @@ def timed_in_thread(fn: Callable[[], object]) -> Callable[[], float]:
 # -- wake-ups ---------------------------------------------------------------------
 
 
-def test_idle_worker_wakes_when_a_job_is_put(opened):
-    worker, producer = opened(), opened()
-    join = timed_in_thread(lambda: worker.wait(DEADLINE, ["r"]))
-    put_at = time.monotonic()
-    producer.put([job("a", route="r")], time.time())
-    assert join() - put_at < PROMPT
-    assert [j.id for j in worker.claim(["r"], "w", time.time(), 30)] == ["a"]
-
-
 def test_a_full_claim_passes_the_wake_up_on_to_the_next_idle_worker(opened):
     """One token for two jobs: the first worker's claim leaves one, so it wakes the second."""
     producer, workers = opened(), [opened(), opened()]
@@ -114,16 +105,6 @@ def test_every_scheduler_wakes_when_an_earlier_eta_is_put(opened):
     put_at = time.monotonic()
     producer.put([job("soon", eta=time.time() + 60)], time.time())
     assert [join() - put_at < PROMPT for join in joins] == [True, True]
-
-
-def test_a_change_made_while_no_scheduler_waited_wakes_the_next_wait(opened):
-    """Between two waits the scheduler is busy; what happens then must not be slept through."""
-    scheduler, producer = opened(), opened()
-    scheduler.wait(DEADLINE)  # subscribe
-    producer.put([job("soon", eta=time.time() + 60)], time.time())
-    started = time.monotonic()
-    scheduler.wait(DEADLINE)
-    assert time.monotonic() - started < PROMPT
 
 
 def test_release_of_the_scheduler_lease_wakes_a_standby(opened):

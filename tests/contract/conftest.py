@@ -65,9 +65,6 @@ BACKENDS = [
         if os.environ.get("SKUNKQUEUE_TEST_FDB_CLUSTER")
         else []
     ),
-    # Other server backends, once their modules exist, are one entry each, e.g.:
-    # BackendSpec("fdb", lambda tmp, unique: os.environ.get("SKUNKQUEUE_TEST_FDB", "fdb://"),
-    #     server=True),
 ]
 
 # What "the server is not there" looks like when opening or first using a backend:
