@@ -192,7 +192,9 @@ class MongoServer:
     ``.ci/run`` installs into .tools/secantus. Its own temp files and log go to ``directory``.
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, standalone: bool = False
+    ) -> None:
         self.binary = require_binary(
             "secantusd-py",
             env="SKUNKQUEUE_SECANTUSD",
@@ -202,6 +204,9 @@ class MongoServer:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        #: Answer as a standalone server (no replica set, so no change streams) instead
+        #: of a single-node replica set.
+        self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -222,6 +227,7 @@ class MongoServer:
         argv = [
             self.binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", ":memory:", "--log-level", "WARNING",
+            *(["--standalone"] if self.standalone else []),
         ]  # fmt: skip
         # ':memory:' is a temp directory: keep it (and any left by a kill) under self.dir.
         env = {**os.environ, "TMPDIR": str(self.dir)}

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -21,7 +22,7 @@ from skunkqueue.persistence import open_backend
 from skunkqueue.persistence.mongodb import BY_ID, INDEXES, JOBS, POLL_MAX, MongoBackend
 
 from .contract.support import job
-from .servers import free_port
+from .servers import MongoServer, free_port
 from .waiting import timed_wait
 
 pymongo = pytest.importorskip("pymongo")
@@ -55,11 +56,24 @@ def test_a_replica_set_gives_change_stream_wake_ups(opened):
     assert opened().wake_mode == "change streams"
 
 
-def test_polling_fallback_finds_a_new_job_within_its_longest_interval(opened):
-    producer = opened()
-    poller = opened()
-    poller._watcher.close()  # as on a standalone server: no change streams
-    poller._watcher = None
+@pytest.fixture(scope="module")
+def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A stand-in server answering as a standalone MongoDB: no replica set, no change streams."""
+    server = MongoServer(Path(tmp_path_factory.mktemp("standalone")), standalone=True).start()
+    yield server.url
+    server.stop()
+
+
+def test_a_standalone_server_is_polled_and_written_with_its_default_acknowledgement(
+    opened, standalone_url
+):
+    backend = opened(standalone_url)
+    assert backend.wake_mode == "polling (10-500 ms)" and backend._watcher is None
+    assert backend._jobs.write_concern.document == {}
+
+
+def test_polling_finds_a_new_job_within_its_longest_interval(opened, standalone_url):
+    producer, poller = opened(standalone_url), opened(standalone_url)
     poller._idle_polls = 10  # backed off to the longest interval
     join = timed_wait(poller, DEADLINE, ["default"])
     time.sleep(0.1)
@@ -67,6 +81,7 @@ def test_polling_fallback_finds_a_new_job_within_its_longest_interval(opened):
     took = join()
     assert 0.1 < took <= 0.1 + POLL_MAX + 0.3, took
     assert poller._idle_polls == 0  # work found: the next wait polls quickly again
+    assert [j.id for j in poller.claim(["default"], "w", time.time(), 30)] == ["polled"]
 
 
 # -- indexes and query plans ------------------------------------------------------------
