@@ -19,7 +19,7 @@ from skunkqueue.errors import BackendUnavailable
 from skunkqueue.jobs import JobRecord, Outcome
 from skunkqueue.persistence import Backend, open_backend
 from skunkqueue.persistence.records import lost_deliveries_error
-from skunkqueue.persistence.redis import PUT_CHUNK
+from skunkqueue.persistence.redis import CLAIM_BATCH, PUT_CHUNK
 from skunkqueue.serialization import encode_call
 
 from .contract.support import T0, job, lead
@@ -275,3 +275,11 @@ def test_imports_without_redis_installed():
     ).stdout.splitlines()
     assert out[0] == "redis://localhost:6379/0"
     assert "pip install 'skunkqueue[redis]'" in out[1]
+
+
+def test_a_claim_takes_at_most_one_batch_whatever_its_limit(opened):
+    backend = opened()
+    backend.put([job(f"j{i:04}") for i in range(CLAIM_BATCH + 20)], T0)
+    taken = backend.claim(["default"], "w", T0, 30, limit=10**9)
+    assert [j.id for j in taken] == [f"j{i:04}" for i in range(CLAIM_BATCH)]
+    assert len(backend.claim(["default"], "w", T0, 30, limit=10**9)) == 20

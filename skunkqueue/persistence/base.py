@@ -133,7 +133,9 @@ class Backend(ABC):
         ``running`` with ``owner``, ``lease_until = now + lease``, ``started_at =
         max(now, eta)`` and ``deliveries + 1``. No job is ever handed to two claimers.
         (A claimer reads ``now`` before its call; a leader with a later clock may queue a
-        job in between, and the start is never recorded before the job's eta.)
+        job in between, and the start is never recorded before the job's eta.) A backend
+        may take fewer than ``limit`` per call to bound one call's work; the caller claims
+        again for more.
         """
 
     @abstractmethod

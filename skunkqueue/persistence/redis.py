@@ -77,6 +77,9 @@ PUT_CHUNK = 100
 #: Records one promote call moves at most per kind (due, lapsed, expired), whatever the
 #: caller's limit: about 1-2 ms of Redis time per kind. ``more`` says when to call again.
 PROMOTE_BATCH = 250
+#: Jobs one claim call takes at most, whatever the caller's limit: one script runs
+#: alone on the server, so a huge limit must not stall every other client.
+CLAIM_BATCH = 500
 #: Records read per round trip when list_jobs walks an index.
 PAGE = 200
 KEPT_STATES = (JobState.RETRYING.value, JobState.CANCELLED.value)
@@ -305,6 +308,7 @@ class RedisBackend(Backend):
         self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
     ) -> list[JobRecord]:
         routes = list(dict.fromkeys(routes))
+        limit = min(limit, CLAIM_BATCH)
         if not routes or limit < 1:
             return []
         keys = [
