@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -206,7 +209,7 @@ def test_interval_due_ticks() -> None:
 class CountingCroniter:
     """Counts croniter constructions: the unit of work in due_ticks."""
 
-    def __init__(self, real: type) -> None:
+    def __init__(self, real: Callable[..., object]) -> None:
         self.real, self.calls = real, 0
 
     def __call__(self, *args: object, **kwargs: object) -> object:
@@ -222,8 +225,8 @@ def test_work_is_bounded_after_thirty_days_down(
 ) -> None:
     spec = ScheduleSpec.build(cron="* * * * * *", timezone="Europe/Berlin", misfire=misfire)
     now = T0 + 30 * 86400 + 0.5  # 2.6 million one-second ticks missed
-    counter = CountingCroniter(cron_module.croniter)
-    monkeypatch.setattr(cron_module, "croniter", counter)
+    counter = CountingCroniter(cron_module._croniter)
+    monkeypatch.setattr(cron_module, "_croniter", counter)
     ticks = spec.due_ticks(T0 + 1, now)
     assert len(ticks) == expected_count
     assert counter.calls <= expected_count + 2
@@ -265,3 +268,18 @@ def test_describe() -> None:
     spec = ScheduleSpec.build(cron="*/5 * * * *", timezone="Europe/Berlin")
     assert spec.describe() == "cron '*/5 * * * *' (Europe/Berlin)"
     assert ScheduleSpec.build(every=30).describe() == "every 30s"
+
+
+def test_croniter_is_loaded_only_by_code_that_uses_a_schedule():
+    """A worker or producer without cron does not pay for croniter and dateutil."""
+    check = (
+        "import sys\n"
+        "import skunkqueue.cli, skunkqueue.worker.pool, skunkqueue.scheduler\n"
+        "from skunkqueue import SkunkQueue\n"
+        "q = SkunkQueue('plain', url='memory://plain')\n"
+        "q.event(routes=['a'])(lambda: None)\n"
+        "assert 'croniter' not in sys.modules, 'loaded without a schedule'\n"
+        "q.event(routes=['a'], name='ticking', cron='* * * * *')(lambda: None)\n"
+        "assert 'croniter' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)

@@ -20,8 +20,6 @@ from datetime import timezone as dt_timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from ..errors import ConfigurationError
 
 MISFIRE_POLICIES = ("coalesce", "all", "skip")
@@ -142,7 +140,7 @@ class ScheduleSpec:
         if self.every is not None:
             return (s // int(self.every) + 1) * int(self.every)
         zone = ZoneInfo(self.timezone)
-        wall = croniter(self.cron, _cursor(zone, s)).get_next(datetime)
+        wall = _croniter(self.cron, _cursor(zone, s)).get_next(datetime)
         return _instant(zone, wall)
 
     def _last_tick(self, s: int) -> int:
@@ -150,7 +148,7 @@ class ScheduleSpec:
         if self.every is not None:
             return s // int(self.every) * int(self.every)
         zone = ZoneInfo(self.timezone)
-        wall = croniter(self.cron, _cursor(zone, s) + _SECOND).get_prev(datetime)
+        wall = _croniter(self.cron, _cursor(zone, s) + _SECOND).get_prev(datetime)
         return _instant(zone, wall)
 
 
@@ -164,7 +162,7 @@ def _check_cron(expr: Any) -> None:
         )
     try:
         # Finding one tick also catches expressions that parse but never match (Feb 31).
-        croniter(expr, datetime(2000, 1, 1)).get_next(datetime)
+        _croniter(expr, datetime(2000, 1, 1)).get_next(datetime)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigurationError(f"invalid cron expression {expr!r}: {exc}") from None
 
@@ -211,6 +209,14 @@ def _instant(zone: ZoneInfo, wall: datetime) -> int:
     # In a gap, fold=0 applies the old offset (landing after the jump) and fold=1 the
     # new one (landing before it), so the jump lies between the two.
     return _transition(zone, int(wall.replace(tzinfo=zone, fold=1).timestamp()), first)
+
+
+def _croniter(expression: str, start: datetime) -> Any:
+    # Imported on first use: croniter brings python-dateutil, about 1 MiB in every process,
+    # which a worker whose code defines no cron schedule never needs.
+    from croniter import croniter
+
+    return croniter(expression, start)
 
 
 def _cursor(zone: ZoneInfo, s: int) -> datetime:
