@@ -132,3 +132,20 @@ def test_markdown_publishes_into_the_readme_markers(tmp_path):
     assert run.publish(readme, md)
     text = readme.read_text()
     assert "old" not in text and md.strip() in text and text.endswith("after\n")
+
+
+def test_goals_are_judged_against_peers_only():
+    red = {
+        "drain": {
+            "redis-py ceiling": {"median": 9000.0, "pss_mib": 10.0, "processes": 2},
+            "skunkqueue": {"median": 3000.0, "pss_mib": 40.0, "processes": 3},
+            "huey": {"median": 1500.0, "pss_mib": 41.0, "processes": 4},
+        },
+        "enqueue": {"skunkqueue": {"median": 100.0}, "huey": {"median": 120.0}},
+        "delayed": {"skunkqueue": {"median": 3.0, "early_worst": 1}},
+    }
+    rows = run.goals_table(red)[2:]
+    assert rows[0].endswith("fastest peer huey 1,500 (2.00x) | met |")
+    assert rows[1].endswith("fastest peer huey 120 (0.83x) | **not met** |")
+    assert rows[2].endswith("p99 3.0 ms, 1 early | **not met** |")
+    assert rows[3].endswith("leanest peer huey 41.0 MiB (4) | met |")

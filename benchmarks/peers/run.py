@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -637,6 +638,56 @@ def delayed_table(rows: dict[str, Any]) -> list[str]:
     return lines
 
 
+def is_peer(name: str) -> bool:
+    return not name.startswith(("skunkqueue", "redis-py"))
+
+
+def goals_table(red: dict[str, Any]) -> list[str]:
+    """Issue 6's goals for SkunkQueue on Redis, judged from this run's medians."""
+
+    def best(rows: dict[str, Any], field: str, pick: Callable[..., Any]) -> tuple[str, Any]:
+        found = [(n, r[field]) for n, r in rows.items() if is_peer(n) and r.get(field)]
+        return pick(found, key=lambda item: item[1]) if found else ("–", None)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines = table_head(["goal (issue 6)", "this run", ""])
+    ours = red["drain"].get("skunkqueue", {})
+    peer, rate = best(red["drain"], "median", max)
+    if ours.get("median") and rate:
+        ratio = ours["median"] / rate
+        lines.append(
+            f"| drain >= 1.5x the fastest peer, holding leases and storing results | "
+            f"{ours['median']:,.0f} jobs/s; fastest peer {peer} {rate:,.0f} ({ratio:.2f}x) | "
+            f"{verdict(ratio >= 1.5)} |"
+        )
+    ours = red["enqueue"].get("skunkqueue", {})
+    peer, rate = best(red["enqueue"], "median", max)
+    if ours.get("median") and rate:
+        ratio = ours["median"] / rate
+        lines.append(
+            f"| plain `fire()` >= the fastest peer's enqueue | {ours['median']:,.0f} jobs/s; "
+            f"fastest peer {peer} {rate:,.0f} ({ratio:.2f}x) | {verdict(ratio >= 1)} |"
+        )
+    ours = red["delayed"].get("skunkqueue", {})
+    if ours.get("median") is not None:
+        ok = ours["median"] <= 10 and ours["early_worst"] == 0
+        lines.append(
+            f"| delayed-job p99 <= 10 ms, no job early | p99 {ours['median']:.1f} ms, "
+            f"{ours['early_worst']} early | {verdict(ok)} |"
+        )
+    ours = red["drain"].get("skunkqueue", {})
+    peer, pss = best(red["drain"], "pss_mib", min)
+    if ours.get("pss_mib") and pss:
+        lines.append(
+            f"| worker memory no higher than the leanest peer's | {ours['pss_mib']:.1f} MiB "
+            f"({ours['processes']} processes); leanest peer {peer} {pss:.1f} MiB "
+            f"({red['drain'][peer]['processes']}) | {verdict(ours['pss_mib'] <= pss)} |"
+        )
+    return lines
+
+
 def markdown(meta: dict[str, Any], summary: dict[str, Any]) -> str:
     sizes = meta["sizes"]
     red = summary["redis"]
@@ -646,6 +697,9 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any]) -> str:
         "rounds; ratio = median over rounds of (library / SkunkQueue) within a round.",
         "",
     ]
+    goals = goals_table(red)
+    if len(goals) > 2:
+        lines += ["### The goals, judged from this run (ratios of the medians)", "", *goals, ""]
     if red["enqueue"]:
         lines += [
             f"### Enqueue: one producer, {sizes['enqueue']:,} no-op jobs, Redis",
