@@ -47,48 +47,16 @@ def schedule(eta: float) -> None:
 
 def main() -> None:
     args = common.parse_args()
-    worker = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "adapter_celery",
-        "worker",
-        "--concurrency",
-        str(args.workers),
-        "--loglevel",
-        "WARNING",
-    ]
-    if args.variant == "solo":
-        worker = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "adapter_celery",
-            "worker",
-            "--pool",
-            "solo",
-            "--loglevel",
-            "WARNING",
-        ]
+    celery = [sys.executable, "-m", "celery", "-A", "adapter_celery"]
+    pool = ["--pool", "solo"] if args.variant == "solo" else ["--concurrency", str(args.workers)]
+    worker = [*celery, "worker", *pool, "--loglevel", "WARNING"]
     if args.scenario == "enqueue":
         common.emit(common.scenario_enqueue(enqueue_all, args.n))
     elif args.scenario == "drain":
         common.emit(common.scenario_drain(enqueue_all, [worker], args.n))
     elif args.scenario == "cron":
-        beat = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "adapter_celery",
-            "beat",
-            "--schedule",
-            os.path.join(tempfile.mkdtemp(prefix="celerybeat-"), "schedule"),
-            "--loglevel",
-            "WARNING",
-        ]
+        schedule_file = os.path.join(tempfile.mkdtemp(prefix="celerybeat-"), "schedule")
+        beat = [*celery, "beat", "--schedule", schedule_file, "--loglevel", "WARNING"]
         common.emit(common.scenario_cron([worker, beat], args.duration))
     else:
         common.emit(common.scenario_delayed(schedule, [worker], args.n, args.spread, args.lead))
