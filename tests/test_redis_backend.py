@@ -5,6 +5,7 @@ server. Runs against the session's real redis-server (and cluster, where it matt
 
 from __future__ import annotations
 
+import signal
 import statistics
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,7 +24,7 @@ from skunkqueue.persistence.records import lost_deliveries_error
 from skunkqueue.persistence.redis import CLAIM_BATCH, PUT_CHUNK
 from skunkqueue.serialization import encode_call
 
-from .contract.support import T0, job, lead
+from .contract.support import T0, ids, job, lead
 from .servers import RedisServer, free_port
 
 redis = pytest.importorskip("redis")
@@ -283,3 +285,114 @@ def test_a_claim_takes_at_most_one_batch_whatever_its_limit(opened):
     taken = backend.claim(["default"], "w", T0, 30, limit=10**9)
     assert [j.id for j in taken] == [f"j{i:04}" for i in range(CLAIM_BATCH)]
     assert len(backend.claim(["default"], "w", T0, 30, limit=10**9)) == 20
+
+
+def test_release_keeps_indexes_and_counts_exact(redis_server):
+    queue = f"rt-{uuid.uuid4().hex[:10]}"
+    backend = open_backend(redis_server.url, queue)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    key = f"sq:{{{queue}}}:".__add__
+    try:
+        backend.put([job("a"), job("b"), job("c", max_deliveries=1), job("d")], T0)
+        assert ids(backend.claim(["default"], "dead", T0, 30, limit=3)) == ["a", "b", "c"]
+        client.delete(key("wake:default"))  # the put's token: what follows must leave its own
+        client.sadd(key("held:dead"), "ghost")  # a stale entry must not stop the walk
+        released = backend.release("dead", T0 + 1, started=["b", "c"])
+        assert released == {"a": "queued", "b": "queued", "c": "error"}
+        assert client.exists(key("held:dead"), key("running")) == 0
+        ready = client.zrange(key("ready:default"), 0, -1)
+        assert [m.split("|", 1)[1] for m in ready] == ["a", "b", "d"]
+        assert client.hgetall(key("counts")) == {"queued|default": "3", "error|default": "1"}
+        assert client.zscore(key("expiry"), "c") == T0 + 1 + 86400
+        assert client.lrange(key("wake:default"), 0, -1) == ["1"]
+        assert client.hmget(key("j:a"), "o", "l", "d") == [None, None, "0"]
+    finally:
+        backend.close()
+        client.close()
+
+
+# -- interrupted calls ----------------------------------------------------------------
+
+
+@contextmanager
+def interrupts_on_sigalrm(after: float | None = None) -> Iterator[None]:
+    """SIGALRM raises KeyboardInterrupt in the main thread, as Python's SIGINT handler does
+    on Ctrl-C; ``after`` arms a real-time timer for it. The timer pytest-timeout set
+    (also SIGALRM) is put back afterwards with what was left of it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGALRM in the test")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    started = time.monotonic()
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, after or 0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            left = outer - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, left))
+
+
+#: How long the server stays paused: the interrupt comes at 0.2 s, the next call is sent
+#: at once, and both wait for the pause to end by itself (CLIENT UNPAUSE would wait too).
+PAUSE_MS = 1500
+
+
+@pytest.mark.parametrize("interrupted", ["put", "claim", "get"])
+def test_a_call_interrupted_while_waiting_for_its_reply_leaves_no_reply_behind(
+    redis_server, interrupted
+):
+    """put and claim run on the script lane, get on redis-py's pool: a KeyboardInterrupt
+    while the reply is awaited must not leave it to be read by the next call. The server
+    is still paused when the next call is sent, so its reply cannot be there yet (the
+    pool's check for unread data on checkout would not see it)."""
+    backend = open_backend(redis_server.url, f"rt-{uuid.uuid4().hex[:10]}")
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        # Connections open, scripts loaded: the interrupted call only waits for its reply.
+        assert backend.put([job("first", payload='"first"')], T0) == [True]
+        assert backend.get("first", T0).payload == '"first"'
+        assert backend.claim(["elsewhere"], "w", T0, 30) == []
+        calls = {
+            # Two jobs: a reply of two answers, which a one-job put would give away.
+            "put": lambda: backend.put([job("x1", route="x"), job("x2", route="x")], T0),
+            "claim": lambda: backend.claim(["elsewhere"], "w", T0, 30),
+            "get": lambda: backend.get("first", T0),
+        }
+        admin.client_pause(PAUSE_MS, all=True)
+        with pytest.raises(KeyboardInterrupt), interrupts_on_sigalrm(after=0.2):
+            calls[interrupted]()
+        assert backend.put([job("second", payload='"second"')], T0) == [True]
+        assert backend.get("second", T0).payload == '"second"'
+        assert backend.get("first", T0).payload == '"first"'
+        assert ids(backend.claim(["default"], "w", T0, 30, limit=10)) == ["first", "second"]
+    finally:
+        backend.close()
+        admin.close()
+
+
+def test_an_interrupt_between_two_chunks_of_a_put_discards_the_lane(redis_server):
+    """The first chunk is sent, the second is being encoded when the signal comes: the
+    first chunk's reply is unread, and the lane's connection must not be used again."""
+    backend = open_backend(redis_server.url, f"rt-{uuid.uuid4().hex[:10]}")
+
+    class SignalledWhileEncoded(float):
+        """A created_at whose encoding is interrupted, as by a signal arriving right then."""
+
+        def __float__(self) -> float:
+            signal.raise_signal(signal.SIGALRM)
+            return T0
+
+    try:
+        first = [job(f"a{i:03}") for i in range(PUT_CHUNK)]
+        late = job("late", created_at=SignalledWhileEncoded(T0 - 1))
+        with pytest.raises(KeyboardInterrupt), interrupts_on_sigalrm():
+            backend.put([*first, late], T0)
+        assert backend.put([job("after")], T0) == [True]
+        claimed = backend.claim(["default"], "w", T0, 30, limit=CLAIM_BATCH)
+        assert ids(claimed) == [*ids(first), "after"]  # the first chunk was stored
+    finally:
+        backend.close()

@@ -125,7 +125,13 @@ class Backend(ABC):
 
     @abstractmethod
     def claim(
-        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
         """Atomically take up to ``limit`` queued jobs from ``routes`` for ``owner``.
 
@@ -136,6 +142,14 @@ class Backend(ABC):
         job in between, and the start is never recorded before the job's eta.) A backend
         may take fewer than ``limit`` per call to bound one call's work; the caller claims
         again for more.
+
+        With ``max_bytes``, the batch also stops before the first job that would bring
+        the payloads taken over ``max_bytes`` in total, except that the first job is
+        always taken, whatever its size, so a single large job is still served. A
+        payload's size is ``records.payload_size``: its UTF-8 length as stored, which is
+        ``len(record.payload)`` for the ASCII text SkunkQueue's serializers write. The
+        cut keeps the order: a job left behind by the bound stays ``queued``, untouched,
+        and is the first one the next claim on its routes takes. ``None``: no bound.
         """
 
     @abstractmethod
@@ -159,6 +173,29 @@ class Backend(ABC):
         ``expires_at = now + result_ttl``. ``retrying`` stores the error, ``attempts + 1``
         and the new ``eta``. ``queued`` hands the job back unrun: ``deliveries - 1``,
         eta unchanged, so it is taken again first. Owner and lease are cleared.
+        """
+
+    @abstractmethod
+    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """Hand back at once every job ``owner`` holds in state ``running``: its worker is
+        known dead (a pool saw its child process exit).
+
+        A job whose id is in ``started`` had begun running: its delivery counts, exactly
+        as when its lease lapses in ``promote`` (``records.recover``): ``queued`` again,
+        or ``error`` with reason "lost deliveries" (``finished_at = now``, ``expires_at =
+        now + result_ttl``) once ``max_deliveries`` deliveries have been lost. Any other
+        held job was claimed but never started: it goes back unrun, exactly like a
+        ``queued`` outcome in ``finish`` (``deliveries - 1``, eta and seq unchanged, so it
+        leaves before jobs queued after it). Owner and lease are cleared either way.
+
+        Returns ``{job_id: new_state}`` for every job handed back; a second call returns
+        ``{}``. Not fenced: any process may call it, and it touches only jobs that are
+        ``running`` and held by ``owner`` (ids in ``started`` that it does not hold are
+        ignored). Jobs queued again wake waiting workers as a put of queued jobs does.
+        A backend may work in bounded batches, but everything is handed back when the
+        call returns. Cost: by the owner's index where the backend keeps one (Redis,
+        MongoDB, FoundationDB); SQLite walks the queue's running jobs, and memory every
+        job of the store.
         """
 
     @abstractmethod

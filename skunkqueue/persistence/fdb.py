@@ -53,7 +53,14 @@ from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, Serializ
 from ..jobs import CANCELLABLE, JobRecord, JobState, Outcome
 from . import fdb_sim
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
-from .records import apply_outcome, recover, taken_lease
+from .records import (
+    apply_outcome,
+    bytes_cut,
+    payload_size,
+    recover,
+    release_held,
+    taken_lease,
+)
 
 default_cfg: dict[str, Any] = {"backend": "fdb", "conn_url": "", "dbname": None}
 
@@ -349,7 +356,13 @@ class FoundationDBBackend(Backend):
         return self._run(read)
 
     def claim(
-        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
         wanted = min(limit, BATCH)
         if wanted <= 0 or not routes:
@@ -372,9 +385,22 @@ class FoundationDBBackend(Backend):
                 window = random.randrange(len(heads) // wanted)  # full windows only
                 picks = heads[window * wanted : (window + 1) * wanted]
             taken = []
+            used = 0  # payload bytes taken, against max_bytes
             for _, _, job_id, key in picks:
-                tr.add_read_conflict_key(key)  # only what we take can conflict
-                r = self._read(tr, job_id)
+                if max_bytes is None:
+                    tr.add_read_conflict_key(key)  # only what we take can conflict
+                    r = self._read(tr, job_id)
+                else:
+                    # Its size decides first, so the job the bound leaves behind is read
+                    # without a conflict: another claimer taking it is no reason to retry.
+                    r = self._read(tr, job_id, snapshot=True)
+                    if r is not None and r.state == QUEUED:
+                        size = payload_size(r.payload)
+                        if not bytes_cut([size], max_bytes, len(taken), used):
+                            break
+                        used += size
+                        tr.add_read_conflict_key(key)
+                        tr.add_read_conflict_key(self._k("j", job_id))
                 if r is None or r.state != QUEUED:
                     continue
                 self._unindex(tr, r)
@@ -432,6 +458,34 @@ class FoundationDBBackend(Backend):
                 self._wake(tr, None)
             answers.append(True)
         return answers
+
+    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """Walks the owner's ``('o', owner, id)`` keys (as renew does), BATCH per
+        transaction, until none is left."""
+        begun = set(started)
+
+        def hand_back(tr: Any) -> tuple[dict[str, str], bool]:
+            begin, end = self._range("o", owner)
+            held = list(tr.get_range(begin, end, limit=BATCH))
+            released = {}
+            for kv in held:
+                job_id = self._unpack(kv.key)[2]
+                r = self._read(tr, job_id)
+                if r is None or r.state != RUNNING or r.owner != owner:
+                    tr.clear(kv.key)  # a stale entry; clearing it lets the walk end
+                    continue
+                self._unindex(tr, r)
+                release_held(r, begun, now)
+                self._index(tr, r)  # a job queued again wakes its route's waiters
+                released[job_id] = r.state
+            return released, len(held) >= BATCH
+
+        released: dict[str, str] = {}
+        while True:
+            batch, more = self._run(hand_back)
+            released.update(batch)
+            if not more:
+                return released
 
     def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         def cancel_all(tr: Any) -> list[bool]:

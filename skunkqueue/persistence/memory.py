@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from ..errors import LeaseLost
 from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
-from .records import apply_outcome, recover, taken_lease
+from .records import apply_outcome, bytes_cut, payload_size, recover, release_held, taken_lease
 
 default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
 
@@ -117,7 +117,13 @@ class MemoryBackend(Backend):
         return Stats(counts=counts, next_due=next_due)
 
     def claim(
-        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
         wanted = set(routes)
         with self._locked():
@@ -128,7 +134,9 @@ class MemoryBackend(Backend):
                     if r.state == JobState.QUEUED.value and r.route in wanted
                 ),
                 key=lambda r: (r.eta, r.seq),
-            )[:limit]
+            )[: max(0, limit)]
+            if max_bytes is not None:
+                ready = ready[: bytes_cut((payload_size(r.payload) for r in ready), max_bytes)]
             for r in ready:
                 r.state = JobState.RUNNING.value
                 r.owner = owner
@@ -169,6 +177,20 @@ class MemoryBackend(Backend):
                 answers.append(True)
             self._touch()
         return answers
+
+    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """Walks every job of the store: memory keeps no index by owner (renew does the
+        same); a store of this backend lives in one process and is small."""
+        begun = set(started)
+        released: dict[str, str] = {}
+        with self._locked():
+            for r in self._store.jobs.values():
+                if r.state == JobState.RUNNING.value and r.owner == owner:
+                    release_held(r, begun, now)
+                    released[r.id] = r.state
+            if released:
+                self._touch()
+        return released
 
     def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         answers = []

@@ -63,7 +63,7 @@ from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
-from .records import apply_outcome, recover
+from .records import apply_outcome, bytes_cut, payload_size, recover, release_held
 
 default_cfg: dict[str, Any] = {
     "backend": "mongodb",
@@ -316,26 +316,41 @@ class MongoBackend(Backend):
         return Stats(counts=counts, next_due=None if first is None else first["eta"])
 
     def claim(
-        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
         """Mark the first ``limit`` queued jobs with this claim's token in one
         update_many (filtered on ``state: queued``, so a job another claimer took in
         between is skipped), then read back what the token got; a few rounds while
-        other claimers won the first picks."""
+        other claimers won the first picks. With ``max_bytes`` the server reports each
+        candidate's payload size ($strLenBytes) instead of sending the payload."""
         wanted = min(limit, BATCH)
         if wanted <= 0 or not routes:
             return []
         token = os.urandom(12).hex()
         claimed: list[JobRecord] = []
+        used = 0  # payload bytes claimed so far
         query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
+        projection: dict[str, Any] = {"_id": 1, "eta": 1}
+        if max_bytes is not None:
+            projection["size"] = {"$strLenBytes": "$payload"}
         with self._talking():
             for _ in range(4):
                 found = list(
-                    self._jobs.find(query, projection={"_id": 1, "eta": 1})
+                    self._jobs.find(query, projection=projection)
                     .sort([("eta", 1), ("seq", 1)])
                     .limit(wanted - len(claimed))
                 )
-                picks = [d["_id"] for d in found]
+                fitting = found
+                if max_bytes is not None:
+                    sizes = [d["size"] for d in found]
+                    fitting = found[: bytes_cut(sizes, max_bytes, len(claimed), used)]
+                picks = [d["_id"] for d in fitting]
                 if not picks:
                     break
                 self._jobs.update_many(
@@ -352,7 +367,7 @@ class MongoBackend(Backend):
                     },
                     hint=BY_ID,
                 )
-                for early in (d for d in found if d["eta"] > now):
+                for early in (d for d in fitting if d["eta"] > now):
                     # Queued by a leader whose clock is ahead of ours: the start is
                     # never recorded before the eta (see Backend.claim).
                     self._jobs.update_one(
@@ -360,12 +375,17 @@ class MongoBackend(Backend):
                         {"$set": {"started_at": early["eta"]}},
                         hint=BY_ID,
                     )
-                got = self._jobs.find(
-                    {"_id": {"$in": picks}, "claim": token, "state": RUNNING}, hint=BY_ID
-                )
-                claimed += [self._record(d) for d in got]
-                if len(claimed) >= wanted:
-                    break
+                got = [
+                    self._record(d)
+                    for d in self._jobs.find(
+                        {"_id": {"$in": picks}, "claim": token, "state": RUNNING}, hint=BY_ID
+                    )
+                ]
+                claimed += got
+                used += sum(payload_size(r.payload) for r in got)
+                cut = len(fitting) < len(found)
+                if len(claimed) >= wanted or (cut and len(got) == len(picks)):
+                    break  # full, or cut by max_bytes with every pick won: the rest stays
         claimed.sort(key=lambda r: (r.eta, r.seq))
         return claimed
 
@@ -378,6 +398,24 @@ class MongoBackend(Backend):
         with self._talking():
             self._jobs.update_many(query, {"$set": {"lease_until": now + lease}}, hint="held")
             return {d["id"] for d in self._jobs.find(query, projection={"id": 1}, hint="held")}
+
+    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """Finds the owner's running jobs by the ``held`` index (as renew does), up to
+        BATCH per round, and writes each back with a compare-and-set on its state, owner
+        and delivery count: one find per round plus one write per job."""
+        begun = set(started)
+        released: dict[str, str] = {}
+        query = {"q": self.queue, "owner": owner, "state": RUNNING}
+        with self._talking():
+            while True:
+                held = [self._record(d) for d in self._jobs.find(query, hint="held").limit(BATCH)]
+                for old in held:
+                    new = self._record(self._document(old))
+                    release_held(new, begun, now)
+                    if self._replace_if_unchanged(old, new):
+                        released[old.id] = new.state
+                if len(held) < BATCH:
+                    return released
 
     def _replace_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
         """Write ``new`` where the stored record still has ``old``'s state, owner and

@@ -5,6 +5,7 @@ under a transaction). Backends that update with queries (SQLite) follow the same
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from ..jobs import JobRecord, JobState, Outcome
@@ -52,6 +53,38 @@ def recover(r: JobRecord, now: float) -> None:
         r.expires_at = now + r.result_ttl
     else:
         r.state = JobState.QUEUED.value
+
+
+def release_held(r: JobRecord, started: Collection[str], now: float) -> None:
+    """``release``'s effect on a running record its dead owner held: a started job lost
+    its delivery (as when its lease lapses), any other goes back unrun (as a ``queued``
+    outcome does)."""
+    if r.id in started:
+        recover(r, now)
+    else:
+        apply_outcome(r, Outcome(r.id, JobState.QUEUED.value), now)
+
+
+def payload_size(payload: str) -> int:
+    """What a payload counts against ``claim``'s ``max_bytes``: its UTF-8 length, as every
+    backend stores it (Redis measures the same with HSTRLEN)."""
+    if payload.isascii():  # what the serializers write; O(1) in CPython
+        return len(payload)
+    return len(payload.encode("utf-8", "surrogatepass"))
+
+
+def bytes_cut(sizes: Iterable[int], max_bytes: int | None, taken: int = 0, used: int = 0) -> int:
+    """How many of the next jobs in leaving order (given by payload size) a claim takes
+    under ``max_bytes``, having taken ``taken`` jobs of ``used`` bytes so far: it stops
+    before the first job that would go over, except that a claim's first job is always
+    taken. Stopping there, rather than skipping to a smaller job, keeps (eta, seq) order."""
+    count = 0
+    for size in sizes:
+        if max_bytes is not None and (taken or count) and used + size > max_bytes:
+            break
+        used += size
+        count += 1
+    return count
 
 
 def taken_lease(

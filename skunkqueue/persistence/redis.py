@@ -41,6 +41,7 @@ tells where one goes, and resharding moves a queue with its slot.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import threading
 import time
@@ -80,6 +81,8 @@ PROMOTE_BATCH = 250
 #: Jobs one claim call takes at most, whatever the caller's limit: one script runs
 #: alone on the server, so a huge limit must not stall every other client.
 CLAIM_BATCH = 500
+#: Held ids one release call looks at: a dead worker's whole batch in one call, usually.
+RELEASE_BATCH = 250
 #: Records read per round trip when list_jobs walks an index.
 PAGE = 200
 KEPT_STATES = (JobState.RETRYING.value, JobState.CANCELLED.value)
@@ -305,7 +308,13 @@ class RedisBackend(Backend):
         return Stats(counts=counts, next_due=float(waiting) if waiting else None)
 
     def claim(
-        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
         routes = list(dict.fromkeys(routes))
         limit = min(limit, CLAIM_BATCH)
@@ -317,8 +326,29 @@ class RedisBackend(Backend):
             *(self._key("ready:", r) for r in routes),
             *(self._key("wake:", r) for r in routes),
         ]
-        args = [owner, number(now), number(now + lease), str(limit), str(len(routes)), *routes]
+        bound = "" if max_bytes is None else str(operator.index(max_bytes))
+        args = [owner, number(now), number(now + lease), str(limit), bound, str(len(routes))]
+        args += routes
         return [decode_record(row[0], row[1:]) for row in self._run("claim", keys, args)]
+
+    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """Script calls that each look at up to RELEASE_BATCH ids of the owner's held set
+        (``held:<owner>``, the index renew reads), until the set is empty."""
+        keys = [*self._job_keys, self._key("held:", owner)]
+        args = [
+            owner,
+            number(now),
+            str(DEFAULTS["max_deliveries"]),
+            number(DEFAULTS["result_ttl"]),
+            str(RELEASE_BATCH),
+            *started,
+        ]
+        released: dict[str, str] = {}
+        while True:
+            more, *pairs = self._run("release", keys, args)
+            released.update(zip(pairs[::2], pairs[1::2], strict=True))
+            if not more:
+                return released
 
     def renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None

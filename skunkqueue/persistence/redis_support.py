@@ -161,7 +161,7 @@ def decode_record(job_id: str, fields: Sequence[str] | dict[str, str]) -> JobRec
 # -- scripts ------------------------------------------------------------------------
 
 #: Scripts that run on a queue's job indexes get _common.lua prepended.
-JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "promote", "stats")
+JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "promote", "release", "stats")
 OTHER_SCRIPTS = (
     "acquire_lease",
     "release_lease",
@@ -197,7 +197,10 @@ class ScriptLane:
 
     A call that fails on the connection is sent once more on a new one, as redis-py's own
     default retry does: our scripts are safe to repeat (put by id, claim and finish by
-    owner); only a second failure reaches the caller.
+    owner); only a second failure reaches the caller. Anything else raised while replies
+    are still unread (a KeyboardInterrupt from a signal handler between two sends or two
+    reads, a later chunk that cannot be encoded) discards the connection: kept, it would
+    hand the next call the replies meant for this one.
     """
 
     def __init__(self, client: Redis) -> None:
@@ -214,6 +217,7 @@ class ScriptLane:
         self._conn: Any = None
         self._pid = 0
         self._lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._error_reply = redis.exceptions.ResponseError
         self._no_script = redis.exceptions.NoScriptError
 
     def _pack_with_redis_py(self, command: tuple[Any, ...]) -> bytes:
@@ -225,6 +229,10 @@ class ScriptLane:
             self._conn = self._client.connection_pool.make_connection()
             self._pid = os.getpid()
         return self._conn
+
+    def _discard(self, conn: Any) -> None:
+        self._conn = None  # first: a second interrupt inside disconnect() must not keep it
+        conn.disconnect()
 
     def run(self, calls: Iterable[ScriptCall]) -> list[Any]:
         """Run (script, keys, args) calls in order, pipelined; their replies, in order.
@@ -240,19 +248,25 @@ class ScriptLane:
                 conn = self._connection()
                 try:
                     self._send(conn, pending, sent)
-                    return self._replies(conn, len(sent))
-                except self._no_script:  # a restarted server, or SCRIPT FLUSH
-                    if reloaded:
-                        raise
-                    reloaded = True
-                    for script in {id(call[0]): call[0] for call in sent}.values():
-                        script.sha = self._client.script_load(script.script)
+                    replies, error = self._replies(conn, len(sent))
                 except self._lost:
                     conn.disconnect()
                     lost += 1
                     if lost > 1:
                         raise
-                # Again from the first call: replies were not all read.
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                else:
+                    if error is None:
+                        return replies
+                    # Every reply was read: the connection is in step, whatever the error.
+                    if reloaded or not isinstance(error, self._no_script):
+                        raise error
+                    reloaded = True  # a restarted server, or SCRIPT FLUSH
+                    for script in {id(call[0]): call[0] for call in sent}.values():
+                        script.sha = self._client.script_load(script.script)
+                # Again from the first call: replies were not all read, or not all run.
                 pending, sent = iter([*sent, *pending]), []
 
     def _send(self, conn: Any, calls: Iterable[ScriptCall], sent: list[ScriptCall]) -> None:
@@ -262,18 +276,17 @@ class ScriptLane:
             command = ("EVALSHA", script.sha, len(keys), *keys, *args)
             conn.send_packed_command([self._pack(command)], check_health=False)
 
-    def _replies(self, conn: Any, count: int) -> list[Any]:
+    def _replies(self, conn: Any, count: int) -> tuple[list[Any], Exception | None]:
+        """Every reply, and the first error reply among them (read on past it)."""
         replies, error = [], None
         for _ in range(count):
             try:
                 replies.append(conn.read_response())
             except self._lost:
                 raise
-            except Exception as exc:  # an error reply: read the rest, then raise it
+            except self._error_reply as exc:
                 error = error or exc
-        if error is not None:
-            raise error
-        return replies
+        return replies, error
 
     def close(self) -> None:
         with self._lock:

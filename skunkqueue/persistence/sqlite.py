@@ -10,9 +10,11 @@ watches ``PRAGMA data_version``, which changes whenever another connection commi
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +24,7 @@ from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from ..jobs import JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
-from .records import lost_deliveries_error
+from .records import bytes_cut, lost_deliveries_error, release_held
 
 default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
 
@@ -100,6 +102,9 @@ WHERE sq_jobs.expires_at IS NOT NULL AND sq_jobs.expires_at <= ?
 RETURNING seq
 """
 
+#: Jobs one release transaction hands back at most: the write lock is held that long.
+RELEASE_BATCH = 500
+
 FINISH_SQL = {
     JobState.QUEUED.value: "state = 'queued', deliveries = deliveries - 1",
     JobState.RETRYING.value: "state = 'retrying', error = :error, attempts = attempts + 1, eta = :eta",
@@ -131,6 +136,34 @@ def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     return path, parse_qs(parts.query)
 
 
+# SQLite's unix layer keeps process-wide locks (its list of open files has one mutex): a
+# fork while another thread is inside a call leaves the child's first open waiting on a
+# lock nobody in the child will release. A pool forks workers while its scheduler and
+# hand-back threads use SQLite, so every connection's lock is held across a fork: no
+# thread is inside SQLite then.
+_live: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+_opening = threading.RLock()
+_held_across_fork: list[threading.RLock] = []
+
+
+def _before_fork() -> None:
+    _opening.acquire()
+    locks = [backend._lock for backend in list(_live)]
+    for lock in locks:
+        lock.acquire()
+    _held_across_fork[:] = locks
+
+
+def _after_fork() -> None:
+    for lock in reversed(_held_across_fork):
+        lock.release()
+    _held_across_fork.clear()
+    _opening.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
 class SQLiteBackend(Backend):
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
@@ -140,16 +173,20 @@ class SQLiteBackend(Backend):
             raise ConfigurationError(f"sqlite synchronous={synchronous!r} is not a SQLite setting")
         self.shared_across_processes = path != ":memory:"
         self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._create_schema()
-        except sqlite3.Error as exc:
-            raise BackendUnavailable(f"cannot open SQLite database {redact(url)!r}: {exc}") from exc
+        with _opening:
+            try:
+                self._db = sqlite3.connect(
+                    path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._db.execute("PRAGMA busy_timeout=30000")
+                self._create_schema()
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(
+                    f"cannot open SQLite database {redact(url)!r}: {exc}"
+                ) from exc
+            _live.add(self)
         self._data_version = self._version()
 
     def _create_schema(self) -> None:
@@ -229,22 +266,32 @@ class SQLiteBackend(Backend):
         return Stats(counts={(s, r): n for s, r, n in rows}, next_due=due[0][0])
 
     def claim(
-        self, routes: Sequence[str], owner: str, now: float, lease: float, limit: int = 1
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
     ) -> list[JobRecord]:
         routes = list(dict.fromkeys(routes))
         marks = ", ".join("?" for _ in routes)
         probe = f"SELECT 1 FROM sq_jobs WHERE queue = ? AND state = 'queued' AND route IN ({marks}) LIMIT 1"
         if not self._read(probe, [self.queue, *routes]):
             return []
+        # Without a bound the candidates come from the index alone; the payload's UTF-8
+        # length (a BLOB's length is its bytes) needs each candidate's row.
+        size = "0" if max_bytes is None else "length(CAST(payload AS BLOB))"
         with self._write() as db:
-            candidates: list[tuple[float, int]] = []
+            candidates: list[tuple[float, int, int]] = []
             for route in routes:
                 candidates += db.execute(
-                    "SELECT eta, seq FROM sq_jobs WHERE queue = ? AND state = 'queued' AND route = ? "
-                    "ORDER BY eta, seq LIMIT ?",
+                    f"SELECT eta, seq, {size} FROM sq_jobs WHERE queue = ? AND state = 'queued' "
+                    "AND route = ? ORDER BY eta, seq LIMIT ?",
                     (self.queue, route, limit),
                 ).fetchall()
-            chosen = [seq for _, seq in sorted(candidates)[:limit]]
+            first = sorted(candidates)[:limit]
+            chosen = [seq for _, seq, _ in first[: bytes_cut((n for _, _, n in first), max_bytes)]]
             if not chosen:
                 return []
             rows = db.execute(
@@ -292,6 +339,37 @@ class SQLiteBackend(Backend):
                 )
                 answers.append(cursor.rowcount == 1)
         return answers
+
+    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """No index by owner: each transaction walks the queue's running jobs (the lease
+        index) for the owner's, and hands back up to RELEASE_BATCH of them; transactions
+        follow until none is left."""
+        begun = set(started)
+        released: dict[str, str] = {}
+        while True:
+            with self._write() as db:
+                rows = db.execute(
+                    f"{SELECT_JOB} WHERE queue = ? AND state = 'running' AND owner = ? LIMIT ?",
+                    (self.queue, owner, RELEASE_BATCH),
+                ).fetchall()
+                for row in rows:
+                    r = _row_to_record(row)
+                    release_held(r, begun, now)
+                    db.execute(
+                        "UPDATE sq_jobs SET state = ?, owner = NULL, lease_until = NULL, "
+                        "deliveries = ?, error = ?, finished_at = ?, expires_at = ? WHERE seq = ?",
+                        (
+                            r.state,
+                            r.deliveries,
+                            None if r.error is None else json.dumps(r.error),
+                            r.finished_at,
+                            r.expires_at,
+                            r.seq,
+                        ),
+                    )
+                    released[r.id] = r.state
+            if len(rows) < RELEASE_BATCH:
+                return released
 
     def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         error = json.dumps({"reason": reason})

@@ -130,3 +130,93 @@ def test_start_is_never_recorded_before_the_eta(backend):
     assert claimed["due"].started_at == T0 + 4.5
     stored = backend.get("racing", T0 + 5)
     assert stored is not None and stored.started_at == T0 + 5
+
+
+# -- max_bytes ----------------------------------------------------------------------
+
+
+def _sized(*sizes, route="default", start=0):
+    """Jobs j<start>, j<start+1>, ... with payloads of the given sizes, in that eta order."""
+    return [
+        job(f"j{start + i}", route=route, eta=T0 - 100 + start + i, payload="x" * size)
+        for i, size in enumerate(sizes)
+    ]
+
+
+def test_max_bytes_always_takes_the_first_job_whatever_its_size(backend):
+    backend.put(_sized(5000, 10), now=T0)
+    [big] = backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=100)
+    assert (big.id, len(big.payload)) == ("j0", 5000)
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=0)) == ["j1"]
+
+
+def test_max_bytes_cuts_the_batch_exactly_at_the_bound(backend):
+    backend.put(_sized(10, 10, 10, 10, 10, 10), now=T0)
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=30)) == [
+        "j0",
+        "j1",
+        "j2",
+    ]
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=29)) == [
+        "j3",
+        "j4",
+    ]
+
+
+def test_jobs_left_by_max_bytes_are_untouched_and_taken_first_next(backend):
+    backend.put(_sized(10, 40, 1, 1), now=T0)
+    backend.put(_sized(1, start=4), now=T0)  # put later, same route
+    # j1 does not fit; the smaller jobs behind it are not taken out of order either.
+    assert ids(backend.claim(["default"], "w1", T0, lease=30, limit=10, max_bytes=45)) == ["j0"]
+    for name in ("j1", "j2", "j3", "j4"):
+        left = backend.get(name, T0)
+        assert (left.state, left.owner, left.lease_until, left.deliveries, left.started_at) == (
+            "queued",
+            None,
+            None,
+            0,
+            None,
+        ), name
+    assert backend.stats(T0).counts == {("running", "default"): 1, ("queued", "default"): 4}
+    assert ids(backend.claim(["default"], "w2", T0, lease=30, limit=2, max_bytes=45)) == [
+        "j1",
+        "j2",
+    ]
+    assert ids(backend.claim(["default"], "w2", T0, lease=30, limit=10)) == ["j3", "j4"]
+
+
+def test_max_bytes_keeps_the_order_across_routes(backend):
+    backend.put(
+        [
+            job("f1", route="fast", eta=T0 - 4, payload="x" * 10),
+            job("s1", route="slow", eta=T0 - 3, payload="x" * 10),
+            job("f2", route="fast", eta=T0 - 2, payload="x" * 10),
+            job("s2", route="slow", eta=T0 - 1, payload="x" * 10),
+        ],
+        now=T0,
+    )
+    routes = ["fast", "slow"]
+    assert ids(backend.claim(routes, "w", T0, lease=30, limit=10, max_bytes=25)) == ["f1", "s1"]
+    assert ids(backend.claim(routes, "w", T0, lease=30, limit=10, max_bytes=25)) == ["f2", "s2"]
+
+
+def test_max_bytes_counts_the_payload_in_utf8_bytes(backend):
+    """Every backend measures what it stores: 'é' is one character but two bytes."""
+    backend.put(
+        [
+            job("accented", eta=T0 - 2, payload='"' + "é" * 5 + '"'),  # 12 bytes, 7 characters
+            job("plain", eta=T0 - 1, payload='"abcde"'),  # 7 bytes
+        ],
+        now=T0,
+    )
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=18)) == [
+        "accented"
+    ]
+    assert backend.get("accented", T0).payload == '"ééééé"'
+    assert ids(backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=18)) == ["plain"]
+
+
+def test_max_bytes_none_means_no_bound(backend):
+    backend.put(_sized(3000, 3000, 3000), now=T0)
+    taken = backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=None)
+    assert ids(taken) == ["j0", "j1", "j2"]

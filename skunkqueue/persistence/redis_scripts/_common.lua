@@ -1,5 +1,5 @@
 -- _common.lua: helpers shared by the job scripts. redis.py prepends this file to put,
--- claim, renew, finish, cancel, promote and stats, so Redis loads (and caches by SHA)
+-- claim, renew, finish, cancel, promote, release and stats, so Redis loads (and caches by SHA)
 -- each of those as one text: this file followed by the script's own.
 --
 -- The fixed keys of a queue, KEYS[1..6] in every job script, all under the queue's
@@ -12,8 +12,8 @@
 --                      +inf for a finished record that never expires
 --   KEYS[6] seq        STRING counter giving each put its seq
 -- Keys built here from the prefix, because a script cannot name them before it runs
--- (claim and promote discover ids; put, finish, cancel and promote read routes and owners
--- from records). They carry the prefix's hash tag, so they live in the same slot:
+-- (claim, promote and release discover ids; put, finish, cancel, promote and release read
+-- routes and owners from records). They carry the prefix's hash tag, so they live in the same slot:
 --   prefix .. 'j:' .. id         HASH  the job record (fields below)
 --   prefix .. 'ready:' .. route  ZSET  member(seq, id) -> eta, for state queued
 --   prefix .. 'wake:' .. route   LIST  at most one token: "a job became ready here"
@@ -129,4 +129,47 @@ local function index(id, state, route, seq, eta)
     wake(route)
   end
   count(state, route, 1)
+end
+
+-- A running record stops running (finish, promote's recovery, release): out of the lease
+-- index, its owner's held set (held: that key, or nil) and the running count; owner and
+-- lease cleared. The caller then gives it its new state.
+local function let_go(key, id, route, held)
+  redis.call('ZREM', RUNNING, id)
+  if held then redis.call('SREM', held, id) end
+  redis.call('HDEL', key, 'o', 'l')
+  count('running', route, -1)
+end
+
+-- Handed back unrun (a 'queued' outcome, a released job that never started): the
+-- delivery does not count, and the eta and seq keep its place at the head of its queue.
+local function hand_back(key, id, route, seq, eta)
+  redis.call('HSET', key, 's', 'queued')
+  redis.call('HINCRBY', key, 'd', -1)
+  index(id, 'queued', route, seq, eta)
+end
+
+-- A lost delivery (a lapsed lease, a worker known dead): back on the queue, or 'error'
+-- once max_deliveries deliveries were lost (records.recover and lost_deliveries_error,
+-- field for field). deliveries and attempts as stored (nil: 0); max_deliveries and
+-- result_ttl with the defaults already filled in. Returns the new state.
+local function recover(key, id, route, seq, eta, deliveries, attempts, max_deliveries, ttl, now)
+  local lost = tonumber(deliveries or '0') - tonumber(attempts or '0')
+  local most = tonumber(max_deliveries)
+  if lost >= most then
+    local error_json = cjson.encode({
+      type = 'WorkerLost',
+      message = string.format('lost %d deliveries (max_deliveries=%d): ', lost, most)
+        .. 'the workers holding the job stopped renewing its lease',
+      reason = 'lost deliveries',
+    })
+    local expires = plus(now, ttl)
+    redis.call('HSET', key, 's', 'error', 'er', error_json, 'f', now, 'x', expires)
+    redis.call('ZADD', EXPIRY, expires, id)
+    count('error', route, 1)
+    return 'error'
+  end
+  redis.call('HSET', key, 's', 'queued')
+  index(id, 'queued', route, seq, eta)
+  return 'queued'
 end

@@ -5,15 +5,18 @@
 -- KEYS[8 .. 7+n]     ready:<route> for each of the n routes (ZSET)
 -- KEYS[8+n .. 7+2n]  wake:<route> for each route (LIST)
 -- ARGV[1] owner  [2] now  [3] lease_until (now + lease, added by Python)  [4] limit
--- ARGV[5] n, then [6 .. 5+n] the route names (for the counts)
+-- ARGV[5] max_bytes ('' for no bound): payload bytes (HSTRLEN of p) taken at most, the
+--         first job always taken
+-- ARGV[6] n, then [7 .. 6+n] the route names (for the counts)
 -- Touches  ready:<route>, j:<id>, running, held:<owner>, counts, wake:<route>,
 --          PUBLISH wake:scheduler if the new lease ends before anything else pending.
 -- Returns  the taken records, each {id, field, value, ...}, in (eta, seq) order.
--- A full batch passes the route's wake token on when jobs remain, so idle workers wake
--- one after another instead of all at once.
+-- A batch cut by limit or max_bytes passes the route's wake token on when jobs remain,
+-- so idle workers wake one after another instead of all at once.
 
 local owner, now, lease_until, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 local candidates = {}
 for r = 1, n do
   local head = redis.call('ZRANGE', KEYS[7 + r], 0, limit - 1, 'WITHSCORES')
@@ -29,11 +32,20 @@ table.sort(candidates, function(x, y)
 end)
 
 due_at(tonumber(lease_until))
-local taken = {}
+local taken, used, cut = {}, 0, false
 for k = 1, math.min(limit, #candidates) do
   local c = candidates[k]
-  local id, route = member_id(c[3]), ARGV[5 + c[4]]
+  local id, route = member_id(c[3]), ARGV[6 + c[4]]
   local key = job_key(id)
+  if max_bytes then
+    -- Stop before the first job over the bound (never skip to a smaller one: the order
+    -- must hold); the one left is the head of its queue for the next claim.
+    used = used + redis.call('HSTRLEN', key, 'p')
+    if k > 1 and used > max_bytes then
+      cut = true
+      break
+    end
+  end
   redis.call('ZREM', KEYS[7 + c[4]], c[3])
   local started = now  -- never before the eta (see Backend.claim)
   if c[1] > tonumber(now) then started = c[5] end
@@ -47,7 +59,7 @@ for k = 1, math.min(limit, #candidates) do
   table.insert(record, 1, id)
   taken[k] = record
 end
-if #taken == limit then
+if #taken == limit or cut then
   for r = 1, n do
     if redis.call('ZCARD', KEYS[7 + r]) > 0 then wake_key(KEYS[7 + n + r]) end
   end

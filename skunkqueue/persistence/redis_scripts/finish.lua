@@ -22,15 +22,9 @@ for j = 1, tonumber(ARGV[4]) do
     answers[j] = 0
   else
     local route, seq = rec[3], rec[4]
-    redis.call('ZREM', RUNNING, id)
-    redis.call('SREM', KEYS[7], id)
-    redis.call('HDEL', key, 'o', 'l')
-    count('running', route, -1)
+    let_go(key, id, route, KEYS[7])
     if state == 'queued' then
-      -- handed back unrun: the delivery does not count, the eta and seq keep its place
-      redis.call('HSET', key, 's', 'queued')
-      redis.call('HINCRBY', key, 'd', -1)
-      index(id, 'queued', route, seq, rec[5])
+      hand_back(key, id, route, seq, rec[5])
     else
       redis.call('HINCRBY', key, 'a', 1)
       if ARGV[i + 5] == '1' then

@@ -36,36 +36,16 @@ if #due_members > 0 then redis.call('ZREM', SCHEDULED, unpack(due_members)) end
 local promoted = #due / 2
 
 -- Lapsed: running jobs with lease_until < now go back to their queue, or to error once
--- max_deliveries deliveries were lost (records.lost_deliveries_error, field for field).
+-- max_deliveries deliveries were lost (recover() in _common.lua).
 local lapsed = redis.call('ZRANGEBYSCORE', RUNNING, '-inf', '(' .. now, 'LIMIT', 0, limit)
 local recovered, failed = 0, 0
 for _, id in ipairs(lapsed) do
   local key = job_key(id)
   local rec = redis.call('HMGET', key, 'r', 'q', 't', 'o', 'd', 'a', 'm', 'k')
-  local route = rec[1]
-  redis.call('ZREM', RUNNING, id)
-  if rec[4] then redis.call('SREM', held_key(rec[4]), id) end
-  redis.call('HDEL', key, 'o', 'l')
-  count('running', route, -1)
-  local lost = tonumber(rec[5] or '0') - tonumber(rec[6] or '0')
-  local max_deliveries = tonumber(rec[7] or ARGV[5])
-  if lost >= max_deliveries then
-    local error_json = cjson.encode({
-      type = 'WorkerLost',
-      message = string.format('lost %d deliveries (max_deliveries=%d): ', lost, max_deliveries)
-        .. 'the workers holding the job stopped renewing its lease',
-      reason = 'lost deliveries',
-    })
-    local expires = plus(now, rec[8] or ARGV[6])
-    redis.call('HSET', key, 's', 'error', 'er', error_json, 'f', now, 'x', expires)
-    redis.call('ZADD', EXPIRY, expires, id)
-    count('error', route, 1)
-    failed = failed + 1
-  else
-    redis.call('HSET', key, 's', 'queued')
-    index(id, 'queued', route, rec[2], rec[3])
-    recovered = recovered + 1
-  end
+  let_go(key, id, rec[1], rec[4] and held_key(rec[4]))
+  local state = recover(key, id, rec[1], rec[2], rec[3], rec[5], rec[6], rec[7] or ARGV[5],
+    rec[8] or ARGV[6], now)
+  if state == 'error' then failed = failed + 1 else recovered = recovered + 1 end
 end
 
 flush()  -- before deleting: an expired record may be one just indexed above
