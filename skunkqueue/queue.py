@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Any, overload
 
 from . import serialization
 from .config import QueueConfig
-from .errors import SerializationError
+from .errors import ConfigurationError, SerializationError
 from .events import Event, validate_event_options
 from .jobs import BroadcastHandle, JobHandle, JobRecord
 from .persistence import Backend, ScheduleRecord, open_backend
@@ -118,6 +119,11 @@ class SkunkQueue:
             )
 
         def register(function: Callable[..., Any]) -> Event:
+            if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
+                raise ConfigurationError(
+                    f"{getattr(function, '__qualname__', function)!r} is a generator function: "
+                    "a job's function must return its result (an `async def` is awaited)"
+                )
             event = Event(
                 self,
                 function,

@@ -6,6 +6,7 @@ with a later eta, and the scheduler promotes it like any delayed job.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,8 @@ class Retry:
     """Run a failed job again, up to ``max_attempts`` executions in all.
 
     The n-th retry waits ``min(max_delay, delay * backoff ** (n - 1))`` seconds, scaled by
-    a random factor in ``[1 - jitter, 1 + jitter]``. Only exceptions that are instances of
+    a random factor in ``[1 - jitter, 1 + jitter]``; a draw past ``max_delay`` is
+    reflected below it, so no delay exceeds ``max_delay`` and capped retries stay spread. Only exceptions that are instances of
     a type in ``on`` are retried; any other ends the job in ``error`` at once.
     """
 
@@ -63,11 +65,31 @@ class Retry:
         return attempt < self.max_attempts and isinstance(exc, self.on)
 
     def delay_after(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed execution number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.delay * self.backoff ** (attempt - 1))
+        """Seconds to wait after failed execution number ``attempt`` (1-based): never
+        more than ``max_delay``, whatever the attempt count or the jitter drawn."""
+        delay = self._backed_off(attempt)
         if self.jitter:
-            base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
-        return max(0.0, base)
+            delay *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
+            if delay > self.max_delay:
+                # Reflect rather than clip: retries past the cap stay spread out below it
+                # instead of all landing on max_delay together.
+                delay = max(0.0, 2 * self.max_delay - delay)
+        return max(0.0, delay)
+
+    def _backed_off(self, attempt: int) -> float:
+        if self.delay == 0 or self.backoff == 1 or self.delay >= self.max_delay:
+            return min(self.max_delay, self.delay)
+        # Past the attempt where the curve crosses max_delay, backoff ** n only risks
+        # OverflowError (a float power past ~1e308), so compare exponents in log space.
+        exponent = max(0, attempt - 1)
+        if exponent * math.log(self.backoff) >= math.log(self.max_delay / self.delay):
+            return self.max_delay
+        try:
+            return min(self.max_delay, self.delay * self.backoff**exponent)
+        except OverflowError:  # a tiny delay with a huge backoff: the product still fits
+            return min(
+                self.max_delay, math.exp(math.log(self.delay) + exponent * math.log(self.backoff))
+            )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe copy stored on the job record, so anyone can see the policy."""

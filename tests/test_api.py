@@ -456,13 +456,27 @@ def test_retry_delay_with_seeded_jitter() -> None:
     delays = [policy.delay_after(n, random.Random(7)) for n in range(1, 6)]
     reference = random.Random(7).uniform(-0.25, 0.25)
     bases = [1.0, 3.0, 9.0, 27.0, 50.0]
-    assert delays == pytest.approx([b * (1 + reference) for b in bases])
-    # Different draws spread around the curve, inside the jitter band, capped band at max_delay.
+    # A draw past max_delay is reflected below it: 50 * (1 + r) becomes 50 * (1 - |r|).
+    expected = [min(b * (1 + reference), 100 - b * (1 + reference)) for b in bases]
+    assert delays == pytest.approx(expected)
+    # Different draws spread below the cap, never past it and never piled up on it.
     rng = random.Random(1234)
     samples = [policy.delay_after(5, rng) for _ in range(200)]
-    assert all(50 * 0.75 <= s <= 50 * 1.25 for s in samples)
+    assert all(50 * 0.75 <= s <= 50 for s in samples)
     assert len(set(samples)) > 150
-    assert min(samples) < 50 < max(samples)
+    below = [policy.delay_after(2, rng) for _ in range(200)]
+    assert min(below) < 3.0 < max(below) <= 3.75
+
+
+def test_retry_delay_never_overflows_and_never_passes_max_delay() -> None:
+    # delay * backoff ** n overflows a float past about 1,025 doublings.
+    policy = Retry(max_attempts=10**9, delay=1.0, backoff=2.0, max_delay=300, jitter=0.5)
+    rng = random.Random(3)
+    for attempt in (1, 2, 9, 10, 1025, 1026, 5000, 10**8):
+        assert 0 <= policy.delay_after(attempt, rng) <= 300
+    tiny = Retry(delay=1e-300, backoff=1e10, max_delay=1e300, jitter=0)
+    assert tiny.delay_after(30) == pytest.approx(1e-10)
+    assert Retry(delay=5, max_delay=1, jitter=0).delay_after(1) == 1
 
 
 def test_retry_retries_only_listed_exceptions() -> None:

@@ -155,6 +155,19 @@ def test_bad_event_options(queue: SkunkQueue, options: dict[str, Any], message: 
     assert_not_registered(queue)
 
 
+def test_generator_functions_are_refused_at_decoration(queue: SkunkQueue) -> None:
+    def numbers() -> Any:
+        yield 1
+
+    async def stream() -> Any:
+        yield 1
+
+    for function in (numbers, stream):
+        with pytest.raises(ConfigurationError, match="is a generator function"):
+            queue.event(routes=["r"])(function)
+    assert_not_registered(queue)
+
+
 # -- at fire time ----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ by the end-to-end tests; everything else about running jobs is exercised here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -27,6 +28,8 @@ from skunkqueue.scheduler.ticks import tick_job_id
 from skunkqueue.serialization import encode
 from skunkqueue.worker import runner
 from skunkqueue.worker.runner import Worker
+
+from .waiting import wait_until
 
 WAIT = 10.0  # generous deadline for anything a worker or scheduler does
 
@@ -354,7 +357,7 @@ def test_unrenewed_lease_is_recovered(queue: SkunkQueue) -> None:
     assert queue.backend.finish([], "ghost", time.time()) == []
 
 
-def test_stop_hands_back_unstarted_jobs_of_a_batch(queue: SkunkQueue) -> None:
+def test_a_long_job_hands_back_the_rest_of_its_batch(queue: SkunkQueue) -> None:
     started = threading.Event()
     release = threading.Event()
     ran: list[int] = []
@@ -370,9 +373,12 @@ def test_stop_hands_back_unstarted_jobs_of_a_batch(queue: SkunkQueue) -> None:
     handles = step.fire_many([(i,) for i in range(5)])
     with worker_thread(queue) as worker:
         assert started.wait(WAIT)
-        # The whole batch was claimed at once: the rest are held, not yet run.
-        held = [queue.backend.get(h.id, time.time()) for h in handles[1:]]
-        assert [(r.state, r.deliveries, r.owner) for r in held] == [("running", 1, worker.id)] * 4  # type: ignore[union-attr]
+        # The whole batch was claimed at once; once job 0 runs long, the rest go back to
+        # the route unrun, for any worker to take, while job 0 goes on.
+        wait_until(
+            lambda: all(h.state == "queued" for h in handles[1:]), what="the rest handed back"
+        )
+        assert handles[0].state == "running"
         worker.stop()
         release.set()
     assert ran == [0]
@@ -390,6 +396,63 @@ def test_stop_hands_back_unstarted_jobs_of_a_batch(queue: SkunkQueue) -> None:
     with worker_thread(queue):
         assert [h.wait(timeout=WAIT) for h in handles[1:]] == [1, 2, 3, 4]
     assert [h.deliveries for h in handles] == [1] * 5
+
+
+# -- async def events ------------------------------------------------------------------
+
+
+def test_an_async_event_is_awaited(queue: SkunkQueue) -> None:
+    loops: list[int] = []
+
+    @queue.event(routes=["foo"])
+    async def add(first: int, second: int) -> int:
+        await asyncio.sleep(0.01)
+        loops.append(id(asyncio.get_running_loop()))
+        return first + second
+
+    with worker_thread(queue):
+        assert add.fire(2, 3).wait(timeout=WAIT) == 5
+        assert add.fire(4, 5).wait(timeout=WAIT) == 9
+    assert len(loops) == 2 and loops[0] == loops[1]  # one event loop per worker, reused
+
+
+def test_an_async_event_past_its_timeout_is_cancelled(queue: SkunkQueue) -> None:
+    cancelled = threading.Event()
+
+    @queue.event(routes=["foo"], timeout=0.2)
+    async def hang() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @queue.event(routes=["foo"])
+    async def after() -> str:
+        return "still serving"
+
+    with worker_thread(queue):
+        run = hang.fire()
+        with pytest.raises(JobFailed):
+            run.wait(timeout=WAIT)
+        assert after.fire().wait(timeout=WAIT) == "still serving"
+    assert cancelled.is_set()
+    assert run.error is not None and run.error["type"].endswith("JobTimeout")
+    assert "timeout of 0.2" in run.error["message"]
+
+
+def test_an_async_event_that_raises_is_retried(queue: SkunkQueue) -> None:
+    calls: list[int] = []
+
+    @queue.event(routes=["foo"], retry=Retry(max_attempts=2, delay=0, jitter=0))
+    async def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("first try")
+        return len(calls)
+
+    with worker_thread(queue), scheduler_thread(queue):
+        assert flaky.fire().wait(timeout=WAIT) == 2
 
 
 # -- the scheduler's step, with the clock passed in --------------------------------------

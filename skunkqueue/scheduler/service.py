@@ -73,6 +73,8 @@ class Scheduler:
                 turn_started = time.time()
                 try:
                     wake_at = self.step(turn_started)
+                    if wake_at > turn_started:
+                        self.backend.wait(min(wake_at - time.time(), MAX_SLEEP))
                     failures = 0
                 except Exception:
                     failures += 1
@@ -85,7 +87,6 @@ class Scheduler:
                     self._stop.wait(delay)
                     continue
                 if wake_at > turn_started:
-                    self.backend.wait(min(wake_at - time.time(), MAX_SLEEP))
                     self._stop.wait(max(0.0, min(MIN_SPACING, wake_at - time.time())))
         finally:
             try:

@@ -1,11 +1,16 @@
 """One worker: claim jobs from its routes, run them, report outcomes, keep leases alive.
 
 Claims and outcomes go to the backend in batches sized to how long jobs take, so fast
-jobs cost a fraction of a round trip each while a slow job never holds others hostage.
+jobs cost a fraction of a round trip each. Every claimed job reaches an outcome, whatever
+fails: a job's exception, however odd, becomes its error; a failed write keeps outcomes
+pending until the store takes them; a stop hands back what was not started.
+
 A heartbeat thread with its own connection renews the leases of everything the worker
-holds, advertises the worker as alive, and enforces hard timeouts: a job that ignores
-its ``JobTimeout`` is recorded as timed out and the process exits so its supervisor
-starts a fresh one.
+holds, advertises the worker as alive, and watches the running job: once it runs long,
+the rest of the batch is handed back for other workers and finished outcomes are
+written, so no job waits behind another. It also enforces hard timeouts: a job that
+ignores its ``JobTimeout`` is recorded as timed out and the process exits so its
+supervisor starts a fresh one.
 """
 
 from __future__ import annotations
@@ -13,17 +18,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from types import FrameType
-from typing import Any
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .. import serialization
 from ..config import QueueConfig
@@ -33,35 +35,46 @@ from ..jobs import JobRecord, JobState, Outcome
 from ..persistence import open_backend
 from ..persistence.base import WORKER_LEASE_PREFIX
 from ..queue import lookup_event
+from .execute import JobCall, describe_error, in_main_thread
 
 log = logging.getLogger("skunkqueue.worker")
 
 IDLE_WAIT = 0.1  # seconds an idle worker waits before claiming again (data changes wake it sooner)
 FLUSH_AFTER = 0.05  # seconds an outcome may wait to be written with others
 MAX_BATCH = 64
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # payload bytes one claim may take (one job always fits)
 TARGET_BATCH_SECONDS = 0.02  # a claimed batch should take about this long to run
+# Once the running job has run this long, the rest of its batch goes back to the route:
+# a claimed job never waits much longer than this while another worker could run it.
+HAND_BACK_AFTER = 0.05
+WATCH_EVERY = 0.025  # seconds between the heartbeat thread's looks at the running job
 HARD_TIMEOUT_GRACE = 2.0  # seconds a job may ignore JobTimeout before its process is killed
 EXIT_HARD_TIMEOUT = 75
 BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
+# After this many failed writes in a row, outcomes are written one at a time, so one the
+# store refuses for good (too large, say) cannot hold back the others forever.
+ISOLATE_AFTER = 3
 MODULE_IMPORT_TIMEOUT = 30.0  # seconds to wait for a job's module to register its event
+
+
+class RunningSlot(Protocol):
+    """Where a worker says which job it is running, for its supervisor to read should the
+    worker die: a ``value`` of bytes, empty between jobs (a shared-memory char array)."""
+
+    value: bytes
 
 
 def new_worker_id(slot: int | str = 0) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{slot}:{uuid.uuid4().hex[:6]}"
 
 
-def describe_error(exc: BaseException) -> dict[str, Any]:
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    return {
-        "type": name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
-    }
+def _publish(slot: RunningSlot | None, job_id: str) -> None:
+    if slot is None:
+        return
+    try:
+        slot.value = job_id.encode()
+    except ValueError:  # an id longer than the slot: the supervisor cannot tell which job ran
+        slot.value = b""
 
 
 class Worker:
@@ -75,23 +88,28 @@ class Worker:
         *,
         worker_id: str | None = None,
         parent_pid: int | None = None,
+        running_slot: RunningSlot | None = None,
     ) -> None:
         self.config = config
         self.routes = list(dict.fromkeys(routes))
         self.id = worker_id or new_worker_id()
         self.parent_pid = parent_pid
+        self.running_slot = running_slot
         # Broadcast copies arrive on a route private to this worker.
         self.claim_routes = self.routes + [f"{route}@{self.id}" for route in self.routes]
         self.backend = open_backend(config.url, config.name)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._held: dict[str, JobRecord] = {}
-        self._pending: list[Outcome] = []
+        self._held: dict[str, JobRecord] = {}  # claimed, no outcome recorded yet
+        self._unstarted: deque[JobRecord] = deque()  # claimed, not started
+        self._pending: list[Outcome] = []  # recorded, not yet written
         self._first_pending = 0.0
-        self._current: tuple[JobRecord, Event, float] | None = None
+        self._current: tuple[JobRecord, Event | None, float] | None = None
         self._avg_seconds = 0.001
         self._imported: set[str] = set()
         self._in_main_thread = False
+        self._call = JobCall(in_main_thread=False)
+        self._flush_failures = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -99,12 +117,25 @@ class Worker:
         """Finish the job running now, hand back the rest of the batch, then return."""
         self._stop.set()
 
+    def interrupt(self) -> None:
+        """For a SIGINT handler in the worker's main thread: stop, and interrupt the
+        running job's own code (it is handed back, not counted). Between jobs this only
+        stops, so no outcome is lost half-recorded."""
+        # Event.set takes a lock the interrupted thread may hold: set it from a thread.
+        threading.Thread(target=self._stop.set, name="stop", daemon=True).start()
+        if self._call.in_job:
+            raise KeyboardInterrupt
+
     def run(self) -> None:
-        self._in_main_thread = threading.current_thread() is threading.main_thread()
+        self._in_main_thread = in_main_thread()
+        self._call = JobCall(self._in_main_thread)
         heartbeat = threading.Thread(
             target=self._heartbeat, name=f"heartbeat-{self.id}", daemon=True
         )
-        self._advertise(self.backend, time.time())
+        try:
+            self._advertise(self.backend, time.time())
+        except Exception:
+            log.warning("worker %s: advertising failed; the heartbeat retries", self.id)
         heartbeat.start()
         log.info("worker %s serving %s on queue %s", self.id, self.routes, self.config.name)
         try:
@@ -113,64 +144,96 @@ class Worker:
             log.warning("worker %s interrupted: handing back %d jobs", self.id, len(self._held))
         finally:
             self._stop.set()
-            self._hand_back(list(self._held.values()))
-            try:
-                self._flush()
-                self.backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
-            except Exception:
-                log.exception(
-                    "worker %s could not store %d outcomes; their leases will lapse and the "
-                    "jobs be delivered again",
-                    self.id,
-                    len(self._pending),
-                )
-            heartbeat.join(timeout=5)
-            self.backend.close()
-            log.info("worker %s stopped", self.id)
+            self._shut_down(heartbeat)
+
+    def _shut_down(self, heartbeat: threading.Thread) -> None:
+        with self._lock:
+            rest = list(self._held.values())
+            self._unstarted.clear()
+        self._hand_back(rest)
+        try:
+            self._flush()
+            self.backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
+        except Exception:
+            log.exception(
+                "worker %s could not store %d outcomes; its supervisor hands the jobs back, "
+                "or their leases lapse",
+                self.id,
+                len(self._pending),
+            )
+        heartbeat.join(timeout=5)
+        self._call.close()
+        self.backend.close()
+        log.info("worker %s stopped", self.id)
 
     def _serve(self) -> None:
-        failures = 0
         while not self._stop.is_set():
             try:
                 self._serve_batch()
-                failures = 0
+                self._flush_failures = 0
             except Exception:
                 # The store went away or refused a write; outcomes stay pending and leases
                 # are renewed by the heartbeat, so backing off and retrying loses nothing.
-                failures += 1
-                delay = min(BACKOFF_MAX, 0.05 * 2**failures)
+                self._flush_failures += 1
+                delay = min(BACKOFF_MAX, 0.05 * 2**self._flush_failures)
                 log.exception("worker %s: backend error; retrying in %.2f s", self.id, delay)
+                if self._flush_failures >= ISOLATE_AFTER:
+                    self._isolate_refused_outcomes()
                 self._stop.wait(delay)
 
     def _serve_batch(self) -> None:
         self._flush()  # outcomes a failed write left behind go first
         jobs = self.backend.claim(
-            self.claim_routes, self.id, time.time(), self.config.lease, self._batch_size()
+            self.claim_routes,
+            self.id,
+            time.time(),
+            self.config.lease,
+            self._batch_size(),
+            max_bytes=MAX_BATCH_BYTES,
         )
         if not jobs:
             self.backend.wait(IDLE_WAIT, self.claim_routes)
             return
         with self._lock:
             self._held.update((job.id, job) for job in jobs)
-        for job in jobs:
-            if self._stop.is_set():
-                break
-            self._record(self._execute(job))
-            if self._pending and time.monotonic() - self._first_pending > FLUSH_AFTER:
-                self._flush()
+            self._unstarted.extend(jobs)
+        try:
+            while not self._stop.is_set():
+                job = self._next_job()
+                if job is None:
+                    break
+                self._record(self._execute(job), ends_current=True)
+                if self._pending and time.monotonic() - self._first_pending > FLUSH_AFTER:
+                    self._flush_quietly()
+        finally:
+            # Stopped, interrupted or failed mid-batch: what was not started goes back.
+            with self._lock:
+                rest = list(self._unstarted)
+                self._unstarted.clear()
+            self._hand_back(rest)
         self._flush()
+
+    def _next_job(self) -> JobRecord | None:
+        with self._lock:
+            if not self._unstarted:
+                return None
+            job = self._unstarted.popleft()
+            self._current = (job, None, time.monotonic())
+            return job
 
     def _batch_size(self) -> int:
         return max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(self._avg_seconds, 1e-6))))
 
     # -- outcomes -------------------------------------------------------------------
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome, *, ends_current: bool = False) -> None:
         with self._lock:
             if not self._pending:
                 self._first_pending = time.monotonic()
             self._pending.append(outcome)
             self._held.pop(outcome.job_id, None)
+            if ends_current:
+                self._current = None
 
     def _hand_back(self, jobs: list[JobRecord]) -> None:
         for job in jobs:
@@ -183,10 +246,22 @@ class Worker:
             return
         try:
             answers = (backend or self.backend).finish(outcomes, self.id, time.time())
-        except Exception:
+        except BaseException:
+            # Whatever interrupted the write (a store error, a signal), the outcomes stay
+            # pending: dropping them would leave their jobs running until their leases lapse.
             with self._lock:
                 self._pending[:0] = outcomes
             raise
+        self._report_lost(outcomes, answers)
+
+    def _flush_quietly(self, backend: Any = None) -> None:
+        """A write between jobs; a failure leaves the outcomes pending for the next one."""
+        try:
+            self._flush(backend)
+        except Exception:
+            log.warning("worker %s: writing outcomes failed; will retry", self.id, exc_info=True)
+
+    def _report_lost(self, outcomes: Sequence[Outcome], answers: Sequence[bool]) -> None:
         for outcome, took in zip(outcomes, answers, strict=True):
             if not took:
                 log.warning(
@@ -195,9 +270,59 @@ class Worker:
                     outcome.state,
                 )
 
+    def _isolate_refused_outcomes(self) -> None:
+        """Write pending outcomes one by one; one the store refuses while it accepts a
+        plain error for the same job is replaced by that error (its job must not stay
+        running forever). Stops at the first sign the store itself is down."""
+        with self._lock:
+            outcomes, self._pending = self._pending, []
+        for index, outcome in enumerate(outcomes):
+            try:
+                self._report_lost([outcome], self.backend.finish([outcome], self.id, time.time()))
+                continue
+            except BaseException as refused:
+                substitute = Outcome(
+                    outcome.job_id,
+                    JobState.ERROR.value,
+                    error={
+                        **describe_error(refused),
+                        "reason": f"the store refused the job's {outcome.state} outcome",
+                    },
+                )
+                try:
+                    self.backend.finish([substitute], self.id, time.time())
+                except BaseException:
+                    with self._lock:
+                        self._pending[:0] = outcomes[index:]
+                    return
+                log.error(
+                    "job %s: the store refused its %s outcome; stored as error instead",
+                    outcome.job_id,
+                    outcome.state,
+                )
+
     # -- running one job ------------------------------------------------------------
 
     def _execute(self, job: JobRecord) -> Outcome:
+        """Run one job and say how it ended. Never raises but for an interrupting stop:
+        whatever goes wrong in here, ours or the job's, becomes the job's outcome."""
+        _publish(self.running_slot, job.id)
+        try:
+            return self._run(job)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - e.g. a retry policy that cannot be applied
+            log.error("job %s %s: the worker failed while running it", job.id, job.event)
+            return Outcome(
+                job.id,
+                JobState.ERROR.value,
+                error={**describe_error(exc), "reason": "worker error"},
+            )
+        finally:
+            if self.running_slot is not None:
+                self.running_slot.value = b""
+
+    def _run(self, job: JobRecord) -> Outcome:
         event = self._resolve(job)
         if event is None:
             return Outcome(
@@ -231,8 +356,7 @@ class Worker:
         with self._lock:
             self._current = (job, event, time.monotonic())
         try:
-            with self._soft_timeout(event.timeout):
-                result = event.fn(*args, **kwargs)
+            result = self._call(event.fn, args, kwargs, event.timeout)
             outcome = Outcome(
                 job.id,
                 JobState.COMPLETE.value,
@@ -242,9 +366,6 @@ class Worker:
             raise
         except BaseException as exc:  # a job's SystemExit is its failure, not the worker's
             outcome = self._failure(job, event, exc)
-        finally:
-            with self._lock:
-                self._current = None
         seconds = time.perf_counter() - started
         self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * seconds
         log.info("job %s %s %s in %.4fs", job.id, job.event, outcome.state, seconds)
@@ -254,30 +375,13 @@ class Worker:
         attempt = job.attempts + 1
         error = describe_error(exc)
         if event.retry is not None and event.retry.retries(exc, attempt):
-            eta = time.time() + event.retry.delay_after(attempt)
-            return Outcome(
-                job.id, JobState.RETRYING.value, error={**error, "attempt": attempt}, eta=eta
-            )
+            delay = event.retry.delay_after(attempt)
+            error["attempt"] = attempt
+            log.info("job %s %s retrying in %.3f s", job.id, job.event, delay)
+            return Outcome(job.id, JobState.RETRYING.value, error=error, eta=time.time() + delay)
         if event.retry is not None and isinstance(exc, event.retry.on):
             error["reason"] = f"retries exhausted after {attempt} attempts"
         return Outcome(job.id, JobState.ERROR.value, error=error)
-
-    @contextmanager
-    def _soft_timeout(self, seconds: float | None) -> Iterator[None]:
-        if not seconds or not self._in_main_thread:
-            yield
-            return
-
-        def expire(signum: int, frame: FrameType | None) -> None:
-            raise JobTimeout(f"job ran past its timeout of {seconds} s")
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
     def _resolve(self, job: JobRecord) -> Event | None:
         """The registered event, importing the job's module only if it is a file in the
@@ -341,11 +445,12 @@ class Worker:
         every = min(self.config.lease / 3, self.config.heartbeat)
         next_beat = time.monotonic() + every
         try:
-            while not self._stop.wait(0.1):
+            while not self._stop.wait(WATCH_EVERY):
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.error("worker %s: supervisor died; exiting", self.id)
                     os._exit(1)
                 self._enforce_hard_timeout(backend)
+                self._unblock(backend)
                 if time.monotonic() >= next_beat:
                     try:
                         self._beat(backend)
@@ -356,6 +461,26 @@ class Worker:
                         next_beat = time.monotonic() + min(every, 0.5)
         finally:
             backend.close()
+
+    def _unblock(self, backend: Any) -> None:
+        """While a job runs long, nothing else waits on it: the rest of its batch goes back
+        to the route for other workers, and finished outcomes are written."""
+        with self._lock:
+            current = self._current
+            if current is None or time.monotonic() - current[2] < HAND_BACK_AFTER:
+                return
+            rest = list(self._unstarted)
+            self._unstarted.clear()
+        if rest:
+            log.info(
+                "worker %s: job %s runs long; handing back %d jobs",
+                self.id,
+                current[0].id,
+                len(rest),
+            )
+            self._hand_back(rest)
+        if self._pending:
+            self._flush_quietly(backend)
 
     def _beat(self, backend: Any) -> None:
         # Renew only what this worker knows it holds (claimed, or finished but not yet
@@ -376,7 +501,7 @@ class Worker:
             return  # a thread cannot be killed; only process workers enforce hard timeouts
         with self._lock:
             current = self._current
-        if current is None or not current[1].timeout:
+        if current is None or current[1] is None or not current[1].timeout:
             return
         job, event, started = current
         if time.monotonic() - started < event.timeout + HARD_TIMEOUT_GRACE:
@@ -388,13 +513,21 @@ class Worker:
             os.getpid(),
         )
         exc = JobTimeout(f"job ran past its timeout of {event.timeout} s and was killed")
-        self._record(self._failure(job, event, exc))
-        with self._lock:
-            rest = list(self._held.values())
-        self._hand_back(rest)
-        self._flush(backend)
-        backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
-        os._exit(EXIT_HARD_TIMEOUT)
+        try:
+            self._record(self._failure(job, event, exc))
+            with self._lock:
+                rest = list(self._held.values())
+                self._unstarted.clear()
+            self._hand_back(rest)
+            self._flush(backend)
+            backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
+        except BaseException:  # noqa: BLE001 - the process ends either way
+            log.exception(
+                "worker %s: storing the timed-out batch failed; its supervisor hands the jobs back",
+                self.id,
+            )
+        finally:
+            os._exit(EXIT_HARD_TIMEOUT)
 
 
 def _is_local_module(module: str) -> bool:
