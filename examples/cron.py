@@ -36,5 +36,5 @@ def heartbeat():
 
 
 if __name__ == "__main__":
-    with WorkerPool("crondemo", ["reports", "tick"], with_scheduler=True) as pool:
+    with WorkerPool("crondemo", ["reports", "tick"]) as pool:
         pool.listen()

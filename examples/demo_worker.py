@@ -1,5 +1,5 @@
 # demo_worker.py; this file runs a worker to consume events.
-# (`skunq work -q demo -r foo --with-scheduler` is the CLI way to do the same)
+# (`skunq work -q demo -r foo` is the CLI way to do the same)
 
 from skunkqueue.persistence.sqlite import default_cfg
 from skunkqueue.worker import WorkerPool
@@ -10,7 +10,7 @@ from skunkqueue.worker import WorkerPool
 # tasks at that key are first come first serve.
 # To make tasks broadcastable, pass queue_type='broadcast'
 # to the SkunkQueue constructor.
-# Jobs fired for now go straight to their route; delayed and cron jobs also need a
-# scheduler: `skunq scheduler -q demo`, or with_scheduler=True here.
+# The pool also runs a scheduler candidate (delayed jobs, retries, cron, crash
+# recovery); any number of pools may, one leads. with_scheduler=False opts out.
 with WorkerPool("demo", ["foo"], **default_cfg) as pool:
     pool.listen()

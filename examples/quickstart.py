@@ -2,7 +2,7 @@
 
     python examples/quickstart.py
 
-It starts a worker pool with a scheduler (`skunq work --with-scheduler`) as a separate
+It starts a worker pool (`skunq work`, which runs a scheduler candidate too) as a separate
 process, fires a delayed job, waits for a cron tick and for a job that fails twice before
 it succeeds, prints what happened, stops the pool and exits.
 """
@@ -60,7 +60,6 @@ def main() -> None:
             "-r",
             "default",
             "default",
-            "--with-scheduler",
             "--import",
             "quickstart",
             "--url",

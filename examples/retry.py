@@ -33,7 +33,7 @@ def always_fails():
 if __name__ == "__main__":
     # start() runs the pool's processes in the background; leaving the block stops them
     # gracefully. (A long-running deployment uses `skunq work` or pool.listen() instead.)
-    with WorkerPool("retrydemo", ["io", "io"], with_scheduler=True) as pool:
+    with WorkerPool("retrydemo", ["io", "io"]) as pool:
         pool.start()
         for run in [fetch.fire(f"https://example.invalid/{i}") for i in range(5)]:
             try:

@@ -129,6 +129,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"host={lease.info.get('host')} pid={lease.info.get('pid')}"
         )
     print(f"next due: {_when(stats.next_due)}")
+    if leader is None and stats.next_due is not None and stats.next_due <= now:
+        overdue = now - stats.next_due
+        print(
+            f"WARNING: no scheduler leads, and jobs have been due for {overdue:.1f} s: delayed "
+            "jobs, retries and cron ticks wait until one runs (`skunq work` runs one unless "
+            "given --no-scheduler; or start `skunq scheduler`)"
+        )
     return 0
 
 
@@ -220,7 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N processes, each serving all the routes given",
     )
     work.add_argument(
-        "--with-scheduler", action="store_true", help="also run a scheduler in this pool"
+        "--no-scheduler",
+        dest="with_scheduler",
+        action="store_false",
+        help="run no scheduler candidate in this pool (delayed jobs, retries and cron then "
+        "need a `skunq scheduler` elsewhere)",
+    )
+    work.add_argument(
+        "--with-scheduler",
+        dest="with_scheduler",
+        action="store_true",
+        help=argparse.SUPPRESS,  # the default since every pool runs one; kept for old scripts
     )
     work.add_argument(
         "--lease", type=float, default=None, help="seconds a job lease lasts (default 30)"

@@ -1,11 +1,16 @@
 """``WorkerPool``: a supervisor that runs one worker process per route entry (the seed's
-form) or ``concurrency`` processes serving all routes, optionally a scheduler beside them.
+form) or ``concurrency`` processes serving all routes, and a scheduler candidate beside
+them in a thread of its own (leader election makes any number of candidates safe, so the
+seed's two files get delays, retries, cron and crash recovery with no third process).
 
 Signals: SIGTERM, SIGHUP and SIGQUIT stop gracefully (running jobs finish, claimed but
 unstarted jobs are handed back); SIGINT stops at once and hands back interrupted jobs
-too. A child that dies unexpectedly (a job crashed the interpreter, or ignored its
-timeout) has its leases expired at once, so the leader redelivers its jobs, and is
-replaced.
+too, and children still running ``INTERRUPT_GRACE`` seconds later (or at a second
+SIGINT) are killed. A stop is honoured at any moment, restart backoff included.
+
+A child that dies unexpectedly has its claimed jobs handed back at once (see
+``handback.py``) and is replaced: at once if it died running a job (the job's deliveries
+bound that loop), after a growing pause if it keeps dying on its own.
 """
 
 from __future__ import annotations
@@ -20,17 +25,24 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from ..config import QueueConfig
 from ..persistence import open_backend
 from ..scheduler import Scheduler
-from .runner import Worker, new_worker_id
+from .handback import HandBacks
+from .runner import RunningSlot, Worker, new_worker_id
 
 log = logging.getLogger("skunkqueue.worker")
 
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+STOP_SIGNALS = (*GRACEFUL_SIGNALS, signal.SIGINT)
 RESTART_BACKOFF_MAX = 10.0
+QUICK_DEATH = 5.0  # seconds: a child that dies younger than this without a job is crash-looping
+INTERRUPT_GRACE = 10.0  # seconds children get to stop after SIGINT before they are killed
+HAND_BACK_AT_STOP = 3.0  # seconds a stopping pool waits for a down store to take hand-backs
+RUNNING_SLOT_BYTES = 8192  # room for the running job's id (longer ids are not attributed)
 
 
 def _die_with_parent() -> None:
@@ -58,52 +70,58 @@ def stop_on_signals(signals: tuple[int, ...], stop: Any) -> None:
         signal.signal(sig, handler)
 
 
-def _install_child_signals(stop: Any) -> None:
+def _worker_main(
+    config: QueueConfig, routes: list[str], worker_id: str, parent_pid: int, running: Any
+) -> None:
+    # Stop signals are blocked from before the fork until the handlers below exist: one
+    # that arrives in between waits for them instead of hitting the supervisor's handler.
+    _die_with_parent()
+    worker = Worker(
+        config, routes, worker_id=worker_id, parent_pid=parent_pid, running_slot=running
+    )
+
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one interrupt is enough
-        raise KeyboardInterrupt
+        worker.interrupt()
 
-    stop_on_signals(GRACEFUL_SIGNALS, stop)
+    stop_on_signals(GRACEFUL_SIGNALS, worker.stop)
     signal.signal(signal.SIGINT, interrupt)
-
-
-def _worker_main(config: QueueConfig, routes: list[str], worker_id: str, parent_pid: int) -> None:
-    _die_with_parent()
-    worker = Worker(config, routes, worker_id=worker_id, parent_pid=parent_pid)
-    _install_child_signals(worker.stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     worker.run()
-
-
-def _scheduler_main(config: QueueConfig, parent_pid: int) -> None:
-    _die_with_parent()
-    scheduler = Scheduler(config.name, **_cfg_of(config))
-    _install_child_signals(scheduler.stop)
-    try:
-        scheduler.run()
-    except KeyboardInterrupt:
-        pass
 
 
 def _cfg_of(config: QueueConfig) -> dict[str, Any]:
     return {k: v for k, v in vars(config).items() if k != "name"}
 
 
-class _Slot:
-    """One supervised child: what it runs, and its current process or thread."""
+class _ThreadSlotValue:
+    """The running-job slot of a worker that is a thread (no shared memory needed)."""
 
-    def __init__(self, kind: str, routes: list[str], index: int) -> None:
-        self.kind = kind
+    value: bytes = b""
+
+
+class _Slot:
+    """One supervised worker: what it serves, and its current process or thread."""
+
+    def __init__(self, routes: list[str], index: int, running: RunningSlot) -> None:
         self.routes = routes
         self.index = index
+        self.running = running
         self.proc: Any = None
-        self.runner: Worker | Scheduler | None = None
+        self.runner: Worker | None = None
         self.worker_id = ""
         self.started = 0.0
         self.failures = 0
+        self.restart_at = 0.0
+        self.killed = False
 
 
 class WorkerPool:
-    """``with WorkerPool('demo', ['foo', 'foo', 'bar'], **cfg) as pool: pool.listen()``."""
+    """``with WorkerPool('demo', ['foo', 'foo', 'bar'], **cfg) as pool: pool.listen()``.
+
+    ``with_scheduler=False`` leaves scheduling to separate ``skunq scheduler`` processes
+    (or other pools); without any, delayed jobs, retries and cron ticks never run.
+    """
 
     def __init__(
         self,
@@ -112,7 +130,7 @@ class WorkerPool:
         *,
         concurrency: int | None = None,
         imports: Sequence[str] = (),
-        with_scheduler: bool = False,
+        with_scheduler: bool = True,
         **cfg: Any,
     ) -> None:
         if isinstance(routes, str) or not routes:
@@ -126,20 +144,34 @@ class WorkerPool:
             if concurrency < 1:
                 raise ValueError("concurrency must be at least 1")
             groups = [list(dict.fromkeys(routes))] * concurrency
-        self.slots = [_Slot("worker", group, i) for i, group in enumerate(groups)]
-        if with_scheduler:
-            self.slots.append(_Slot("scheduler", [], len(self.slots)))
         probe = open_backend(self.config.url, name)
         self._use_processes = probe.shared_across_processes
         probe.close()
+        self.slots = [_Slot(group, i, self._running_slot_value()) for i, group in enumerate(groups)]
+        self.with_scheduler = with_scheduler
+        self._scheduler: Scheduler | None = None
+        self._scheduler_thread: threading.Thread | None = None
+        self._scheduler_restart_at = 0.0
+        self._scheduler_failures = 0
+        self._hand_backs = HandBacks(self.config)
+        self._requested: str | None = None  # set by stop(), possibly from a signal handler
         self._stopping: str | None = None
-        self._backend: Any = None
+        self._kill_at: float | None = None
+        self._ended_all = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def _running_slot_value(self) -> RunningSlot:
+        if self._use_processes:
+            return RawArray(ctypes.c_char, RUNNING_SLOT_BYTES)  # type: ignore[return-value]
+        return _ThreadSlotValue()
 
     def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if any(self._alive(slot) for slot in self.slots):
+        if self._started_anything() and not self._ended_all:
             self.stop(graceful=exc_info[0] is None)
             self._supervise()
 
@@ -155,42 +187,126 @@ class WorkerPool:
         self._supervise()
 
     def start(self) -> None:
+        if not self.with_scheduler:
+            log.warning(
+                "pool on queue %s runs no scheduler: delayed jobs, retries and cron ticks "
+                "wait until a `skunq scheduler` (or a pool with one) runs",
+                self.config.name,
+            )
         for slot in self.slots:
             self._spawn(slot)
+        self._keep_scheduler(time.monotonic())
 
     def stop(self, graceful: bool = True) -> None:
-        """Graceful: finish running jobs. Not graceful: interrupt them and hand them back."""
-        if self._stopping == "interrupt" or (self._stopping and graceful):
-            return
-        self._stopping = "graceful" if graceful else "interrupt"
-        for slot in self.slots:
-            self._signal(slot, signal.SIGTERM if graceful else signal.SIGINT)
+        """Graceful: finish running jobs. Not graceful: interrupt them and hand them back;
+        asked twice, kill the workers still running. Safe to call from a signal handler:
+        it only records the request and wakes the supervising loop."""
+        self._requested = "interrupt" if not graceful else (self._requested or "graceful")
+        if not graceful and self._stopping == "interrupt":
+            self._requested = "kill"
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full of wake-ups already, or closed after the pool ended
 
-    # -- children ---------------------------------------------------------------------
+    # -- the supervising loop ---------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while True:
+            self._apply_stop_request()
+            for slot in self.slots:
+                if slot.proc is not None and not self._alive(slot):
+                    self._ended(slot)
+            now = time.monotonic()
+            if self._stopping:
+                if self._kill_at is not None and now >= self._kill_at:
+                    self._kill_all()
+                if not any(self._alive(s) for s in self.slots) and not self._scheduler_alive():
+                    break
+            else:
+                for slot in self.slots:
+                    if slot.proc is None and now >= slot.restart_at:
+                        self._spawn(slot)
+                self._keep_scheduler(now)
+            self._sleep(self._next_wake(now))
+        self._hand_backs.close(HAND_BACK_AT_STOP)
+        self._ended_all = True
+        log.info("worker pool on queue %s stopped", self.config.name)
+
+    def _next_wake(self, now: float) -> float:
+        times = [now + 0.5]
+        if self._kill_at is not None:
+            times.append(self._kill_at)
+        if not self._stopping:
+            times += [s.restart_at for s in self.slots if s.proc is None]
+            if self.with_scheduler and not self._scheduler_alive():
+                times.append(self._scheduler_restart_at)
+        return max(0.0, min(times) - now)
+
+    def _sleep(self, seconds: float) -> None:
+        waitables: list[Any] = [self._wake_r]
+        if self._use_processes:
+            waitables += [s.proc.sentinel for s in self.slots if self._alive(s)]
+        else:
+            seconds = min(seconds, 0.05)  # threads have no sentinel to wake us
+        multiprocessing.connection.wait(waitables, timeout=seconds)
+        try:
+            while os.read(self._wake_r, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _apply_stop_request(self) -> None:
+        requested = self._requested
+        if requested is None or requested == self._stopping:
+            return
+        if requested == "kill":
+            self._stopping = "interrupt"
+            self._kill_all()
+            return
+        if self._stopping == "interrupt":  # a graceful request after an interrupt changes nothing
+            return
+        self._stopping = requested
+        log.info("worker pool on queue %s stopping (%s)", self.config.name, requested)
+        sig = signal.SIGTERM if requested == "graceful" else signal.SIGINT
+        if requested == "interrupt":
+            self._kill_at = time.monotonic() + INTERRUPT_GRACE
+        for slot in self.slots:
+            self._signal(slot, sig)
+        if self._scheduler is not None:
+            self._scheduler.stop()
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _started_anything(self) -> bool:
+        return any(s.proc is not None for s in self.slots) or self._scheduler_thread is not None
 
     def _spawn(self, slot: _Slot) -> None:
         slot.started = time.monotonic()
         slot.worker_id = new_worker_id(slot.index)
-        if self._use_processes:
-            ctx = multiprocessing.get_context("fork")
-            if slot.kind == "worker":
-                target, args = _worker_main, (self.config, slot.routes, slot.worker_id, os.getpid())
-            else:
-                target, args = _scheduler_main, (self.config, os.getpid())
-            slot.proc = ctx.Process(
-                target=target, args=args, name=f"skunq-{slot.kind}-{slot.index}"
+        slot.running.value = b""
+        slot.killed = False
+        if not self._use_processes:
+            # A store that lives in this process (memory://) can only be served by threads.
+            slot.runner = Worker(
+                self.config, slot.routes, worker_id=slot.worker_id, running_slot=slot.running
+            )
+            slot.proc = threading.Thread(
+                target=slot.runner.run, name=f"skunq-worker-{slot.index}", daemon=True
             )
             slot.proc.start()
             return
-        # A store that lives in this process (memory://) can only be served by threads.
-        if slot.kind == "worker":
-            slot.runner = Worker(self.config, slot.routes, worker_id=slot.worker_id)
-        else:
-            slot.runner = Scheduler(self.config.name, **_cfg_of(self.config))
-        slot.proc = threading.Thread(
-            target=slot.runner.run, name=f"skunq-{slot.kind}-{slot.index}", daemon=True
+        ctx = multiprocessing.get_context("fork")
+        slot.proc = ctx.Process(
+            target=_worker_main,
+            args=(self.config, slot.routes, slot.worker_id, os.getpid(), slot.running),
+            name=f"skunq-worker-{slot.index}",
         )
-        slot.proc.start()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            slot.proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _alive(self, slot: _Slot) -> bool:
         return slot.proc is not None and slot.proc.is_alive()
@@ -198,45 +314,90 @@ class WorkerPool:
     def _signal(self, slot: _Slot, sig: int) -> None:
         if not self._alive(slot):
             return
-        if self._use_processes:
-            try:
-                os.kill(slot.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        elif slot.runner is not None:
-            slot.runner.stop()
+        if not self._use_processes:
+            if slot.runner is not None:
+                slot.runner.stop()
+            return
+        try:
+            os.kill(slot.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
-    def _supervise(self) -> None:
-        while True:
-            alive = [slot for slot in self.slots if self._alive(slot)]
-            if self._stopping and not alive:
-                break
-            if self._use_processes:
-                multiprocessing.connection.wait([s.proc.sentinel for s in alive], timeout=0.5)
-            else:
-                time.sleep(0.05)
-            for slot in self.slots:
-                if slot.proc is not None and not self._alive(slot) and not self._stopping:
-                    self._replace(slot)
-        log.info("worker pool on queue %s stopped", self.config.name)
+    def _kill_all(self) -> None:
+        self._kill_at = None
+        for slot in self.slots:
+            if self._alive(slot) and self._use_processes:
+                log.error("worker %s did not stop in time; killing it", slot.worker_id)
+                slot.killed = True
+                self._signal(slot, signal.SIGKILL)
 
-    def _replace(self, slot: _Slot) -> None:
+    def _ended(self, slot: _Slot) -> None:
+        """A worker ended: hand back what it held, and plan its replacement."""
         code = getattr(slot.proc, "exitcode", None)
+        running = slot.running.value.decode(errors="replace")
+        slot.proc = None
+        slot.runner = None
+        # Killed by this pool's stop: its job was interrupted, not at fault, so not counted.
+        started = (running,) if running and not slot.killed else ()
+        self._hand_backs.owe(slot.worker_id, started)
+        if self._stopping:
+            return
+        if running:
+            log.error(
+                "worker %s (slot %d) died with exit code %s while running job %s; replacing it",
+                slot.worker_id,
+                slot.index,
+                code,
+                running,
+            )
+            slot.failures = 0
+            slot.restart_at = time.monotonic()  # the job's deliveries bound this loop
+            return
+        quick = time.monotonic() - slot.started < QUICK_DEATH
+        slot.failures = slot.failures + 1 if quick else 0
+        delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (slot.failures - 1)) if slot.failures else 0.0
         log.error(
-            "%s %s (slot %d) died with exit code %s; replacing it",
-            slot.kind,
+            "worker %s (slot %d) died with exit code %s; replacing it in %.1f s",
             slot.worker_id,
             slot.index,
             code,
+            delay,
         )
-        if slot.kind == "worker":
-            if self._backend is None:
-                self._backend = open_backend(self.config.url, self.config.name)
-            released = self._backend.renew(slot.worker_id, time.time(), 0.0)
-            if released:
-                log.warning("redelivering %d jobs held by %s", len(released), slot.worker_id)
-        quick_death = time.monotonic() - slot.started < 5.0
-        slot.failures = slot.failures + 1 if quick_death else 0
-        if slot.failures:
-            time.sleep(min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (slot.failures - 1)))
-        self._spawn(slot)
+        slot.restart_at = time.monotonic() + delay
+
+    # -- the scheduler candidate --------------------------------------------------------
+
+    def _start_scheduler(self) -> None:
+        self._scheduler = Scheduler(self.config.name, **_cfg_of(self.config))
+        self._scheduler_thread = threading.Thread(
+            target=self._run_scheduler, args=(self._scheduler,), name="skunq-scheduler", daemon=True
+        )
+        self._scheduler_thread.start()
+
+    def _run_scheduler(self, scheduler: Scheduler) -> None:
+        try:
+            scheduler.run()
+        except BaseException:  # noqa: BLE001 - the supervisor starts a new one
+            log.exception("the pool's scheduler failed")
+
+    def _scheduler_alive(self) -> bool:
+        return self._scheduler_thread is not None and self._scheduler_thread.is_alive()
+
+    def _keep_scheduler(self, now: float) -> None:
+        if not self.with_scheduler or self._scheduler_alive() or now < self._scheduler_restart_at:
+            return
+        if self._scheduler_thread is not None:
+            self._scheduler_failures += 1
+            self._scheduler_restart_at = now + min(
+                RESTART_BACKOFF_MAX, 0.5 * 2 ** (self._scheduler_failures - 1)
+            )
+            self._scheduler_thread = None
+            return
+        try:
+            self._start_scheduler()
+        except Exception:
+            log.exception("starting the pool's scheduler failed; retrying")
+            self._scheduler_failures += 1
+            self._scheduler_restart_at = now + min(
+                RESTART_BACKOFF_MAX, 0.5 * 2 ** (self._scheduler_failures - 1)
+            )

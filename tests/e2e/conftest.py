@@ -132,8 +132,17 @@ class E2E:
         self.procs.append(proc)
         return proc
 
-    def worker(self, *routes: str, extra: tuple[str, ...] = ()) -> Proc:
-        return self.start("work", "-r", *routes, *extra, name="worker")
+    def worker(self, *routes: str, extra: tuple[str, ...] = (), scheduler: bool = False) -> Proc:
+        """``skunq work``; without its scheduler candidate unless asked, so a scenario's
+        own ``skunq scheduler`` processes are the only candidates it reasons about."""
+        return self.start(
+            "work",
+            "-r",
+            *routes,
+            *extra,
+            *(() if scheduler else ("--no-scheduler",)),
+            name="worker",
+        )
 
     def scheduler(self, *extra: str) -> Proc:
         return self.start("scheduler", *extra, name="scheduler")

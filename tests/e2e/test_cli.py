@@ -189,7 +189,7 @@ def test_status_shows_counts_workers_leader_and_next_due(e2e: E2E) -> None:
 
 def test_cancel_a_scheduled_job_and_refuse_a_finished_one(e2e: E2E) -> None:
     e2e.write_module("cli_tasks", TASKS)
-    e2e.worker("foo", extra=("--with-scheduler", "--lease", "5"))
+    e2e.worker("foo", extra=("--lease", "5"), scheduler=True)
     e2e.wait_for_workers(1)
     tasks = e2e.import_module("cli_tasks")
 

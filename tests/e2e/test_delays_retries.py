@@ -76,7 +76,7 @@ def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def start_pool(e2e: E2E, *routes: str) -> None:
-    e2e.worker(*routes, extra=("--with-scheduler", "--lease", "5"))
+    e2e.worker(*routes, extra=("--lease", "5"), scheduler=True)
     e2e.wait_for_workers(len(routes))
     backend = e2e.queue().backend
     wait_until(lambda: backend.leases(SCHEDULER_LEASE, time.time()), what="a leading scheduler")

@@ -60,7 +60,7 @@ def test_restart_under_load_loses_nothing(e2e: E2E, tmp_path: Path, how: int) ->
         e2e.write_module("restart_tasks", TASKS)
         tasks = e2e.import_module("restart_tasks")
         e2e.worker(
-            "foo", "foo", extra=("--import", "restart_tasks", "--with-scheduler", "--lease", "2")
+            "foo", "foo", extra=("--import", "restart_tasks", "--lease", "2"), scheduler=True
         )
         e2e.wait_for_workers(2)
 

@@ -77,7 +77,7 @@ def kills_itself(name):
 
 
 def start_pool(e2e: E2E, *routes: str, lease: str = "2") -> Proc:
-    worker = e2e.worker(*routes, extra=("--with-scheduler", "--lease", lease))
+    worker = e2e.worker(*routes, extra=("--lease", lease), scheduler=True)
     e2e.wait_for_workers(len(routes))
     backend = e2e.queue().backend
     wait_until(lambda: backend.leases(SCHEDULER_LEASE, time.time()), what="a leading scheduler")
@@ -95,7 +95,9 @@ def runs_of(e2e: E2E, name: str) -> list[tuple[int, float]]:
 def exit_codes(worker: Proc) -> list[int]:
     return [
         int(code)
-        for code in re.findall(r"died with exit code (-?\d+); replacing it", worker.output())
+        for code in re.findall(
+            r"died with exit code (-?\d+)(?: while running job \S+)?; replacing it", worker.output()
+        )
     ]
 
 
