@@ -30,7 +30,10 @@ SWEEP_EVERY = 5.0  # seconds between sweeps for broadcast copies of dead workers
 # a name of its own, so without this the records of all workers ever started would pile
 # up, and every listing of live workers would read them all.
 FORGET_WORKERS_AFTER = 300.0
-MIN_SPACING = 0.002  # seconds between loop turns woken by data changes
+# Seconds between loop turns woken by data changes. A busy store changes all the time (every
+# claim and finish), and each turn reads the store; timed turns (an eta, a lease end) are
+# never held back by this, so only a job fired due within this spacing can wait for it.
+MIN_SPACING = 0.02
 BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
 MAX_SLEEP = 0.25  # bounds how long stop() takes to be noticed
 
