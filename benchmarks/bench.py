@@ -248,8 +248,8 @@ class Pool:
             "--log-level",
             bench.log_level,
         ]
-        if with_scheduler:
-            self.argv.append("--with-scheduler")
+        if not with_scheduler:
+            self.argv.append("--no-scheduler")
         env = dict(os.environ)
         env["BENCH_QUEUE"] = queue_name
         env["SKUNKQUEUE_URL"] = bench.url

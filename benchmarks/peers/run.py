@@ -922,7 +922,9 @@ def main() -> int:
             **versions("peers-main"),
             **{
                 f"arq env: {k}": v
-                for k, v in versions("peers-arq").items()
+                for k, v in (
+                    versions("peers-arq") if any(lib["venv"] == "peers-arq" for lib in libs) else {}
+                ).items()
                 if k in ("arq", "redis")
             },
         },
