@@ -2,13 +2,16 @@
 
 Every test gets its own directory (the processes' working directory, holding the
 database and the task modules the test writes) and its own queue name. Processes run in
-their own session, so teardown SIGKILLs each whole group: nothing outlives a test.
+their own session, so teardown SIGKILLs each whole group: nothing outlives a test. Then
+the referee (referee.py) reads what every process logged: trouble the test did not
+declare with ``e2e.expect(...)`` fails it.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +27,7 @@ import pytest
 from skunkqueue import SkunkQueue
 
 from ..waiting import wait_until
+from .referee import Incident, unexpected
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +85,7 @@ class E2E:
         self.procs: list[Proc] = []
         self.modules: list[str] = []
         self.queues: list[SkunkQueue] = []
+        self.expected: list[re.Pattern[str]] = []
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(directory)]),
@@ -88,6 +93,18 @@ class E2E:
             "SKUNKQUEUE_QUEUE": self.queue_name,
             "PYTHONUNBUFFERED": "1",
         }
+
+    def expect(self, *patterns: str) -> None:
+        """Declare trouble this test causes on purpose (regular expressions, searched in
+        each logged incident with its traceback), so the referee lets it pass."""
+        self.expected += [re.compile(p) for p in patterns]
+
+    def trouble(self) -> list[Incident]:
+        """What the test's processes logged that it did not expect."""
+        outputs = [
+            (f"{' '.join(p.argv[2:]) or p.argv[0]} (pid {p.pid})", p.output()) for p in self.procs
+        ]
+        return unexpected(outputs, self.expected)
 
     def write_module(self, name: str, source: str) -> Path:
         """Write ``name.py`` into the test directory; ``{queue}``/``{url}`` are filled in."""
@@ -214,11 +231,19 @@ def e2e(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[E2E]:
     url = request.getfixturevalue(server_fixture).url if server_fixture else None
     world = E2E(tmp_path, url, scale)
     yield world
-    failed = getattr(request.node, "rep_call", None)
+    call = getattr(request.node, "rep_call", None)
     world.teardown()
-    if failed is not None and failed.failed:
+    if call is not None and call.failed:
         for proc in world.procs:
             sys.stderr.write(f"\n--- {' '.join(proc.argv[2:])} ---\n{proc.output()[-4000:]}\n")
+    elif call is not None and call.passed:
+        trouble = world.trouble()
+        if trouble:
+            listing = "\n\n".join(str(incident)[:3000] for incident in trouble[:10])
+            pytest.fail(
+                f"the test passed, but its processes logged {len(trouble)} incidents it did "
+                f"not expect (declare deliberate ones with e2e.expect):\n\n{listing}"
+            )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -128,6 +128,11 @@ def finished(e2e: E2E, job_id: str) -> JobRecord | None:
 # -- help and entry points ----------------------------------------------------------
 
 
+# Help and argument errors touch no store: they run once, not once per backend.
+ONCE = pytest.mark.parametrize("e2e", ["sqlite"], indirect=True)
+
+
+@ONCE
 @pytest.mark.parametrize("command", [None, *SUBCOMMANDS])
 def test_help_exits_zero_and_python_m_matches(e2e: E2E, command: str | None) -> None:
     args = ["--help"] if command is None else [command, "--help"]
@@ -142,6 +147,7 @@ def test_help_exits_zero_and_python_m_matches(e2e: E2E, command: str | None) -> 
             assert name in script.stdout
 
 
+@ONCE
 def test_unknown_subcommand_fails(e2e: E2E) -> None:
     assert run_skunq(e2e, "frobnicate").returncode != 0
     assert e2e.cli("frobnicate").returncode != 0

@@ -133,6 +133,7 @@ def test_timeout_counts_as_a_failure_for_retry(e2e: E2E) -> None:
 
 
 def test_job_ignoring_its_timeout_gets_its_process_replaced(e2e: E2E) -> None:
+    e2e.expect(r"stubborn ignored its timeout", r"died with exit code 75", r"handed back 1 jobs")
     worker = start_pool(e2e, "foo")
     tasks = e2e.import_module("timeout_tasks")
 
@@ -158,6 +159,7 @@ def test_job_ignoring_its_timeout_gets_its_process_replaced(e2e: E2E) -> None:
 
 @pytest.mark.parametrize("event", ["exits", "kills_itself"])
 def test_job_crashing_its_executor_is_redelivered_then_fails(e2e: E2E, event: str) -> None:
+    e2e.expect(r"died with exit code (3|-9) while running job", r"handed back 1 jobs")
     # A long lease: the supervisor expires a dead child's leases at once, without waiting.
     worker = start_pool(e2e, "foo", lease="15")
     tasks = e2e.import_module("timeout_tasks")

@@ -155,6 +155,7 @@ def test_a_crash_loop_of_poison_jobs_needs_no_scheduler(e2e: E2E) -> None:
     """30 jobs that each kill their worker: every one ends in error after max_deliveries
     (its crashes counted, its neighbours' not), and the other jobs complete, with no
     scheduler anywhere to recover leases."""
+    e2e.expect(r"died with exit code 13 while running job poison-", r"handed back \d+ jobs")
     tasks = tasks_of(e2e)
     poison = keyed(tasks.poison, 30, "poison")
     good = keyed(tasks.ok, 20, "ok")
@@ -230,6 +231,7 @@ def test_ctrl_c_mid_drain_loses_no_finished_outcome(e2e: E2E) -> None:
 
 
 def test_sigterm_during_restart_backoff_stops_the_pool(e2e: E2E) -> None:
+    e2e.expect(r"died with exit code -9; replacing it in")
     pool = e2e.worker("foo", extra=("--lease", "5"))
     e2e.wait_for_workers(1)
     killed: set[int] = set()
@@ -252,6 +254,7 @@ def test_sigterm_during_restart_backoff_stops_the_pool(e2e: E2E) -> None:
 
 
 def test_a_second_ctrl_c_kills_a_job_that_ignores_the_first(e2e: E2E) -> None:
+    e2e.expect(r"did not stop in time; killing it", r"handed back 1 jobs of dead worker")
     tasks = tasks_of(e2e)
     job = tasks.stubborn.send(args=("stubborn",), job_id="stubborn")
     pool = e2e.worker("foo", extra=("--import", "fault_tasks"))
