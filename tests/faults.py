@@ -102,13 +102,13 @@ class FaultyBackend:
             number = plan.count(name)
             for fault in plan.faults_for(name, "before", number):
                 if fault.delay:
-                    time.sleep(fault.delay)
+                    time.sleep(fault.delay)  # pause: the injected delay itself
                 else:
                     raise fault.error()
             result = attr(*args, **kwargs)
             for fault in plan.faults_for(name, "after", number):
                 if fault.delay:
-                    time.sleep(fault.delay)
+                    time.sleep(fault.delay)  # pause: the injected delay itself
                 else:
                     raise fault.error()
             return result

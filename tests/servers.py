@@ -126,7 +126,7 @@ class RedisServer:
                 raise RuntimeError(
                     f"redis-server on port {self.port} did not start:\n{log[-2000:]}"
                 )
-            time.sleep(0.02)
+            time.sleep(0.02)  # pause: poll interval of a loop with a deadline
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -177,7 +177,7 @@ class RedisCluster:
                     raise RuntimeError(
                         f"cluster node {node.port} never reached cluster_state:ok:\n{info}"
                     )
-                time.sleep(0.05)
+                time.sleep(0.05)  # pause: poll interval of a loop with a deadline
         return self
 
     def stop(self) -> None:
@@ -256,7 +256,7 @@ class MongoServer:
                         f"secantusd-py on port {self.port} did not start ({why}; last error: "
                         f"{str(error).splitlines()[0][:200]}):\n{log_text[-2000:]}"
                     )
-                time.sleep(0.05)
+                time.sleep(0.05)  # pause: poll interval of a loop with a deadline
         finally:
             client.close()
 

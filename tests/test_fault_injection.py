@@ -105,13 +105,13 @@ def define(queue: SkunkQueue, executions: Executions, pause: float = 0.0) -> tup
     @queue.event(routes=["foo"])
     def ok(key: str) -> str:
         executions.ran(key)
-        time.sleep(pause)
+        time.sleep(pause)  # pause: a job body that takes time
         return key
 
     @queue.event(routes=["foo"], retry=Retry(max_attempts=3, delay=0, jitter=0))
     def flaky(key: str) -> str:
         executions.ran(key)
-        time.sleep(pause)
+        time.sleep(pause)  # pause: a job body that takes time
         if executions.counts[key] == 1:
             raise ValueError("first try fails")
         return key
@@ -184,7 +184,7 @@ def test_a_failed_write_mid_batch_strands_nothing(
     @queue.event(routes=["foo"])
     def nap(key: str) -> None:
         executions.ran(key)
-        time.sleep(0.03)  # two of these pass FLUSH_AFTER, so outcomes are written mid-batch
+        time.sleep(0.03)  # pause: two of these pass FLUSH_AFTER, so outcomes are written mid-batch
 
     for _ in range(40):  # a run of fast jobs makes the next batch large
         nap.fire("warm-up")
@@ -384,6 +384,6 @@ def test_redis_connections_dropped_under_worker_and_scheduler(
         deadline = time.monotonic() + WAIT * 2
         while not final_despite_drops(redis_queue, ids) and time.monotonic() < deadline:
             kills += kill_other_clients(redis_server)
-            time.sleep(0.05)
+            time.sleep(0.05)  # pause: pacing of the connection killer (its loop has a deadline)
     assert kills > 0
     check_invariants(redis_queue, ids, executions)

@@ -53,7 +53,7 @@ def test_an_interrupted_pool_kills_a_job_that_ignores_the_interrupt(
         flag.touch()
         while True:
             try:
-                time.sleep(0.05)
+                time.sleep(0.05)  # pause: a job body that ignores interrupts
             except BaseException:
                 pass
 

@@ -332,7 +332,7 @@ def test_lease_renewal_keeps_long_job_with_its_worker(queue: SkunkQueue) -> None
     @queue.event(routes=["foo"])
     def slow() -> str:
         runs.append(threading.current_thread().name)
-        time.sleep(1.5)
+        time.sleep(1.5)  # pause: a job body that outlives three lease periods
         return "done"
 
     with scheduler_thread(queue), worker_thread(queue, lease=0.5), worker_thread(queue, lease=0.5):

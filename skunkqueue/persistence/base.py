@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,9 @@ class Backend(ABC):
     shared_across_processes: bool = True
     #: How ``wait`` learns of new work, as ``skunq status`` shows it.
     wake_mode: str = "polling every 5 ms"
+    #: Called by ``wait`` once it is listening, just before it blocks: tests set it to
+    #: change the store during a wait rather than before one. ``None`` otherwise.
+    wait_began: Callable[[], None] | None = None
 
     def __init__(self, url: str, queue: str) -> None:
         self.url = url
@@ -280,7 +283,12 @@ class Backend(ABC):
         observe changes (SQLite's data_version, a condition variable, a blocking pop)
         wake sooner.
         """
+        self._began_waiting()
         time.sleep(max(0.0, min(timeout, 0.005)))
+
+    def _began_waiting(self) -> None:
+        if self.wait_began is not None:
+            self.wait_began()
 
     def close(self) -> None:  # noqa: B027 - a default for backends with nothing to release
         """Release connections. The instance is not used afterwards."""

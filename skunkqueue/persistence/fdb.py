@@ -703,6 +703,7 @@ class FoundationDBBackend(Backend):
             if not moved:
                 for watch in watches:
                     watch.on_ready(lambda _: woken.set())
+                self._began_waiting()
                 woken.wait(timeout)
         finally:
             for watch in watches:

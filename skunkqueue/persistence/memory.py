@@ -329,5 +329,6 @@ class MemoryBackend(Backend):
     def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         with self._locked():
             if self._store.version == self._seen_version and timeout > 0:
+                self._began_waiting()
                 self._store.changed.wait(timeout)
             self._seen_version = self._store.version

@@ -656,6 +656,7 @@ class MongoBackend(Backend):
     def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         if timeout <= 0:
             return
+        self._began_waiting()  # the watcher's versions, or the polls, see any change from here
         if self._watcher is not None and self._watcher.healthy():
             self._watcher.wait(timeout, routes)
             return

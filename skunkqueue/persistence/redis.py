@@ -504,6 +504,7 @@ class RedisBackend(Backend):
             # A forked child inherits the listener but not its thread: start its own.
             if listener is None or listener.pid != os.getpid():
                 listener = self._listeners[key] = self._listen(key)
+        self._began_waiting()
         listener.wait(timeout)
 
     def _listen(self, keys: tuple[str, ...] | None) -> RouteListener | SchedulerListener:

@@ -546,6 +546,7 @@ class SQLiteBackend(Backend):
 
     def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
+        self._began_waiting()  # any change since the last wait is seen from here on
         while True:
             version = self._version()
             if version != self._data_version:

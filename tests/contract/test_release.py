@@ -133,7 +133,7 @@ def test_a_release_wakes_an_idle_worker(store):
     assert ids(supervisor.claim(["r"], "dead", time.time(), 30)) == ["a"]
     settle(worker, ["r"])
     join = timed_wait(worker, DEADLINE, ["r"])
-    time.sleep(0.2)  # let the wait begin: a release before it would wake it at once as well
+    join.begun()  # the release happens during the wait (one before it would wake it too)
     assert supervisor.release("dead", time.time()) == {"a": "queued"}
     assert join() < PROMPT
     assert ids(worker.claim(["r"], "w", time.time(), 30)) == ["a"]

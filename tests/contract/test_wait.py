@@ -7,6 +7,7 @@ then sees is the one the test caused.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -36,7 +37,7 @@ def test_an_idle_worker_wakes_when_a_job_is_put_on_its_route(store):
     worker, producer = store.open(), store.open()
     settle(worker, ["r"])
     join = timed_wait(worker, DEADLINE, ["r"])
-    time.sleep(0.2)  # let the wait begin: a put before it would wake it at once as well
+    join.begun()  # the put happens during the wait (one before it would wake it too)
     producer.put([job("a", route="r")], time.time())
     assert join() < PROMPT
     assert [j.id for j in worker.claim(["r"], "w", time.time(), 30)] == ["a"]
@@ -46,7 +47,7 @@ def test_a_scheduler_wakes_when_a_job_is_put_for_later(store):
     scheduler, producer = store.open(), store.open()
     settle(scheduler, None)
     join = timed_wait(scheduler, DEADLINE, None)
-    time.sleep(0.2)
+    join.begun()
     producer.put([job("later", eta=time.time() + 3600)], time.time())
     assert join() < PROMPT
 
@@ -67,7 +68,14 @@ def test_a_change_made_between_two_waits_wakes_the_second_at_once(store, routes)
 def test_a_wait_without_news_lasts_its_timeout_and_no_longer(store, routes):
     backend = store.open()
     settle(backend, routes)
+    # The control: how late this machine wakes a plain timed wait right now. A loaded
+    # machine makes both late; a backend that oversleeps is late beyond that.
+    control = threading.Event()
+    started = time.monotonic()
+    control.wait(0.3)
+    machine_late = time.monotonic() - started - 0.3
     started = time.monotonic()
     backend.wait(0.3, routes)
     took = time.monotonic() - started
-    assert 0.29 <= took < 0.35, took
+    assert took >= 0.3 * 0.97, took
+    assert took - 0.3 <= 0.02 + 2 * machine_late, (took, machine_late)

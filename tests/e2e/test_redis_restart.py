@@ -46,7 +46,7 @@ def fire_with_retries(queue: SkunkQueue, event: object, n: int, deadline: float)
         except Exception:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(0.05)  # pause: retry interval of a fire that has a deadline
 
 
 @pytest.mark.parametrize("e2e", ["sqlite"], indirect=True)  # the world's URL is replaced below
@@ -88,7 +88,7 @@ def test_restart_under_load_loses_nothing(e2e: E2E, tmp_path: Path, how: int) ->
             fire_with_retries(tasks.queue, tasks.record, n, deadline)
             fired_after_restart += restarted.is_set()
             if n % 25 == 0:
-                time.sleep(0.02)  # keep the stream going across the restart
+                time.sleep(0.02)  # pause: keep the stream going across the restart
         restarter.join(timeout=30)
         assert restarted.is_set(), "the restart did not happen"
         assert fired_after_restart > 100, "the restart came after the stream of fires ended"
