@@ -15,6 +15,8 @@ from skunkqueue.errors import ConfigurationError
 from skunkqueue.scheduler import cron as cron_module
 from skunkqueue.scheduler.cron import MISFIRE_POLICIES, ScheduleSpec
 
+from .drivers import require
+
 
 def utc(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
@@ -85,7 +87,7 @@ def test_build_normalises_inputs() -> None:
 
 
 def test_build_accepts_pytz_zone_by_name() -> None:
-    pytz = pytest.importorskip("pytz")
+    pytz = require("pytz")
     spec = ScheduleSpec.build(cron="0 9 * * *", timezone=pytz.timezone("America/New_York"))
     assert spec.timezone == "America/New_York"
 

@@ -300,11 +300,11 @@ def test_a_retry_policy_past_a_thousand_attempts(queue: SkunkQueue) -> None:
 # -- a pool whose store fails while it hands back a dead worker's jobs ----------------------
 
 
+# A memory:// pool runs threads, which cannot die on their own: SQLite only.
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)
 def test_pool_survives_a_store_error_during_hand_back(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if url.startswith("memory"):
-        pytest.skip("a memory:// pool runs threads, which cannot die on their own")
     monkeypatch.chdir(tmp_path)
     queue = SkunkQueue(f"q{uuid.uuid4().hex[:10]}", url=url, lease=LEASE, heartbeat=0.1)
     marks = tmp_path / "marks"

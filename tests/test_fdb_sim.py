@@ -29,6 +29,7 @@ from skunkqueue.persistence.fdb_sim import (
     transactional,
 )
 
+from .drivers import require
 from .servers import REPO_ROOT, stop_process
 from .waiting import wait_until
 
@@ -347,7 +348,7 @@ def test_versionstamped_keys_are_unique_and_in_commit_order(db: SimDatabase) -> 
 def test_versionstamped_key_offset_matches_the_binding(
     db: SimDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fdb_tuple = pytest.importorskip("fdb.tuple", reason="the foundationdb package is not installed")
+    fdb_tuple = require("fdb.tuple")
     fdb = sys.modules["fdb"]
 
     if "impl" not in vars(fdb):

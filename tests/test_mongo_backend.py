@@ -22,9 +22,10 @@ from skunkqueue.persistence import open_backend
 from skunkqueue.persistence.mongodb import BY_ID, INDEXES, JOBS, POLL_MAX, MongoBackend
 
 from .contract.support import job
+from .drivers import require
 from .servers import MongoServer, free_port
 
-pymongo = pytest.importorskip("pymongo")
+pymongo = require("pymongo")
 
 DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
 

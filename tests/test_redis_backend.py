@@ -25,9 +25,10 @@ from skunkqueue.persistence.redis import CLAIM_BATCH, PUT_CHUNK
 from skunkqueue.serialization import encode_call
 
 from .contract.support import T0, ids, job, lead
+from .drivers import require
 from .servers import RedisServer, free_port
 
-redis = pytest.importorskip("redis")
+redis = require("redis")
 
 DEADLINE = 5.0  # seconds a wait may block in these tests; a wake-up must come far sooner
 PROMPT = 1.0  # seconds within which a wake-up counts as prompt (generous for a busy CI box)
