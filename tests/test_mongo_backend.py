@@ -7,6 +7,8 @@ started by the fixtures, or SKUNKQUEUE_TEST_MONGO_URL).
 
 from __future__ import annotations
 
+import importlib
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,13 +21,14 @@ import pytest
 from skunkqueue.config import QueueConfig
 from skunkqueue.errors import BackendUnavailable, ConfigurationError
 from skunkqueue.persistence import open_backend
-from skunkqueue.persistence.mongodb import BY_ID, INDEXES, JOBS, POLL_MAX, MongoBackend
+from skunkqueue.persistence.mongodb import INDEXES, JOBS, POLL_MAX, MongoBackend
 
 from .contract.support import job
 from .drivers import require
 from .servers import MongoServer, free_port
 
 pymongo = require("pymongo")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 DEADLINE = 5.0  # seconds a wait may block here; a wake-up must come far sooner
 
@@ -106,58 +109,22 @@ def test_indexes_exist_and_a_changed_definition_is_rebuilt(mongo_server):
         client.close()
 
 
-def _stages(plan: dict) -> list[str]:
-    stages = [plan.get("stage", "")]
-    for key in ("inputStage", "outerStage", "innerStage"):
-        if key in plan:
-            stages += _stages(plan[key])
-    for child in plan.get("inputStages", []):
-        stages += _stages(child)
-    return stages
-
-
-def test_hot_queries_walk_indexes_and_never_scan_the_collection(opened):
-    backend = opened()
-    now = time.time()
-    backend.put([job(f"j{i}", route="abc"[i % 3], eta=now - i) for i in range(60)], now)
-    backend.put([job(f"s{i}", eta=now + 60 + i) for i in range(20)], now)
-    jobs, q = backend._jobs, backend.queue
-    queries = {
-        "claim: first queued on routes": jobs.find(
-            {"q": q, "state": "queued", "route": {"$in": ["a", "b"]}}
-        ).sort([("eta", 1), ("seq", 1)]),
-        "claim: read back by token": jobs.find(
-            {"_id": {"$in": [backend._key("j1"), backend._key("j2")]}, "claim": "t"},
-            hint=BY_ID,  # as the backend asks
-        ),
-        "promote: due": jobs.find(
-            {"q": q, "state": {"$in": ["retrying", "scheduled"]}, "eta": {"$lte": now}},
-            hint="waiting",  # as the backend asks
-        ).sort([("eta", 1), ("seq", 1)]),
-        "promote: lapsed leases": jobs.find(
-            {"q": q, "state": "running", "lease_until": {"$lt": now}}
-        ),
-        "promote: expired": jobs.find({"q": q, "expires_at": {"$lte": now}}),
-        "promote: earliest lease end": jobs.find(
-            {"q": q, "state": "running", "lease_until": {"$ne": None}},
-            hint="leased",  # as the backend asks
-        ).sort([("lease_until", 1)]),
-        "listing: all states": jobs.find(
-            {"q": q, "$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]},
-            hint="expiry",  # as the backend asks
-        ).sort([("eta", 1), ("seq", 1)]),
-        "renew: held by owner": jobs.find(
-            {"q": q, "owner": "w", "state": "running"},
-            hint="held",  # as the backend asks
-        ),
-    }
-    for name, cursor in queries.items():
-        stages = _stages(cursor.explain()["queryPlanner"]["winningPlan"])
-        assert "COLLSCAN" not in stages, (name, stages)
-        assert any("IXSCAN" in s or s in ("IDHACK", "EXPRESS_IXSCAN") for s in stages), (
-            name,
-            stages,
-        )
+def test_every_query_the_backend_sends_walks_an_index(mongo_server):
+    """The commands claim, renew, finish and promote really send, captured with pymongo's
+    command monitoring (benchmarks/bench_mongo.py's explain check, the one the benchmark
+    publishes), each explained: none scans the collection, each walks an index."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        bench_mongo = importlib.import_module("bench_mongo")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    report = bench_mongo.explain_check(mongo_server.url, queued=60, scheduled=20)
+    assert set(report["verbs"]) == {"claim", "renew", "finish", "promote"}
+    for verb, group in report["verbs"].items():
+        assert group["queries"] > 0, f"{verb} sent no query: nothing was explained"
+        plans = [shape["plan"] for shape in group["shapes"]]
+        assert group["collection_scans"] == 0, (verb, plans)
+        assert all(shape["index_walks"] > 0 for shape in group["shapes"]), (verb, plans)
 
 
 # -- durability and expiry ------------------------------------------------------------------
