@@ -86,13 +86,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _skipped.append((report.nodeid, str(report.longrepr[2])))
 
 
-def _unexpected_skips() -> list[tuple[str, str]]:
-    allowed = _expected_skips()
+def unexpected_skips(
+    skipped: list[tuple[str, str]], allowed: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The (node id, reason) skips that no (node id pattern, reason fragment) allows."""
     return [
         (nodeid, reason)
-        for nodeid, reason in _skipped
+        for nodeid, reason in skipped
         if not any(fnmatch.fnmatch(nodeid, p) and r in reason for p, r in allowed)
     ]
+
+
+def _unexpected_skips() -> list[tuple[str, str]]:
+    return unexpected_skips(_skipped, _expected_skips())
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
