@@ -19,6 +19,7 @@ from skunkqueue.errors import BackendUnavailable, ConfigurationError, Serializat
 from skunkqueue.persistence import Backend, fdb_sim, open_backend
 from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
 
+from .contract.conftest import BACKENDS as CONTRACT_BACKENDS
 from .contract.support import T0, job
 from .servers import free_port
 
@@ -78,9 +79,15 @@ def test_real_cluster_suite():
             "SKUNKQUEUE_TEST_FDB_CLUSTER is not set: no FoundationDB cluster here, so the "
             "contract suite ran against the simulator only"
         )
+    # With the variable set, tests/contract/conftest.py adds the backend "fdb": the whole
+    # contract suite (the property test included) runs on the cluster, not a smoke test.
+    assert "fdb" in [spec.id for spec in CONTRACT_BACKENDS]
     backend = open_backend(f"fdb://{cluster}", f"ft-{uuid.uuid4().hex[:10]}")
-    assert backend.put([job("real")], T0) == [True]
-    assert backend.get("real", T0) is not None
+    try:
+        assert backend.put([job("real")], T0) == [True]
+        assert backend.get("real", T0) is not None
+    finally:
+        backend.close()
 
 
 def test_a_listing_longer_than_one_transaction_page_sees_every_record(opened):
