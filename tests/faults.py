@@ -10,12 +10,14 @@ wrapper; forked worker processes inherit it (their call counts are their own).
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,6 +71,9 @@ class FaultPlan:
     """The faults of one test, and what they did (per process)."""
 
     faults: Sequence[Fault]
+    #: Where every process appends "pid verb when call" for each fault it fired, so a test
+    #: can see faults fired in forked workers too.
+    record_to: Path | None = None
     calls: dict[str, int] = field(default_factory=dict)
     fired: list[tuple[str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -82,6 +87,9 @@ class FaultPlan:
         chosen = [f for f in self.faults if f.verb == verb and f.when == when and f.fires(call)]
         with self.lock:
             self.fired += [(verb, when, call) for _ in chosen]
+        if chosen and self.record_to is not None:
+            with open(self.record_to, "a") as out:
+                out.write(f"{os.getpid()} {verb} {when} {call}\n")
         return chosen
 
 
@@ -117,9 +125,11 @@ class FaultyBackend:
 
 
 @contextmanager
-def inject(monkeypatch: pytest.MonkeyPatch, *faults: Fault) -> Iterator[FaultPlan]:
+def inject(
+    monkeypatch: pytest.MonkeyPatch, *faults: Fault, record_to: Path | None = None
+) -> Iterator[FaultPlan]:
     """Every backend the worker, pool and scheduler modules open goes through the plan."""
-    plan = FaultPlan(list(faults))
+    plan = FaultPlan(list(faults), record_to)
     real_open = persistence.open_backend
 
     def open_faulty(url: str, queue: str) -> Any:

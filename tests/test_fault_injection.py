@@ -339,6 +339,49 @@ def test_pool_survives_a_store_error_during_hand_back(
     queue.close()
 
 
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)
+def test_a_pool_under_random_faults_in_its_workers_and_scheduler(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forked workers inherit the fault plan (each process counts its own calls); the
+    supervisor's scheduler thread and hand-backs go through it too."""
+    monkeypatch.chdir(tmp_path)
+    queue = SkunkQueue(f"q{uuid.uuid4().hex[:10]}", url=url, lease=LEASE, heartbeat=0.1)
+    marks = tmp_path / "marks"
+
+    @queue.event(routes=["foo"], retry=Retry(max_attempts=3, delay=0, jitter=0))
+    def work(key: str) -> str:
+        with open(marks, "a") as out:  # one line per execution, from any process
+            out.write(key + "\n")
+        return key
+
+    ids = fire_keyed(work, 60)
+    verbs = ["claim", "finish", "renew", "wait", "promote", "acquire_lease", "release"]
+    faults = [
+        Fault(verb, when, probability=0.25, seed=i)
+        for i, (verb, when) in enumerate((v, w) for v in verbs for w in ("before", "after"))
+    ]
+    fired = tmp_path / "fired"
+    with inject(monkeypatch, *faults, record_to=fired):
+        pool = WorkerPool(queue.name, ["foo", "foo"], url=url, lease=LEASE, heartbeat=0.1)
+        thread = threading.Thread(target=lambda: (pool.start(), pool._supervise()), daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: all_final(queue, ids), WAIT * 2, what="every job final")
+        finally:
+            pool.stop()
+            thread.join(WAIT)
+    assert not thread.is_alive(), "the pool did not stop"
+    pids = {line.split()[0] for line in fired.read_text().splitlines()}
+    assert len(pids - {str(os.getpid())}) >= 1, "no fault fired in a worker process"
+    runs = Counter(marks.read_text().split())
+    for record in records(queue, ids):
+        assert record.state == "complete", record
+        assert record.deliveries >= runs[record.id] >= 1, (record, runs[record.id])
+    assert not queue.jobs(state="running")
+    queue.close()
+
+
 # -- Redis: connections dropped under the worker and scheduler ----------------------------
 
 
