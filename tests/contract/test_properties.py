@@ -194,6 +194,55 @@ def check(world: World, history: list[Any]) -> None:
     assert {i for i in world.ids if world.subject.get(i, now) is not None} == stored
 
 
+def redis_indexes_match_records(backend: Any, ids: list[str]) -> None:
+    """Redis keeps each record's place in separate keys: check them against the records.
+
+    A queued record is in its route's ready ZSET, a scheduled or retrying one in the
+    scheduled ZSET (both scored by eta), a running one in the running ZSET (scored by its
+    lease end) and its owner's held SET, a record with an expiry in the expiry ZSET; and
+    the counts HASH holds the number of records per (state, route)."""
+    from skunkqueue.persistence.redis_support import decode_record
+
+    client, key = backend._client, backend._key
+    counts: dict[str, int] = {}
+    for job_id in ids:
+        raw = client.hgetall(key("j:", job_id))
+        if not raw:
+            continue
+        record = decode_record(job_id, raw)
+        counts[f"{record.state}|{record.route}"] = (
+            counts.get(f"{record.state}|{record.route}", 0) + 1
+        )
+        seq = str(record.seq)
+        member = chr(48 + len(seq)) + seq + "|" + job_id
+        ready = client.zscore(key("ready:", record.route), member)
+        scheduled = client.zscore(key("scheduled"), member)
+        running = client.zscore(key("running"), job_id)
+        expiry = client.zscore(key("expiry"), job_id)
+        assert (ready is not None) == (record.state == "queued"), (record, ready)
+        assert (scheduled is not None) == (record.state in ("scheduled", "retrying")), record
+        assert (running is not None) == (record.state == "running"), record
+        if ready is not None:
+            assert ready == record.eta, (record, ready)
+        if scheduled is not None:
+            assert scheduled == record.eta, (record, scheduled)
+        if running is not None:
+            assert running == record.lease_until, (record, running)
+            assert client.sismember(key("held:", record.owner), job_id), record
+        if record.expires_at is not None:
+            assert expiry == record.expires_at, (record, expiry)
+        elif record.state in ("complete", "error", "cancelled"):
+            assert expiry == float("inf"), (record, expiry)
+        else:
+            assert expiry is None, (record, expiry)
+    stored = {f: int(n) for f, n in client.hgetall(key("counts")).items() if int(n)}
+    assert stored == counts, (stored, counts)
+
+
+#: Checkers that read a backend's own keys or rows, by backend id.
+RAW_CHECKERS = {"redis": redis_indexes_match_records, "redis+cluster": redis_indexes_match_records}
+
+
 def test_random_sequences_agree_with_the_memory_oracle(store) -> None:
     examples = EXAMPLES.get(store.spec.id, DEFAULT_EXAMPLES)
 
@@ -211,10 +260,13 @@ def test_random_sequences_agree_with_the_memory_oracle(store) -> None:
             world = World(subject, oracle)
             world.fences = (lead(subject, T0, ttl=10**6), lead(oracle, T0, ttl=10**6))
             history: list[Any] = []
+            raw_check = RAW_CHECKERS.get(store.spec.id)
             for op in ops:
                 history.append(op)
                 apply(world, op)
                 check(world, history)
+                if raw_check is not None:
+                    raw_check(subject, world.ids)
         finally:
             oracle.close()
 
