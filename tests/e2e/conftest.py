@@ -86,6 +86,7 @@ class E2E:
         self.modules: list[str] = []
         self.queues: list[SkunkQueue] = []
         self.expected: list[re.Pattern[str]] = []
+        self.one_shots: list[tuple[str, str]] = []  # (command, output) of cli() and run_python()
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(directory)]),
@@ -100,11 +101,11 @@ class E2E:
         self.expected += [re.compile(p) for p in patterns]
 
     def trouble(self) -> list[Incident]:
-        """What the test's processes logged that it did not expect."""
+        """What the test's processes (and one-shot commands) logged that it did not expect."""
         outputs = [
             (f"{' '.join(p.argv[2:]) or p.argv[0]} (pid {p.pid})", p.output()) for p in self.procs
         ]
-        return unexpected(outputs, self.expected)
+        return unexpected(outputs + self.one_shots, self.expected)
 
     def write_module(self, name: str, source: str) -> Path:
         """Write ``name.py`` into the test directory; ``{queue}``/``{url}`` are filled in."""
@@ -165,7 +166,7 @@ class E2E:
         return self.start("scheduler", *extra, name="scheduler")
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "skunkqueue", *args],
             cwd=self.dir,
             env=self.env,
@@ -173,9 +174,11 @@ class E2E:
             text=True,
             timeout=timeout,
         )
+        self.one_shots.append((f"skunq {' '.join(args)}", done.stdout + done.stderr))
+        return done
 
     def run_python(self, script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, script],
             cwd=self.dir,
             env=self.env,
@@ -183,6 +186,8 @@ class E2E:
             text=True,
             timeout=timeout,
         )
+        self.one_shots.append((f"python {script}", done.stdout + done.stderr))
+        return done
 
     def wait_for_workers(self, count: int, timeout: float = 15.0) -> None:
         from skunkqueue.persistence.base import WORKER_LEASE_PREFIX
