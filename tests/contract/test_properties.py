@@ -244,11 +244,55 @@ def sqlite_indexes_match_rows(backend: Any, ids: list[str]) -> None:
     assert backend._read("PRAGMA integrity_check") == [("ok",)]
 
 
+def fdb_indexes_match_records(backend: Any, ids: list[str]) -> None:
+    """FoundationDB keeps each record's place in key families beside ('j', id): every
+    index key must point at a record in the matching state with the matching time, every
+    record must have exactly its keys, and the ('c', state, route) counters must add up."""
+    import struct
+
+    begin, end = backend._range()
+    pairs = backend._run(lambda tr: [(kv.key, kv.value) for kv in tr.get_range(begin, end)])
+    records: dict[str, JobRecord] = {}
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for key, value in pairs:
+        parts = backend._unpack(key)
+        family = parts[0]
+        if family == "j":
+            records[parts[1]] = backend._decode(value)
+        elif family in ("s", "r", "u", "o", "x"):
+            found.setdefault(parts[-1], []).append(parts)
+        elif family == "c":
+            (n,) = struct.unpack("<q", bytes(value))
+            if n:
+                counts[(parts[1], parts[2])] = n
+    for job_id, record in records.items():
+        keys = sorted(found.pop(job_id, []), key=lambda p: p[0])
+        want = []
+        if record.state == "queued":
+            want.append(("r", record.route, record.eta))
+        if record.state in ("scheduled", "retrying"):
+            want.append(("s", record.eta))
+        if record.state == "running":
+            want += [("o", record.owner), ("u", record.lease_until)]
+        if record.expires_at is not None:
+            want.append(("x", record.expires_at))
+        got = [(p[0], p[1], p[2]) if p[0] == "r" else (p[0], p[1]) for p in keys]
+        assert sorted(got, key=repr) == sorted(want, key=repr), (record, keys)
+    assert not found, f"index keys for ids with no record: {found}"
+    tally: dict[tuple[str, str], int] = {}
+    for record in records.values():
+        tally[(record.state, record.route)] = tally.get((record.state, record.route), 0) + 1
+    assert counts == tally, (counts, tally)
+
+
 #: Checkers that read a backend's own keys or rows, by backend id.
 RAW_CHECKERS = {
     "redis": redis_indexes_match_records,
     "redis+cluster": redis_indexes_match_records,
     "sqlite": sqlite_indexes_match_rows,
+    "fdbsim": fdb_indexes_match_records,
+    "fdbsim+tcp": fdb_indexes_match_records,
 }
 
 
