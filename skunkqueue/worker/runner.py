@@ -51,8 +51,9 @@ WATCH_EVERY = 0.025  # seconds between the heartbeat thread's looks at the runni
 HARD_TIMEOUT_GRACE = 2.0  # seconds a job may ignore JobTimeout before its process is killed
 EXIT_HARD_TIMEOUT = 75
 BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
-# After this many failed writes in a row, outcomes are written one at a time, so one the
-# store refuses for good (too large, say) cannot hold back the others forever.
+# After this many failed turns in a row (each turn writes pending outcomes first), they
+# are written one at a time, so one the store refuses for good (too large, say) cannot
+# hold back the others forever.
 ISOLATE_AFTER = 3
 MODULE_IMPORT_TIMEOUT = 30.0  # seconds to wait for a job's module to register its event
 
@@ -109,7 +110,7 @@ class Worker:
         self._imported: set[str] = set()
         self._in_main_thread = False
         self._call = JobCall(in_main_thread=False)
-        self._flush_failures = 0
+        self._failures_in_a_row = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -170,14 +171,14 @@ class Worker:
         while not self._stop.is_set():
             try:
                 self._serve_batch()
-                self._flush_failures = 0
+                self._failures_in_a_row = 0
             except Exception:
                 # The store went away or refused a write; outcomes stay pending and leases
                 # are renewed by the heartbeat, so backing off and retrying loses nothing.
-                self._flush_failures += 1
-                delay = min(BACKOFF_MAX, 0.05 * 2**self._flush_failures)
+                self._failures_in_a_row += 1
+                delay = min(BACKOFF_MAX, 0.05 * 2**self._failures_in_a_row)
                 log.exception("worker %s: backend error; retrying in %.2f s", self.id, delay)
-                if self._flush_failures >= ISOLATE_AFTER:
+                if self._failures_in_a_row >= ISOLATE_AFTER:
                     self._isolate_refused_outcomes()
                 self._stop.wait(delay)
 
