@@ -297,6 +297,38 @@ def test_a_retry_policy_past_a_thousand_attempts(queue: SkunkQueue) -> None:
     assert time.time() < stored.eta <= time.time() + 60
 
 
+def test_the_heartbeat_survives_a_store_it_cannot_reach_at_first(
+    queue: SkunkQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat opens its own connection; a store down at that moment (a worker
+    started during a Redis restart) used to end the thread, so leases lapsed and a long
+    job ran twice."""
+    real_open = runner.open_backend
+    refused: list[str] = []
+
+    def down_for_the_heartbeat(url: str, name: str) -> Any:
+        if threading.current_thread().name.startswith("heartbeat") and not refused:
+            refused.append(name)
+            raise ConnectionError("store unreachable")
+        return real_open(url, name)
+
+    monkeypatch.setattr(runner, "open_backend", down_for_the_heartbeat)
+    executions = Executions()
+
+    @queue.event(routes=["foo"])
+    def long_job(key: str) -> None:
+        executions.ran(key)
+        time.sleep(LEASE * 3)  # pause: a job body that outlives three lease periods
+
+    (job_id,) = fire_keyed(long_job, 1)
+    with running(scheduler(queue), "scheduler"), running(worker(queue), "worker"):
+        wait_until(lambda: all_final(queue, [job_id]), WAIT, what="the long job done")
+    assert len(refused) == 1
+    (record,) = records(queue, [job_id])
+    assert record.state == "complete" and record.deliveries == 1
+    assert executions.counts[job_id] == 1
+
+
 # -- a pool whose store fails while it hands back a dead worker's jobs ----------------------
 
 

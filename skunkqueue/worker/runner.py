@@ -442,15 +442,30 @@ class Worker:
         )
 
     def _heartbeat(self) -> None:
-        backend = open_backend(self.config.url, self.config.name)
+        backend: Any = None
         every = min(self.config.lease / 3, self.config.heartbeat)
-        next_beat = time.monotonic() + every
+        next_beat = next_open = time.monotonic()
         try:
             while not self._stop.wait(WATCH_EVERY):
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.error("worker %s: supervisor died; exiting", self.id)
                     os._exit(1)
-                self._enforce_hard_timeout(backend)
+                if backend is None and time.monotonic() >= next_open:
+                    # A store that is down when the worker starts (or restarts) must not
+                    # end this thread: without it leases lapse and jobs run twice.
+                    try:
+                        backend = open_backend(self.config.url, self.config.name)
+                    except Exception:
+                        log.warning(
+                            "worker %s: opening the heartbeat's connection failed; retrying",
+                            self.id,
+                        )
+                        next_open = time.monotonic() + 0.5
+                # The main thread is inside the job whenever a hard timeout applies, so its
+                # connection is free then.
+                self._enforce_hard_timeout(backend or self.backend)
+                if backend is None:
+                    continue
                 self._unblock(backend)
                 if time.monotonic() >= next_beat:
                     try:
@@ -461,7 +476,8 @@ class Worker:
                         log.exception("worker %s: renewing leases failed; retrying", self.id)
                         next_beat = time.monotonic() + min(every, 0.5)
         finally:
-            backend.close()
+            if backend is not None:
+                backend.close()
 
     def _unblock(self, backend: Any) -> None:
         """While a job runs long, nothing else waits on it: the rest of its batch goes back

@@ -59,6 +59,7 @@ def test_restart_under_load_loses_nothing(e2e: E2E, tmp_path: Path, how: int) ->
     e2e.expect(
         r"backend error; retrying",
         r"renewing leases failed; retrying",
+        r"opening the heartbeat's connection failed; retrying",
         r"writing outcomes failed; will retry",
         r"lost the lease on",
         r"lease lost before its \w+ outcome was stored",
