@@ -508,7 +508,9 @@ class Worker:
         now = time.time()
         held = backend.renew(self.id, now, self.config.lease, sorted(mine)) if mine else set()
         with self._lock:
-            lost = set(self._held) - held
+            # Only what was asked about: jobs claimed since the snapshot were not renewed
+            # here, and are not lost.
+            lost = (mine & set(self._held)) - held
         if lost:
             log.warning("worker %s lost the lease on %s", self.id, sorted(lost))
         self._advertise(backend, now)
