@@ -44,7 +44,7 @@ SCAN_STAGES = {"COLLSCAN"}
 #: Commands whose plans are explained; the watcher's change stream and getMores are not.
 EXPLAINED = ("find", "update", "delete", "findAndModify", "aggregate", "count", "distinct")
 #: Backend verbs whose queries are checked, in report order; "claim" is the per-claim one.
-VERBS = ("claim", "renew", "finish", "promote")
+VERBS = ("claim", "renew", "finish", "sweep")
 
 
 def _binary() -> str:
@@ -369,10 +369,10 @@ def explain_check(url: str, queued: int = 300, scheduled: int = 100) -> dict[str
         lease = backend.acquire_lease(SCHEDULER_LEASE, owner, fake_now, 60.0)
         if lease is None:
             raise RuntimeError("explain: the scheduler lease is held")
-        with recorder.capture("promote"):
-            promoted = backend.promote(fake_now, Fence(SCHEDULER_LEASE, owner, lease.token))
+        with recorder.capture("sweep"):
+            promoted = backend.sweep(fake_now, Fence(SCHEDULER_LEASE, owner, lease.token))
         if not (promoted.promoted and promoted.recovered and promoted.expired):
-            raise RuntimeError(f"explain: promote did not take every branch: {promoted}")
+            raise RuntimeError(f"explain: sweep did not take every branch: {promoted}")
 
         db = client.get_default_database()
         verbs: dict[str, dict[str, Any]] = {v: {"queries": 0, "shapes": []} for v in VERBS}

@@ -234,7 +234,7 @@ def scheduled_jobs(url: str, queue_name: str, n: int) -> dict[str, Any]:
         promoted, calls = 0, 0
         started = time.perf_counter()
         while True:
-            report = queue.backend.promote(fake_now, fence)
+            report = queue.backend.sweep(fake_now, fence)
             promoted += report.promoted
             calls += 1
             if not report.more:

@@ -132,7 +132,7 @@ def fire_keyed(event: Any, count: int) -> list[str]:
 # -- one verb at a time, before and after the store did its work -------------------------
 
 WORKER_VERBS = ["claim", "finish", "renew", "wait", "acquire_lease", "release_lease"]
-SCHEDULER_VERBS = ["promote", "schedules", "leases", "forget_leases", "stats"]
+SCHEDULER_VERBS = ["sweep", "schedules", "leases", "forget_leases", "stats"]
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -388,7 +388,7 @@ def test_a_pool_under_random_faults_in_its_workers_and_scheduler(
         return key
 
     ids = fire_keyed(work, 60)
-    verbs = ["claim", "finish", "renew", "wait", "promote", "acquire_lease", "release"]
+    verbs = ["claim", "finish", "renew", "wait", "sweep", "acquire_lease", "release"]
     faults = [
         Fault(verb, when, probability=0.25, seed=i)
         for i, (verb, when) in enumerate((v, w) for v in verbs for w in ("before", "after"))

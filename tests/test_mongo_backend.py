@@ -110,7 +110,7 @@ def test_indexes_exist_and_a_changed_definition_is_rebuilt(mongo_server):
 
 
 def test_every_query_the_backend_sends_walks_an_index(mongo_server):
-    """The commands claim, renew, finish and promote really send, captured with pymongo's
+    """The commands claim, renew, finish and sweep really send, captured with pymongo's
     command monitoring (benchmarks/bench_mongo.py's explain check, the one the benchmark
     publishes), each explained: none scans the collection, each walks an index."""
     sys.path.insert(0, str(BENCHMARKS))
@@ -119,7 +119,7 @@ def test_every_query_the_backend_sends_walks_an_index(mongo_server):
     finally:
         sys.path.remove(str(BENCHMARKS))
     report = bench_mongo.explain_check(mongo_server.url, queued=60, scheduled=20)
-    assert set(report["verbs"]) == {"claim", "renew", "finish", "promote"}
+    assert set(report["verbs"]) == {"claim", "renew", "finish", "sweep"}
     for verb, group in report["verbs"].items():
         assert group["queries"] > 0, f"{verb} sent no query: nothing was explained"
         plans = [shape["plan"] for shape in group["shapes"]]

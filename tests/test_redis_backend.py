@@ -150,7 +150,7 @@ def test_lost_deliveries_error_is_the_shared_record_rule(opened):
     fence = lead(backend, T0, ttl=1000)
     for n in (1, 2):
         backend.claim(["default"], f"w{n}", T0 + 20 * n, lease=10)
-        backend.promote(T0 + 20 * n + 11, fence)
+        backend.sweep(T0 + 20 * n + 11, fence)
     assert backend.get("doomed", T0 + 60).error == lost_deliveries_error(2, 2)
 
 
@@ -168,7 +168,7 @@ def test_counts_stay_exact_and_deleted_records_leave_no_keys(redis_server):
         taken = backend.claim(["r0", "r1"], "w", T0, lease=30, limit=3)
         backend.finish([Outcome(j.id, "complete") for j in taken], "w", T0)
         fence = lead(backend, T0, ttl=1000)
-        backend.promote(T0 + 5, fence)  # "later" becomes queued
+        backend.sweep(T0 + 5, fence)  # "later" becomes queued
         assert backend.stats(T0 + 5).counts == {
             ("cancelled", "r0"): 1,
             ("complete", "r0"): 1,
@@ -177,11 +177,11 @@ def test_counts_stay_exact_and_deleted_records_leave_no_keys(redis_server):
             ("queued", "r1"): 1,
             ("queued", "default"): 1,
         }
-        assert backend.promote(T0 + 10, fence).expired == 4
+        assert backend.sweep(T0 + 10, fence).expired == 4
         stored = client.hgetall(f"sq:{{{queue}}}:counts")
         assert stored == {"queued|r0": "1", "queued|r1": "1", "queued|default": "1"}
         backend.cancel(["j4", "j5", "later"], T0 + 10, "bye")
-        assert backend.promote(T0 + 20, fence).expired == 3
+        assert backend.sweep(T0 + 20, fence).expired == 3
         assert client.hgetall(f"sq:{{{queue}}}:counts") == {}
         assert list(client.scan_iter(f"sq:{{{queue}}}:j:*")) == []
         for index in ("scheduled", "running", "expiry", "ready:r0", "ready:r1"):

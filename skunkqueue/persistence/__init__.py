@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from ..config import redact
 from ..errors import ConfigurationError
-from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 
 BACKENDS = {
     "memory": ("skunkqueue.persistence.memory", "MemoryBackend"),
@@ -48,4 +48,4 @@ def open_backend(url: str, queue: str) -> Backend:
     return backend_class(url, queue)
 
 
-__all__ = ["Backend", "Fence", "Lease", "PromoteReport", "ScheduleRecord", "Stats", "open_backend"]
+__all__ = ["Backend", "Fence", "Lease", "SweepReport", "ScheduleRecord", "Stats", "open_backend"]

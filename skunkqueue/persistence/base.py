@@ -63,8 +63,8 @@ class ScheduleRecord:
 
 
 @dataclass
-class PromoteReport:
-    """What one ``promote`` call did, and when the leader should look again."""
+class SweepReport:
+    """What one ``sweep`` call did, and when the leader should look again."""
 
     promoted: int = 0
     recovered: int = 0
@@ -184,7 +184,7 @@ class Backend(ABC):
         known dead (a pool saw its child process exit).
 
         A job whose id is in ``started`` had begun running: its delivery counts, exactly
-        as when its lease lapses in ``promote`` (``records.recover``): ``queued`` again,
+        as when its lease lapses in ``sweep`` (``records.recover``): ``queued`` again,
         or ``error`` with reason "lost deliveries" (``finished_at = now``, ``expires_at =
         now + result_ttl``) once ``max_deliveries`` deliveries have been lost. Any other
         held job was claimed but never started: it goes back unrun, exactly like a
@@ -210,7 +210,7 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         """The leader's step: move what has come due, in bounded batches.
 
         Raises ``LeaseLost`` (writing nothing) unless ``fence`` is the current, unexpired

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, SerializationError
 from ..jobs import CANCELLABLE, JobRecord, JobState, Outcome
 from . import fdb_sim
-from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import (
     apply_outcome,
     bytes_cut,
@@ -506,12 +506,12 @@ class FoundationDBBackend(Backend):
 
         return self._run(cancel_all)
 
-    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         limit = max(1, min(limit, BATCH))
 
-        def step(tr: Any) -> PromoteReport:
+        def step(tr: Any) -> SweepReport:
             self._check_fence(tr, fence, now)
-            report = PromoteReport()
+            report = SweepReport()
             begin, _ = self._range("s")
             due = list(tr.get_range(begin, self._k("s", float(now)) + b"\xff", limit=limit))
             for kv in due:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ..errors import LeaseLost
 from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import apply_outcome, bytes_cut, payload_size, recover, release_held, taken_lease
 
 default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
@@ -208,8 +208,8 @@ class MemoryBackend(Backend):
             self._touch()
         return answers
 
-    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
-        report = PromoteReport()
+    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
+        report = SweepReport()
         waiting = {s.value for s in WAITING}
         with self._locked():
             self._check_fence(fence, now)

@@ -25,7 +25,7 @@ each filtered on the state (and owner) it expects, so no read-then-write race ca
 job out twice or overwrite a newer change: a claim marks up to ``limit`` queued jobs
 with its own token in one ``update_many`` and reads back what it got; ``finish``,
 ``cancel`` and lease recovery replace a record only where it still has the state,
-owner and delivery count they read. A fenced write (``promote``, ``save_schedule``)
+owner and delivery count they read. A fenced write (``sweep``, ``save_schedule``)
 checks the lease first; a leader deposed between that check and its write can only
 repeat a transition its successor would make too (promotion, recovery, expiry are all
 idempotent), which is why the writes carry no transaction.
@@ -62,7 +62,7 @@ from urllib.parse import urlsplit
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import apply_outcome, bytes_cut, payload_size, recover, release_held
 
 default_cfg: dict[str, Any] = {
@@ -477,9 +477,9 @@ class MongoBackend(Backend):
                 answers.append(self._replace_if_unchanged(old, new))
         return answers
 
-    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         limit = max(1, min(limit, BATCH))
-        report = PromoteReport()
+        report = SweepReport()
         with self._talking():
             self._check_fence(fence, now)
             due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}

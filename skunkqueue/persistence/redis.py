@@ -52,7 +52,7 @@ from typing import Any
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from ..jobs import JobRecord, JobState, Outcome
-from .base import SCHEDULER_LEASE, Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .base import SCHEDULER_LEASE, Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .redis_support import (
     DEFAULTS,
     JOB_SCRIPTS,
@@ -385,7 +385,7 @@ class RedisBackend(Backend):
         args = [number(now), json.dumps({"reason": reason}), number(DEFAULTS["result_ttl"])]
         return [bool(a) for a in self._run("cancel", self._job_keys, [*args, *job_ids])]
 
-    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         keys = [*self._job_keys, self._key("lease:", fence.name)]
         args = [
             number(now),
@@ -396,10 +396,10 @@ class RedisBackend(Backend):
             number(DEFAULTS["result_ttl"]),
         ]
         promoted, recovered, failed, expired, more, waiting, running = self._run(
-            "promote", keys, args
+            "sweep", keys, args
         )
         pending = [float(t) for t in (waiting, running) if t]
-        return PromoteReport(
+        return SweepReport(
             promoted=promoted,
             recovered=recovered,
             failed=failed,

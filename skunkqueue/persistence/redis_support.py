@@ -161,7 +161,7 @@ def decode_record(job_id: str, fields: Sequence[str] | dict[str, str]) -> JobRec
 # -- scripts ------------------------------------------------------------------------
 
 #: Scripts that run on a queue's job indexes get _common.lua prepended.
-JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "promote", "release", "stats")
+JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "sweep", "release", "stats")
 OTHER_SCRIPTS = (
     "acquire_lease",
     "release_lease",

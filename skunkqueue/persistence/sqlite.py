@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from ..jobs import JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, PromoteReport, ScheduleRecord, Stats
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import bytes_cut, lost_deliveries_error, release_held
 
 default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
@@ -395,7 +395,7 @@ class SQLiteBackend(Backend):
             {"q": self.queue},
         ).fetchone()
 
-    def promote(self, now: float, fence: Fence, limit: int = 1000) -> PromoteReport:
+    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         with self._lock:
             scheduled, retrying, lease_end, expiry = self._pending(self._db)
             self._check_fence(self._db, fence, now)
@@ -403,8 +403,8 @@ class SQLiteBackend(Backend):
         if not any(t is not None and t <= now for t in (*etas, expiry)) and not (
             lease_end is not None and lease_end < now
         ):
-            return PromoteReport(next_due=min([*etas, lease_end], key=_inf_if_none, default=None))
-        report = PromoteReport()
+            return SweepReport(next_due=min([*etas, lease_end], key=_inf_if_none, default=None))
+        report = SweepReport()
         with self._write() as db:
             self._check_fence(db, fence, now)
             report.promoted = db.execute(

@@ -121,7 +121,7 @@ class Scheduler:
             return now
 
     def _lead(self, now: float, fence: Fence) -> float:
-        report = self.backend.promote(now, fence)
+        report = self.backend.sweep(now, fence)
         if report.promoted or report.recovered or report.failed:
             log.debug(
                 "promoted %d, recovered %d, failed %d, expired %d",

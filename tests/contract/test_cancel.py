@@ -28,7 +28,7 @@ def test_cancelled_jobs_are_never_promoted_or_claimed(backend):
     backend.put([job("s", eta=T0 + 10), job("q"), job("r", eta=T0 + 10, state="retrying")], now=T0)
     backend.cancel(["s", "q", "r"], T0, "stop")
     assert backend.claim(["default"], "w", T0, lease=30, limit=10) == []
-    report = backend.promote(T0 + 20, lead(backend, T0 + 20))
+    report = backend.sweep(T0 + 20, lead(backend, T0 + 20))
     assert (report.promoted, report.recovered) == (0, 0)
     assert backend.claim(["default"], "w", T0 + 20, lease=30, limit=10) == []
     assert {r.state for r in backend.list_jobs(T0 + 20)} == {"cancelled"}
@@ -58,7 +58,7 @@ def test_cancelled_job_expires_after_result_ttl(backend):
     assert backend.get("a", T0 + 39.5).state == "cancelled"
     assert backend.get("a", T0 + 40) is None
     assert backend.list_jobs(T0 + 40) == []
-    assert backend.promote(T0 + 40, lead(backend, T0 + 40)).expired == 1
+    assert backend.sweep(T0 + 40, lead(backend, T0 + 40)).expired == 1
 
 
 def test_cancel_answers_per_id(backend):

@@ -106,7 +106,7 @@ def test_claimed_job_is_not_handed_out_again(backend):
 def test_promoted_job_becomes_claimable(backend):
     backend.put([job("later", eta=T0 + 10)], now=T0)
     assert backend.claim(["default"], "w", T0 + 20, lease=30) == []  # promote has not run
-    backend.promote(T0 + 20, lead(backend, T0 + 20))
+    backend.sweep(T0 + 20, lead(backend, T0 + 20))
     [taken] = backend.claim(["default"], "w", T0 + 20, lease=30)
     assert (taken.id, taken.eta, taken.deliveries) == ("later", T0 + 10, 1)
 
@@ -115,7 +115,7 @@ def test_promoted_job_keeps_its_put_order_among_equal_etas(backend):
     """A job put earlier leaves earlier, whether it waited in the time index or not."""
     backend.put([job("waited", eta=T0 + 10)], now=T0)
     backend.put([job("direct", eta=T0 + 10)], now=T0 + 20)  # due on arrival: queued at once
-    backend.promote(T0 + 20, lead(backend, T0 + 20))
+    backend.sweep(T0 + 20, lead(backend, T0 + 20))
     assert ids(backend.claim(["default"], "w", T0 + 20, lease=30, limit=2)) == ["waited", "direct"]
 
 
@@ -123,7 +123,7 @@ def test_start_is_never_recorded_before_the_eta(backend):
     """A worker reads its clock before it claims; a leader with a later clock may queue the
     job in between. The recorded start is then the eta, never earlier."""
     backend.put([job("racing", eta=T0 + 5), job("due", eta=T0 - 1)], now=T0)
-    backend.promote(T0 + 5, lead(backend, T0 + 5))
+    backend.sweep(T0 + 5, lead(backend, T0 + 5))
     claimed = {r.id: r for r in backend.claim(["default"], "w", T0 + 4.5, lease=30, limit=5)}
     assert set(claimed) == {"racing", "due"}
     assert claimed["racing"].started_at == T0 + 5

@@ -132,7 +132,7 @@ def test_reused_id_leaves_after_jobs_put_before_it(backend):
     backend.put([job("last", eta=T0 + 50)], now=T0 + 20)
     claimed = backend.claim(["default"], "w2", T0 + 60, lease=30, limit=3)
     assert claimed == []  # still scheduled: promote has not run
-    backend.promote(T0 + 60, lead(backend, T0 + 60))
+    backend.sweep(T0 + 60, lead(backend, T0 + 60))
     assert ids(backend.claim(["default"], "w2", T0 + 60, lease=30, limit=3)) == [
         "first",
         "old",

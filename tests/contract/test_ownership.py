@@ -54,7 +54,7 @@ def test_renew_reports_jobs_no_longer_held(backend):
 def test_renew_with_zero_lease_gives_jobs_up_to_the_next_promote(backend):
     _claimed(backend, "a", "b", owner="dead-worker")
     assert backend.renew("dead-worker", T0 + 1, lease=0) == {"a", "b"}
-    report = backend.promote(T0 + 1.001, lead(backend, T0 + 1.001))
+    report = backend.sweep(T0 + 1.001, lead(backend, T0 + 1.001))
     assert report.recovered == 2
     assert backend.get("a", T0 + 2).state == "queued"
     assert ids(backend.claim(["default"], "w2", T0 + 2, lease=30, limit=2)) == ["a", "b"]
@@ -105,8 +105,8 @@ def test_finish_retrying_reschedules_at_eta(backend):
     assert (waiting.owner, waiting.lease_until, waiting.expires_at) == (None, None, None)
     assert backend.claim(["default"], "w2", T0 + 39, lease=30) == []
     fence = lead(backend, T0 + 39)
-    assert backend.promote(T0 + 39, fence).promoted == 0
-    assert backend.promote(T0 + 40, fence).promoted == 1
+    assert backend.sweep(T0 + 39, fence).promoted == 0
+    assert backend.sweep(T0 + 40, fence).promoted == 1
     [again] = backend.claim(["default"], "w2", T0 + 40, lease=30)
     assert (again.id, again.deliveries, again.attempts) == ("a", 2, 1)
 
@@ -115,7 +115,7 @@ def test_finish_retrying_without_eta_is_due_now(backend):
     _claimed(backend, "a")
     backend.finish([Outcome("a", "retrying", error={"m": "x"})], "w1", T0 + 7)
     assert backend.get("a", T0 + 7).eta == T0 + 7
-    assert backend.promote(T0 + 7, lead(backend, T0 + 7)).promoted == 1
+    assert backend.sweep(T0 + 7, lead(backend, T0 + 7)).promoted == 1
 
 
 def test_finish_queued_hands_the_job_back_to_be_taken_first(backend):
@@ -164,7 +164,7 @@ def test_finish_answers_per_outcome(backend):
 def test_finish_after_lease_was_recovered_is_refused(backend):
     """A worker that stopped renewing has lost its job; its late result must not land."""
     _claimed(backend, "a", owner="slow", lease=10)
-    assert backend.promote(T0 + 11, lead(backend, T0 + 11)).recovered == 1
+    assert backend.sweep(T0 + 11, lead(backend, T0 + 11)).recovered == 1
     [retaken] = backend.claim(["default"], "fast", T0 + 12, lease=10)
     assert (retaken.id, retaken.deliveries) == ("a", 2)
     assert backend.finish([Outcome("a", "complete", result='"late"')], "slow", T0 + 13) == [False]

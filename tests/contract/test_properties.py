@@ -76,7 +76,7 @@ step = st.one_of(
     ),
     st.tuples(st.just("cancel"), st.integers(0, 20)),
     st.tuples(st.just("release"), st.sampled_from(OWNERS), st.booleans()),
-    st.tuples(st.just("promote")),
+    st.tuples(st.just("sweep")),
     st.tuples(st.just("tick"), st.sampled_from([1.0, 10.0, 40.0])),
 )
 
@@ -162,10 +162,10 @@ def apply(world: World, op: tuple[Any, ...]) -> None:
         held = world.held(owner)
         started = held[:1] if first_started else []
         got, want = world.both("release", owner, now, started)
-    elif kind == "promote":
+    elif kind == "sweep":
         assert world.fences is not None
-        got = world.subject.promote(now, world.fences[0])
-        want = world.oracle.promote(now, world.fences[1])
+        got = world.subject.sweep(now, world.fences[0])
+        want = world.oracle.sweep(now, world.fences[1])
         got = (got.promoted, got.recovered, got.failed, got.expired)
         want = (want.promoted, want.recovered, want.failed, want.expired)
     else:

@@ -269,7 +269,7 @@ def test_a_deposed_leaders_writes_are_rejected(e2e: E2E) -> None:
     # A's fenced writes, with the clock it read before stalling, are refused and write nothing.
     stale_now = t0 + 0.95
     with pytest.raises(LeaseLost):
-        a.backend.promote(stale_now, stale)
+        a.backend.sweep(stale_now, stale)
     moved = ScheduleRecord(
         schedule.name, schedule.spec, template, next_fire=t0 + 100, updated_at=stale_now
     )

@@ -131,7 +131,7 @@ local function index(id, state, route, seq, eta)
   count(state, route, 1)
 end
 
--- A running record stops running (finish, promote's recovery, release): out of the lease
+-- A running record stops running (finish, sweep's recovery, release): out of the lease
 -- index, its owner's held set (held: that key, or nil) and the running count; owner and
 -- lease cleared. The caller then gives it its new state.
 local function let_go(key, id, route, held)

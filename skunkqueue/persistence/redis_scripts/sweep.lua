@@ -1,4 +1,4 @@
--- promote.lua: the leader's fenced step (Backend.promote), bounded by limit per kind.
+-- sweep.lua: the leader's fenced step (Backend.sweep): promote due jobs, recover lapsed leases, expire records, bounded by limit per kind.
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id>, ready:<route>, wake:<route> and held:<owner> are built from the
 --             prefix: which ids, routes and owners is only known once records are read)

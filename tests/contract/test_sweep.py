@@ -12,7 +12,7 @@ from skunkqueue.persistence.base import SCHEDULER_LEASE
 from .support import T0, ids, job, lead
 
 
-def test_promote_moves_due_scheduled_and_retrying_jobs(backend):
+def test_sweep_moves_due_scheduled_and_retrying_jobs(backend):
     backend.put(
         [
             job("s-due", eta=T0 + 10),
@@ -22,7 +22,7 @@ def test_promote_moves_due_scheduled_and_retrying_jobs(backend):
         ],
         now=T0,
     )
-    report = backend.promote(T0 + 10, lead(backend, T0 + 10))
+    report = backend.sweep(T0 + 10, lead(backend, T0 + 10))
     assert (report.promoted, report.recovered, report.failed, report.expired) == (2, 0, 0, 0)
     assert report.more is False
     assert report.next_due == T0 + 25
@@ -36,13 +36,13 @@ def test_promote_moves_due_scheduled_and_retrying_jobs(backend):
     assert ids(backend.claim(["default"], "w", T0 + 10, lease=30, limit=5)) == ["r-due", "s-due"]
 
 
-def test_promote_with_nothing_due(backend):
+def test_sweep_with_nothing_due(backend):
     fence = lead(backend, T0)
-    empty = backend.promote(T0, fence)
+    empty = backend.sweep(T0, fence)
     assert (empty.promoted, empty.recovered, empty.failed, empty.expired) == (0, 0, 0, 0)
     assert (empty.more, empty.next_due) == (False, None)
     backend.put([job("later", eta=T0 + 50)], now=T0)
-    report = backend.promote(T0 + 1, fence)
+    report = backend.sweep(T0 + 1, fence)
     assert (report.promoted, report.more, report.next_due) == (0, False, T0 + 50)
     assert backend.get("later", T0 + 1).state == "scheduled"
 
@@ -50,18 +50,18 @@ def test_promote_with_nothing_due(backend):
 def test_next_due_includes_running_lease_expiry(backend):
     backend.put([job("run"), job("later", eta=T0 + 100)], now=T0)
     backend.claim(["default"], "w", T0, lease=40)
-    assert backend.promote(T0 + 1, lead(backend, T0 + 1)).next_due == T0 + 40
+    assert backend.sweep(T0 + 1, lead(backend, T0 + 1)).next_due == T0 + 40
     backend.finish([Outcome("run", "complete")], "w", T0 + 2)
-    assert backend.promote(T0 + 2, lead(backend, T0 + 2)).next_due == T0 + 100
+    assert backend.sweep(T0 + 2, lead(backend, T0 + 2)).next_due == T0 + 100
 
 
-def test_promote_recovers_running_jobs_whose_lease_lapsed(backend):
+def test_sweep_recovers_running_jobs_whose_lease_lapsed(backend):
     backend.put([job("lost"), job("alive")], now=T0)
     backend.claim(["default"], "dead", T0, lease=10)
     backend.claim(["default"], "live", T0, lease=10)
     backend.renew("live", T0 + 9, lease=10)  # alive until T0 + 19
     fence = lead(backend, T0 + 11)
-    report = backend.promote(T0 + 11, fence)
+    report = backend.sweep(T0 + 11, fence)
     assert (report.promoted, report.recovered, report.failed) == (0, 1, 0)
     assert report.next_due == T0 + 19
     lost = backend.get("lost", T0 + 11)
@@ -77,10 +77,10 @@ def test_promote_recovers_running_jobs_whose_lease_lapsed(backend):
     assert (again.id, again.deliveries, again.owner) == ("lost", 2, "w2")
 
 
-def test_promote_does_not_recover_a_lease_that_has_not_lapsed(backend):
+def test_sweep_does_not_recover_a_lease_that_has_not_lapsed(backend):
     backend.put([job("a")], now=T0)
     backend.claim(["default"], "w", T0, lease=10)
-    report = backend.promote(T0 + 9.5, lead(backend, T0 + 9.5))
+    report = backend.sweep(T0 + 9.5, lead(backend, T0 + 9.5))
     assert (report.recovered, report.failed, report.next_due) == (0, 0, T0 + 10)
     assert backend.get("a", T0 + 9.5).owner == "w"
 
@@ -93,12 +93,12 @@ def test_max_deliveries_lost_turns_the_job_into_an_error(backend):
         [taken] = backend.claim(["default"], f"w{delivery}", now, lease=10)
         assert taken.deliveries == delivery
         now += 11
-        report = backend.promote(now, fence)
+        report = backend.sweep(now, fence)
         assert (report.recovered, report.failed) == (1, 0)
     [taken] = backend.claim(["default"], "w3", now, lease=10)
     assert taken.deliveries == 3
     now += 11
-    report = backend.promote(now, fence)
+    report = backend.sweep(now, fence)
     assert (report.recovered, report.failed) == (0, 1)
     failed = backend.get("doomed", now)
     assert (failed.state, failed.owner, failed.lease_until) == ("error", None, None)
@@ -115,19 +115,19 @@ def test_attempts_that_concluded_do_not_count_as_lost_deliveries(backend):
     fence = lead(backend, T0, ttl=1000)
     backend.claim(["default"], "w1", T0, lease=10)
     backend.finish([Outcome("flaky", "retrying", error={"m": "1"}, eta=T0 + 1)], "w1", T0 + 1)
-    backend.promote(T0 + 1, fence)
+    backend.sweep(T0 + 1, fence)
     backend.claim(["default"], "w2", T0 + 1, lease=10)  # deliveries 2, attempts 1
-    report = backend.promote(T0 + 12, fence)  # first lost delivery: under the limit
+    report = backend.sweep(T0 + 12, fence)  # first lost delivery: under the limit
     assert (report.recovered, report.failed) == (1, 0)
     rec = backend.get("flaky", T0 + 12)
     assert (rec.state, rec.deliveries, rec.attempts) == ("queued", 2, 1)
     backend.claim(["default"], "w3", T0 + 12, lease=10)
-    report = backend.promote(T0 + 23, fence)  # second lost delivery: the limit
+    report = backend.sweep(T0 + 23, fence)  # second lost delivery: the limit
     assert (report.recovered, report.failed) == (0, 1)
     assert backend.get("flaky", T0 + 23).state == "error"
 
 
-def test_promote_deletes_expired_records(backend):
+def test_sweep_deletes_expired_records(backend):
     backend.put([job("short", result_ttl=10), job("long", result_ttl=1000), job("open")], now=T0)
     backend.claim(["default"], "w", T0, lease=30, limit=2)
     backend.finish(
@@ -136,12 +136,12 @@ def test_promote_deletes_expired_records(backend):
         T0,
     )
     fence = lead(backend, T0, ttl=1000)
-    assert backend.promote(T0 + 9, fence).expired == 0
-    report = backend.promote(T0 + 10, fence)
+    assert backend.sweep(T0 + 9, fence).expired == 0
+    report = backend.sweep(T0 + 10, fence)
     assert report.expired == 1
     assert backend.get("short", T0) is None  # deleted, not merely hidden
     assert sorted(ids(backend.list_jobs(T0))) == ["long", "open"]
-    assert backend.promote(T0 + 11, fence).expired == 0
+    assert backend.sweep(T0 + 11, fence).expired == 0
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_stale_fence_raises_lease_lost_and_writes_nothing(backend, make_stale):
         fence = Fence("never-taken", lease.owner, lease.token)
 
     with pytest.raises(LeaseLost):
-        backend.promote(now, fence)
+        backend.sweep(now, fence)
 
     assert backend.get("due", now).state == "scheduled"
     run = backend.get("run", now)
@@ -184,16 +184,16 @@ def test_stale_fence_raises_lease_lost_and_writes_nothing(backend, make_stale):
         current = Fence(holders[0].name, holders[0].owner, holders[0].token)
     else:
         current = lead(backend, now, owner="successor")
-    report = backend.promote(now, current)
+    report = backend.sweep(now, current)
     assert (report.promoted, report.recovered, report.expired) == (1, 1, 1)
 
 
-def test_promote_in_bounded_batches_reports_more(backend):
+def test_sweep_in_bounded_batches_reports_more(backend):
     backend.put([job(f"d{i}", eta=T0 + 1 + i) for i in range(5)], now=T0)
     fence = lead(backend, T0 + 10)
     batches = []
     while True:
-        report = backend.promote(T0 + 10, fence, limit=2)
+        report = backend.sweep(T0 + 10, fence, limit=2)
         batches.append((report.promoted, report.more))
         if not report.more:
             break
@@ -204,14 +204,14 @@ def test_promote_in_bounded_batches_reports_more(backend):
     ]
 
 
-def test_bounded_promote_takes_the_earliest_first(backend):
+def test_bounded_sweep_takes_the_earliest_first(backend):
     backend.put([job("late", eta=T0 + 3), job("tie-1", eta=T0 + 2)], now=T0)
     backend.put([job("early", eta=T0 + 1), job("tie-2", eta=T0 + 2)], now=T0)
     backend.put([job("tie-3", eta=T0 + 2, state="retrying")], now=T0)
     fence = lead(backend, T0 + 10)
     order = []
     for _ in range(5):
-        report = backend.promote(T0 + 10, fence, limit=1)
+        report = backend.sweep(T0 + 10, fence, limit=1)
         assert report.promoted == 1
         order += ids(backend.claim(["default"], "w", T0 + 10, lease=30, limit=5))
     assert order == ["early", "tie-1", "tie-2", "tie-3", "late"]
@@ -221,9 +221,9 @@ def test_a_full_batch_says_more(backend):
     """``more`` says a batch was full: the caller looks again before sleeping."""
     backend.put([job("a", eta=T0 + 1), job("b", eta=T0 + 2)], now=T0)
     fence = lead(backend, T0 + 10)
-    first = backend.promote(T0 + 10, fence, limit=2)
+    first = backend.sweep(T0 + 10, fence, limit=2)
     assert (first.promoted, first.more) == (2, True)
-    second = backend.promote(T0 + 10, fence, limit=2)
+    second = backend.sweep(T0 + 10, fence, limit=2)
     assert (second.promoted, second.more) == (0, False)
 
 
@@ -231,10 +231,10 @@ def test_recovery_in_bounded_batches(backend):
     backend.put([job(f"r{i}") for i in range(3)], now=T0)
     backend.claim(["default"], "dead", T0, lease=1, limit=3)
     fence = lead(backend, T0 + 5)
-    first = backend.promote(T0 + 5, fence, limit=2)
+    first = backend.sweep(T0 + 5, fence, limit=2)
     assert (first.recovered, first.more) == (2, True)
     assert len(backend.list_jobs(T0 + 5, state="running")) == 1
-    second = backend.promote(T0 + 5, fence, limit=2)
+    second = backend.sweep(T0 + 5, fence, limit=2)
     assert (second.recovered, second.more) == (1, False)
     assert len(backend.list_jobs(T0 + 5, state="queued")) == 3
 
@@ -244,8 +244,8 @@ def test_expiry_in_bounded_batches(backend):
     backend.claim(["default"], "w", T0, lease=30, limit=3)
     backend.finish([Outcome(f"x{i}", "complete") for i in range(3)], "w", T0)
     fence = lead(backend, T0 + 5)
-    first = backend.promote(T0 + 5, fence, limit=2)
+    first = backend.sweep(T0 + 5, fence, limit=2)
     assert (first.expired, first.more) == (2, True)
-    second = backend.promote(T0 + 5, fence, limit=2)
+    second = backend.sweep(T0 + 5, fence, limit=2)
     assert (second.expired, second.more) == (1, False)
-    assert backend.promote(T0 + 5, fence, limit=2).expired == 0
+    assert backend.sweep(T0 + 5, fence, limit=2).expired == 0
