@@ -13,10 +13,10 @@ from .errors import (
     LeaseLost,
     SerializationError,
     SkunkQueueError,
-    UnknownEvent,
 )
 from .events import Event
-from .jobs import BroadcastHandle, JobHandle, JobRecord, JobState
+from .handles import BroadcastHandle, JobHandle
+from .model import JobRecord, JobState
 from .queue import SkunkQueue
 from .retry import Retry
 
@@ -38,5 +38,4 @@ __all__ = [
     "SerializationError",
     "SkunkQueue",
     "SkunkQueueError",
-    "UnknownEvent",
 ]

@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from .config import URL_ENV, QueueConfig, redact
+from .cron import ScheduleSpec
 from .errors import SkunkQueueError
 from .persistence import Backend, open_backend
 from .persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX
-from .scheduler.cron import ScheduleSpec
 
 QUEUE_ENV = "SKUNKQUEUE_QUEUE"
 

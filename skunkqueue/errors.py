@@ -41,7 +41,3 @@ class JobFailed(SkunkQueueError):
 
 class JobTimeout(SkunkQueueError):
     """Raised inside a job that ran past its event's ``timeout``."""
-
-
-class UnknownEvent(SkunkQueueError, LookupError):
-    """A job record names an event that the worker's code did not register."""

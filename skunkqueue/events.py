@@ -1,26 +1,34 @@
-"""Events: the functions a queue can run, and how firing one becomes job records."""
+"""Events: the functions a queue can run, and how firing one becomes job records.
+
+An event is typed against ``EventHost`` (a name, a config, a backend), not the queue, so
+this module sits below ``queue.py``.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import serialization
+from .broadcast import broadcast_copies
+from .config import QueueConfig
+from .cron import ScheduleSpec
 from .errors import ConfigurationError
-from .jobs import JobHandle, JobRecord, JobState
-from .persistence.base import WORKER_LEASE_PREFIX
+from .handles import BroadcastHandle, JobHandle, JobSource, handle_for
+from .model import JobRecord, JobState
 from .retry import Retry
 
-if TYPE_CHECKING:
-    from .queue import SkunkQueue
-    from .scheduler.cron import ScheduleSpec
 
-log = logging.getLogger("skunkqueue.events")
+class EventHost(JobSource, Protocol):
+    """What an event needs of its queue: ``SkunkQueue`` is one."""
+
+    name: str
+    config: QueueConfig
+
 
 When = datetime | timedelta
 
@@ -58,7 +66,7 @@ class Event:
 
     def __init__(
         self,
-        queue: SkunkQueue,
+        queue: EventHost,
         fn: Callable[..., Any],
         *,
         routes: Sequence[str],
@@ -80,7 +88,7 @@ class Event:
         self.serializer = serializer or queue.config.serializer
         self.max_deliveries = max_deliveries or queue.config.max_deliveries
         self.schedule = schedule
-        self.last: JobHandle | None = None
+        self.last: JobHandle | BroadcastHandle | None = None
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
@@ -93,11 +101,11 @@ class Event:
 
     # -- firing -------------------------------------------------------------------
 
-    def fire(self, *args: Any, **kwargs: Any) -> JobHandle:
+    def fire(self, *args: Any, **kwargs: Any) -> JobHandle | BroadcastHandle:
         """Queue a run now."""
         return self.send(args=args, kwargs=kwargs)
 
-    def fire_at(self, when: When, *args: Any, **kwargs: Any) -> JobHandle:
+    def fire_at(self, when: When, *args: Any, **kwargs: Any) -> JobHandle | BroadcastHandle:
         """Queue a run at ``when``: an aware datetime, a naive one (local time) or a delay."""
         return self.send(args=args, kwargs=kwargs, eta=when)
 
@@ -108,25 +116,27 @@ class Event:
         eta: When | None = None,
         job_id: str | None = None,
         route: str | None = None,
-    ) -> JobHandle:
+    ) -> JobHandle | BroadcastHandle:
         """The explicit form of ``fire``: one job, written once, idempotent by ``job_id``."""
         now = time.time()
         jobs = self.build_jobs(args, kwargs, eta_from(eta, now), now, job_id, route)
         self.queue.backend.put(jobs, now)
-        handle = self.queue.handle(job_id or jobs[0].parent or jobs[0].id, jobs)
+        handle = handle_for(self.queue, job_id or jobs[0].parent or jobs[0].id, jobs)
         self.last = handle
         return handle
 
-    def fire_many(self, calls: Iterable[Sequence[Any] | dict[str, Any]]) -> list[JobHandle]:
+    def fire_many(
+        self, calls: Iterable[Sequence[Any] | dict[str, Any]]
+    ) -> list[JobHandle | BroadcastHandle]:
         """Queue many runs in one backend write: each item is an args tuple or a kwargs dict."""
         now = time.time()
         fields = self.job_fields()
         jobs: list[JobRecord] = []
-        handles = []
+        handles: list[JobHandle | BroadcastHandle] = []
         for call in calls:
             args, kwargs = ((), call) if isinstance(call, dict) else (call, None)
             built = self.build_jobs(args, kwargs, now, now, None, None, fields)
-            handles.append(self.queue.handle(built[0].parent or built[0].id, built))
+            handles.append(handle_for(self.queue, built[0].parent or built[0].id, built))
             jobs += built
         if jobs:
             self.queue.backend.put(jobs, now)
@@ -182,39 +192,8 @@ class Event:
         return self.last.result if self.last else None
 
     @property
-    def state(self) -> str | None:
+    def state(self) -> JobState | None:
         return self.last.state if self.last else None
-
-
-def broadcast_copies(backend: Any, job: JobRecord, now: float) -> list[JobRecord]:
-    """One copy per worker alive on the job's route now, each on that worker's own route.
-
-    A copy is delivered at most once (a worker's private route has no one else to hand it
-    to), so a copy whose worker dies ends in ``error`` instead of waiting forever.
-    """
-    workers = [
-        lease.name[len(WORKER_LEASE_PREFIX) :]
-        for lease in backend.leases(WORKER_LEASE_PREFIX, now)
-        if job.route in lease.info.get("routes", ())
-    ]
-    if not workers:
-        log.warning(
-            "broadcast of %s on route %r: no live worker, nothing queued", job.event, job.route
-        )
-        cancelled = JobRecord(**{**job.to_dict(), "state": JobState.CANCELLED.value})
-        cancelled.error = {"reason": f"no live worker on route {job.route!r} at fire time"}
-        cancelled.finished_at = now
-        cancelled.expires_at = now + job.result_ttl
-        return [cancelled]
-    copies = []
-    for worker in sorted(workers):
-        copy = JobRecord(**job.to_dict())
-        copy.id = f"{job.id}@{worker}"
-        copy.route = f"{job.route}@{worker}"
-        copy.parent = job.id
-        copy.max_deliveries = 1
-        copies.append(copy)
-    return copies
 
 
 def validate_event_options(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -12,22 +11,16 @@ from typing import Any, overload
 
 from . import serialization
 from .config import QueueConfig
+from .cron import ScheduleSpec
 from .errors import ConfigurationError, SerializationError
 from .events import Event, validate_event_options
-from .jobs import BroadcastHandle, JobHandle, JobRecord
+from .handles import BroadcastHandle, JobHandle, handle_for
+from .model import JobRecord, JobState
 from .persistence import Backend, ScheduleRecord, open_backend
+from .registry import lookup_event, register_event
 from .retry import Retry
 
-# Workers find the events that the modules they imported registered, by queue name.
-# This is the one process-wide table: it is what "registered by code the worker
-# imported" means.
-_registry: dict[tuple[str, str], Event] = {}
-_registry_lock = threading.Lock()
-
-
-def lookup_event(queue_name: str, event_name: str) -> Event | None:
-    with _registry_lock:
-        return _registry.get((queue_name, event_name))
+__all__ = ["SkunkQueue", "lookup_event"]
 
 
 class SkunkQueue:
@@ -102,8 +95,6 @@ class SkunkQueue:
         or interval event stores its schedule in the backend now, so any scheduler fires
         it without importing this module.
         """
-        from .scheduler.cron import ScheduleSpec
-
         routes = validate_event_options(
             ["default"] if routes is None else routes,
             timeout,
@@ -137,8 +128,7 @@ class SkunkQueue:
                 schedule=schedule,
             )
             self.events[event.name] = event
-            with _registry_lock:
-                _registry[(self.name, event.name)] = event
+            register_event(self.name, event.name, event)
             if schedule is not None:
                 self._store_schedule(event)
             return event
@@ -170,9 +160,7 @@ class SkunkQueue:
     # -- jobs by id -----------------------------------------------------------------
 
     def handle(self, job_id: str, jobs: Sequence[JobRecord] = ()) -> JobHandle | BroadcastHandle:
-        if jobs and jobs[0].parent is not None:
-            return BroadcastHandle(self, job_id, [j.id for j in jobs])
-        return JobHandle(self, job_id)
+        return handle_for(self, job_id, jobs)
 
     def get(self, job_id: str) -> JobHandle | None:
         """A handle on a stored job, or ``None`` if there is none (or it expired)."""
@@ -181,7 +169,7 @@ class SkunkQueue:
         return JobHandle(self, job_id)
 
     def jobs(
-        self, state: str | None = None, route: str | None = None, limit: int = 100
+        self, state: JobState | str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         """Stored jobs (oldest eta first), optionally only those in ``state`` or on ``route``."""
         return self.backend.list_jobs(time.time(), state=state, route=route, limit=limit)

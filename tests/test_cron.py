@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from skunkqueue import cron as cron_module
+from skunkqueue.cron import MISFIRE_POLICIES, ScheduleSpec
 from skunkqueue.errors import ConfigurationError
-from skunkqueue.scheduler import cron as cron_module
-from skunkqueue.scheduler.cron import MISFIRE_POLICIES, ScheduleSpec
 
 from .drivers import require
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from skunkqueue.scheduler.cron import MISFIRE_POLICIES, ScheduleSpec
+from skunkqueue.cron import MISFIRE_POLICIES, ScheduleSpec
 
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
 

@@ -13,71 +13,30 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..jobs import JobRecord, Outcome
+from ..model import (
+    SCHEDULER_LEASE,
+    WORKER_LEASE_PREFIX,
+    Fence,
+    JobRecord,
+    Lease,
+    Outcome,
+    ScheduleRecord,
+    Stats,
+    SweepReport,
+)
 
-SCHEDULER_LEASE = "scheduler"
-WORKER_LEASE_PREFIX = "worker:"
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A named, owned, expiring claim (leader election, worker liveness).
-
-    ``token`` grows by one every time the lease changes hands, so it fences writes:
-    a writer holding an older token has been deposed.
-    """
-
-    name: str
-    owner: str
-    token: int
-    until: float
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Fence:
-    """Proof of leadership passed with the leader's writes."""
-
-    name: str
-    owner: str
-    token: int
-
-
-@dataclass
-class ScheduleRecord:
-    """A stored cron or interval schedule; enough to fire it without user code.
-
-    ``spec`` holds ``cron``/``every``/``timezone``/``misfire``; ``template`` holds the job
-    fields every tick copies (event, route, payload, serializer, retry, timeout, ...).
-    ``next_fire`` is the instant of the next tick not yet fired.
-    """
-
-    name: str
-    spec: dict[str, Any]
-    template: dict[str, Any]
-    next_fire: float
-    updated_at: float = 0.0
-
-
-@dataclass
-class SweepReport:
-    """What one ``sweep`` call did, and when the leader should look again."""
-
-    promoted: int = 0
-    recovered: int = 0
-    failed: int = 0
-    expired: int = 0
-    next_due: float | None = None
-    more: bool = False
-
-
-@dataclass
-class Stats:
-    counts: dict[tuple[str, str], int]
-    next_due: float | None
+__all__ = [
+    "SCHEDULER_LEASE",
+    "WORKER_LEASE_PREFIX",
+    "Backend",
+    "Fence",
+    "Lease",
+    "ScheduleRecord",
+    "Stats",
+    "SweepReport",
+]
 
 
 class Backend(ABC):

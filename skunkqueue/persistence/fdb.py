@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, SerializationError
-from ..jobs import CANCELLABLE, JobRecord, JobState, Outcome
+from ..model import CANCELLABLE, JobRecord, JobState, Outcome
 from . import fdb_sim
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import (
@@ -78,8 +78,8 @@ SPREAD = 4
 #: Records one listing transaction reads.
 PAGE = 1000
 
-QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
-SCHEDULED, RETRYING = JobState.SCHEDULED.value, JobState.RETRYING.value
+QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
+SCHEDULED, RETRYING = JobState.SCHEDULED, JobState.RETRYING
 WAITING_STATES = (SCHEDULED, RETRYING)
 CANCELLABLE_STATES = {s.value for s in CANCELLABLE}
 ONE = struct.pack("<q", 1)
@@ -263,7 +263,7 @@ class FoundationDBBackend(Backend):
             for name in ("id", "event", "route", "payload", "serializer"):
                 if not isinstance(getattr(r, name), str):
                     raise TypeError(f"job field {name} must be a string")
-            if r.state not in (RETRYING, JobState.CANCELLED.value):
+            if r.state not in (RETRYING, JobState.CANCELLED):
                 r.state = SCHEDULED if r.eta > now else QUEUED
             sizes.append(len(self._encode(r)))
         answers: list[bool] = []
@@ -496,7 +496,7 @@ class FoundationDBBackend(Backend):
                     answers.append(False)
                     continue
                 self._unindex(tr, r)
-                r.state = JobState.CANCELLED.value
+                r.state = JobState.CANCELLED
                 r.error = {"reason": reason}
                 r.finished_at = now
                 r.expires_at = now + r.result_ttl
@@ -531,7 +531,7 @@ class FoundationDBBackend(Backend):
                 self._unindex(tr, r)
                 recover(r, now)
                 self._index(tr, r)
-                if r.state == JobState.ERROR.value:
+                if r.state == JobState.ERROR:
                     report.failed += 1
                 else:
                     report.recovered += 1

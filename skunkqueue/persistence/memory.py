@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import LeaseLost
-from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import apply_outcome, bytes_cut, payload_size, recover, release_held, taken_lease
 
@@ -73,10 +73,8 @@ class MemoryBackend(Backend):
                 if existing is not None and self._alive(existing, now):
                     answers.append(False)
                     continue
-                if stored.state not in (JobState.RETRYING.value, JobState.CANCELLED.value):
-                    stored.state = (
-                        JobState.SCHEDULED.value if stored.eta > now else JobState.QUEUED.value
-                    )
+                if stored.state not in (JobState.RETRYING, JobState.CANCELLED):
+                    stored.state = JobState.SCHEDULED if stored.eta > now else JobState.QUEUED
                 stored.seq = next(self._store.seq)
                 jobs_by_id[stored.id] = stored
                 answers.append(True)
@@ -131,14 +129,14 @@ class MemoryBackend(Backend):
                 (
                     r
                     for r in self._store.jobs.values()
-                    if r.state == JobState.QUEUED.value and r.route in wanted
+                    if r.state == JobState.QUEUED and r.route in wanted
                 ),
                 key=lambda r: (r.eta, r.seq),
             )[: max(0, limit)]
             if max_bytes is not None:
                 ready = ready[: bytes_cut((payload_size(r.payload) for r in ready), max_bytes)]
             for r in ready:
-                r.state = JobState.RUNNING.value
+                r.state = JobState.RUNNING
                 r.owner = owner
                 r.lease_until = now + lease
                 r.started_at = max(now, r.eta)
@@ -158,7 +156,7 @@ class MemoryBackend(Backend):
                 else filter(None, (self._store.jobs.get(i) for i in job_ids))
             )
             for r in candidates:
-                if r.state == JobState.RUNNING.value and r.owner == owner:
+                if r.state == JobState.RUNNING and r.owner == owner:
                     r.lease_until = now + lease
                     held.add(r.id)
             if held:
@@ -170,7 +168,7 @@ class MemoryBackend(Backend):
         with self._locked():
             for outcome in outcomes:
                 r = self._store.jobs.get(outcome.job_id)
-                if r is None or r.state != JobState.RUNNING.value or r.owner != owner:
+                if r is None or r.state != JobState.RUNNING or r.owner != owner:
                     answers.append(False)
                     continue
                 apply_outcome(r, outcome, now)
@@ -185,7 +183,7 @@ class MemoryBackend(Backend):
         released: dict[str, str] = {}
         with self._locked():
             for r in self._store.jobs.values():
-                if r.state == JobState.RUNNING.value and r.owner == owner:
+                if r.state == JobState.RUNNING and r.owner == owner:
                     release_held(r, begun, now)
                     released[r.id] = r.state
             if released:
@@ -200,7 +198,7 @@ class MemoryBackend(Backend):
                 if r is None or r.state not in {s.value for s in CANCELLABLE}:
                     answers.append(False)
                     continue
-                r.state = JobState.CANCELLED.value
+                r.state = JobState.CANCELLED
                 r.error = {"reason": reason}
                 r.finished_at = now
                 r.expires_at = now + r.result_ttl
@@ -219,18 +217,16 @@ class MemoryBackend(Backend):
                 key=lambda r: (r.eta, r.seq),
             )
             for r in due[:limit]:
-                r.state = JobState.QUEUED.value
+                r.state = JobState.QUEUED
             report.promoted = min(len(due), limit)
             lapsed = [
                 r
                 for r in jobs.values()
-                if r.state == JobState.RUNNING.value
-                and r.lease_until is not None
-                and r.lease_until < now
+                if r.state == JobState.RUNNING and r.lease_until is not None and r.lease_until < now
             ][:limit]
             for r in lapsed:
                 recover(r, now)
-                if r.state == JobState.ERROR.value:
+                if r.state == JobState.ERROR:
                     report.failed += 1
                 else:
                     report.recovered += 1
@@ -243,7 +239,7 @@ class MemoryBackend(Backend):
             pending += [
                 r.lease_until
                 for r in jobs.values()
-                if r.state == JobState.RUNNING.value and r.lease_until is not None
+                if r.state == JobState.RUNNING and r.lease_until is not None
             ]
             report.next_due = min(pending) if pending else None
             if report.promoted or lapsed or expired:

@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
-from ..jobs import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import apply_outcome, bytes_cut, payload_size, recover, release_held
 
@@ -99,7 +99,7 @@ BATCH = 500
 #: Polling fallback: first and longest interval between looks (seconds).
 POLL_MIN, POLL_MAX = 0.01, 0.5
 
-QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
+QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
 WAITING_STATES = sorted(s.value for s in WAITING)
 CANCELLABLE_STATES = sorted(s.value for s in CANCELLABLE)
 RECORD_FIELDS = tuple(JobRecord.__dataclass_fields__)
@@ -241,7 +241,7 @@ class MongoBackend(Backend):
         documents = [self._document(job) for job in jobs]
         if not documents:
             return []
-        kept = (JobState.RETRYING.value, JobState.CANCELLED.value)
+        kept = (JobState.RETRYING, JobState.CANCELLED)
         with self._talking():
             counter = self._counters.find_one_and_update(
                 {"_id": self.queue},
@@ -252,9 +252,7 @@ class MongoBackend(Backend):
             first = counter["seq"] - len(documents)
             for offset, document in enumerate(documents, 1):
                 if document["state"] not in kept:
-                    document["state"] = (
-                        JobState.SCHEDULED.value if document["eta"] > now else QUEUED
-                    )
+                    document["state"] = JobState.SCHEDULED if document["eta"] > now else QUEUED
                 document["seq"] = first + offset
             answers = [True] * len(documents)
             try:
@@ -470,7 +468,7 @@ class MongoBackend(Backend):
                     answers.append(False)
                     continue
                 new = self._record(self._document(old))
-                new.state = JobState.CANCELLED.value
+                new.state = JobState.CANCELLED
                 new.error = {"reason": reason}
                 new.finished_at = now
                 new.expires_at = now + new.result_ttl
@@ -504,7 +502,7 @@ class MongoBackend(Backend):
                 new = self._record(self._document(old))
                 recover(new, now)
                 if self._replace_if_unchanged(old, new):
-                    if new.state == JobState.ERROR.value:
+                    if new.state == JobState.ERROR:
                         report.failed += 1
                     else:
                         report.recovered += 1

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from ..jobs import JobRecord, JobState, Outcome
-from .base import Lease
+from ..model import JobRecord, JobState, Lease, Outcome
 
 
 def lost_deliveries_error(lost: int, max_deliveries: int) -> dict[str, Any]:
@@ -25,14 +24,14 @@ def apply_outcome(r: JobRecord, outcome: Outcome, now: float) -> None:
     """The effect of ``finish`` on a record its owner still holds."""
     r.owner = None
     r.lease_until = None
-    if outcome.state == JobState.QUEUED.value:
-        r.state = JobState.QUEUED.value
+    if outcome.state == JobState.QUEUED:
+        r.state = JobState.QUEUED
         r.deliveries -= 1
         return
     r.attempts += 1
     r.error = outcome.error
-    if outcome.state == JobState.RETRYING.value:
-        r.state = JobState.RETRYING.value
+    if outcome.state == JobState.RETRYING:
+        r.state = JobState.RETRYING
         r.eta = outcome.eta if outcome.eta is not None else now
         return
     r.state = outcome.state
@@ -47,12 +46,12 @@ def recover(r: JobRecord, now: float) -> None:
     r.lease_until = None
     lost = r.deliveries - r.attempts
     if lost >= r.max_deliveries:
-        r.state = JobState.ERROR.value
+        r.state = JobState.ERROR
         r.error = lost_deliveries_error(lost, r.max_deliveries)
         r.finished_at = now
         r.expires_at = now + r.result_ttl
     else:
-        r.state = JobState.QUEUED.value
+        r.state = JobState.QUEUED
 
 
 def release_held(r: JobRecord, started: Collection[str], now: float) -> None:
@@ -62,7 +61,7 @@ def release_held(r: JobRecord, started: Collection[str], now: float) -> None:
     if r.id in started:
         recover(r, now)
     else:
-        apply_outcome(r, Outcome(r.id, JobState.QUEUED.value), now)
+        apply_outcome(r, Outcome(r.id, JobState.QUEUED), now)
 
 
 def payload_size(payload: str) -> int:

@@ -51,7 +51,7 @@ from typing import Any
 
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
-from ..jobs import JobRecord, JobState, Outcome
+from ..model import JobRecord, JobState, Outcome
 from .base import SCHEDULER_LEASE, Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .redis_support import (
     DEFAULTS,
@@ -85,8 +85,8 @@ CLAIM_BATCH = 500
 RELEASE_BATCH = 250
 #: Records read per round trip when list_jobs walks an index.
 PAGE = 200
-KEPT_STATES = (JobState.RETRYING.value, JobState.CANCELLED.value)
-SCHEDULED, QUEUED = JobState.SCHEDULED.value, JobState.QUEUED.value  # (Enum.value is slow)
+KEPT_STATES = (JobState.RETRYING, JobState.CANCELLED)
+SCHEDULED, QUEUED = JobState.SCHEDULED, JobState.QUEUED  # (Enum.value is slow)
 OUTCOME_STATES = ("complete", "error", "retrying", "queued")
 #: States with an index of their own; list_jobs reads the expiry index for the others.
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
@@ -247,15 +247,15 @@ class RedisBackend(Backend):
             )
 
         ordered = []
-        if state in (None, JobState.SCHEDULED.value, JobState.RETRYING.value):
+        if state in (None, JobState.SCHEDULED, JobState.RETRYING):
             ordered.append(self._key("scheduled"))
-        if state in (None, JobState.QUEUED.value):
-            routes = [route] if route is not None else self._routes_with(JobState.QUEUED.value)
+        if state in (None, JobState.QUEUED):
+            routes = [route] if route is not None else self._routes_with(JobState.QUEUED)
             ordered += [self._key("ready:", r) for r in routes]
         for key in ordered:
             self._walk(key, limit, wanted, found)
         unordered = []
-        if state in (None, JobState.RUNNING.value):
+        if state in (None, JobState.RUNNING):
             unordered.append(self._key("running"))
         if state not in INDEXED_BY_STATE:
             unordered.append(self._key("expiry"))

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..config import redact
 from ..errors import ConfigurationError
-from ..jobs import JobRecord
+from ..model import JobRecord
 
 if TYPE_CHECKING:
     from redis import Redis

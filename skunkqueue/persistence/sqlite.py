@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
-from ..jobs import JobRecord, JobState, Outcome
+from ..model import JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import bytes_cut, lost_deliveries_error, release_held
 
@@ -106,14 +106,14 @@ RETURNING seq
 RELEASE_BATCH = 500
 
 FINISH_SQL = {
-    JobState.QUEUED.value: "state = 'queued', deliveries = deliveries - 1",
-    JobState.RETRYING.value: "state = 'retrying', error = :error, attempts = attempts + 1, eta = :eta",
-    JobState.COMPLETE.value: (
+    JobState.QUEUED: "state = 'queued', deliveries = deliveries - 1",
+    JobState.RETRYING: "state = 'retrying', error = :error, attempts = attempts + 1, eta = :eta",
+    JobState.COMPLETE: (
         "state = :state, result = :result, error = :error, attempts = attempts + 1, "
         "finished_at = :now, expires_at = :now + result_ttl"
     ),
 }
-FINISH_SQL[JobState.ERROR.value] = FINISH_SQL[JobState.COMPLETE.value]
+FINISH_SQL[JobState.ERROR] = FINISH_SQL[JobState.COMPLETE]
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
@@ -221,10 +221,8 @@ class SQLiteBackend(Backend):
         with self._write() as db:
             for job in jobs:
                 data = job.to_dict()
-                if data["state"] not in (JobState.RETRYING.value, JobState.CANCELLED.value):
-                    data["state"] = (
-                        JobState.SCHEDULED.value if job.eta > now else JobState.QUEUED.value
-                    )
+                if data["state"] not in (JobState.RETRYING, JobState.CANCELLED):
+                    data["state"] = JobState.SCHEDULED if job.eta > now else JobState.QUEUED
                 for column in JSON_COLUMNS:
                     if data[column] is not None:
                         data[column] = json.dumps(data[column])

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from ..events import broadcast_copies
-from ..jobs import JobRecord
+from ..broadcast import broadcast_copies
+from ..cron import ScheduleSpec
+from ..model import JobRecord
 from ..persistence.base import Backend, Fence, ScheduleRecord
-from .cron import ScheduleSpec
 
 log = logging.getLogger("skunkqueue.scheduler")
 

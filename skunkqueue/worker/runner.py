@@ -31,10 +31,10 @@ from .. import serialization
 from ..config import QueueConfig
 from ..errors import JobTimeout
 from ..events import Event
-from ..jobs import JobRecord, JobState, Outcome
+from ..model import JobRecord, JobState, Outcome
 from ..persistence import open_backend
 from ..persistence.base import WORKER_LEASE_PREFIX
-from ..queue import lookup_event
+from ..registry import lookup_event
 from .execute import JobCall, describe_error, in_main_thread
 
 log = logging.getLogger("skunkqueue.worker")
@@ -238,7 +238,7 @@ class Worker:
 
     def _hand_back(self, jobs: list[JobRecord]) -> None:
         for job in jobs:
-            self._record(Outcome(job.id, JobState.QUEUED.value))
+            self._record(Outcome(job.id, JobState.QUEUED))
 
     def _flush(self, backend: Any = None) -> None:
         with self._lock:
@@ -284,7 +284,7 @@ class Worker:
             except BaseException as refused:
                 substitute = Outcome(
                     outcome.job_id,
-                    JobState.ERROR.value,
+                    JobState.ERROR,
                     error={
                         **describe_error(refused),
                         "reason": f"the store refused the job's {outcome.state} outcome",
@@ -316,7 +316,7 @@ class Worker:
             log.error("job %s %s: the worker failed while running it", job.id, job.event)
             return Outcome(
                 job.id,
-                JobState.ERROR.value,
+                JobState.ERROR,
                 error={**describe_error(exc), "reason": "worker error"},
             )
         finally:
@@ -328,9 +328,9 @@ class Worker:
         if event is None:
             return Outcome(
                 job.id,
-                JobState.ERROR.value,
+                JobState.ERROR,
                 error={
-                    "type": "UnknownEvent",
+                    "type": "UnknownEvent",  # the name operators search for; no exception is raised
                     "message": f"unknown event {job.event!r}: not registered on queue "
                     f"{self.config.name!r} by any module this worker imported",
                     "reason": "unknown event",
@@ -339,7 +339,7 @@ class Worker:
         if job.serializer != event.serializer:
             return Outcome(
                 job.id,
-                JobState.ERROR.value,
+                JobState.ERROR,
                 error={
                     "type": "SerializationError",
                     "message": f"payload is {job.serializer!r} but event {job.event!r} accepts {event.serializer!r}",
@@ -350,7 +350,7 @@ class Worker:
             args, kwargs = serialization.decode_call(event.serializer, job.payload)
         except Exception as exc:
             return Outcome(
-                job.id, JobState.ERROR.value, error={**describe_error(exc), "reason": "bad payload"}
+                job.id, JobState.ERROR, error={**describe_error(exc), "reason": "bad payload"}
             )
         log.info("job %s %s started (delivery %d)", job.id, job.event, job.deliveries)
         started = time.perf_counter()
@@ -360,7 +360,7 @@ class Worker:
             result = self._call(event.fn, args, kwargs, event.timeout)
             outcome = Outcome(
                 job.id,
-                JobState.COMPLETE.value,
+                JobState.COMPLETE,
                 result=serialization.encode(event.serializer, result, f"result of {job.event}"),
             )
         except KeyboardInterrupt:
@@ -379,10 +379,10 @@ class Worker:
             delay = event.retry.delay_after(attempt)
             error["attempt"] = attempt
             log.info("job %s %s retrying in %.3f s", job.id, job.event, delay)
-            return Outcome(job.id, JobState.RETRYING.value, error=error, eta=time.time() + delay)
+            return Outcome(job.id, JobState.RETRYING, error=error, eta=time.time() + delay)
         if event.retry is not None and isinstance(exc, event.retry.on):
             error["reason"] = f"retries exhausted after {attempt} attempts"
-        return Outcome(job.id, JobState.ERROR.value, error=error)
+        return Outcome(job.id, JobState.ERROR, error=error)
 
     def _resolve(self, job: JobRecord) -> Event | None:
         """The registered event, importing the job's module only if it is a file in the

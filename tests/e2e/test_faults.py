@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from skunkqueue import serialization
+from skunkqueue.cron import ScheduleSpec
 from skunkqueue.errors import LeaseLost
 from skunkqueue.jobs import JobRecord
 from skunkqueue.persistence.base import (
@@ -29,7 +30,6 @@ from skunkqueue.persistence.base import (
     ScheduleRecord,
 )
 from skunkqueue.scheduler import Scheduler
-from skunkqueue.scheduler.cron import ScheduleSpec
 from skunkqueue.scheduler.ticks import tick_job_id
 
 from .conftest import E2E, Proc, wait_until

@@ -20,7 +20,7 @@ from datetime import timezone as dt_timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..errors import ConfigurationError
+from .errors import ConfigurationError
 
 MISFIRE_POLICIES = ("coalesce", "all", "skip")
 

@@ -1,0 +1,178 @@
+"""The data every layer shares: job records and their states, outcomes, leases, fences,
+schedule records and the reports of backend verbs.
+
+This module imports nothing of SkunkQueue's: it is the bottom of the layering. Records
+are plain data; the rules that change them live in ``persistence/rules.py`` and the
+user-facing handles in ``handles.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+#: The lease the schedulers campaign for; one holder leads.
+SCHEDULER_LEASE = "scheduler"
+#: Each live worker holds ``worker:<id>``; its ``info`` names the worker's routes.
+WORKER_LEASE_PREFIX = "worker:"
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. Members compare equal to the strings users see."""
+
+    SCHEDULED = "scheduled"  # waiting in the time index for its eta
+    QUEUED = "queued"  # on its route queue, ready for a worker
+    RUNNING = "running"  # claimed by a worker that holds a lease on it
+    RETRYING = "retrying"  # failed, waiting in the time index for its retry eta
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+#: States waiting in the time index for their eta.
+WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
+#: States a job can still be cancelled from: it has not started.
+CANCELLABLE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+#: States a worker may report for a job it holds.
+OUTCOME_STATES = frozenset({JobState.COMPLETE, JobState.ERROR, JobState.RETRYING, JobState.QUEUED})
+
+
+@dataclass
+class JobRecord:
+    """Everything a backend stores about one job.
+
+    Times are epoch seconds (floats). ``payload`` and ``result`` are already encoded by
+    ``serializer``; backends store them as opaque text. ``attempts`` counts executions
+    that concluded (success, failure or timeout); ``deliveries`` counts claims, so
+    ``deliveries - attempts`` for a job that is not running is the number of deliveries
+    lost to dead workers.
+    """
+
+    id: str
+    event: str
+    route: str
+    payload: str
+    serializer: str = "json"
+    state: JobState = JobState.QUEUED
+    eta: float = 0.0
+    created_at: float = 0.0
+    seq: int = 0
+    attempts: int = 0
+    deliveries: int = 0
+    max_deliveries: int = 3
+    owner: str | None = None
+    lease_until: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    result_ttl: float = 86400.0
+    timeout: float | None = None
+    retry: dict[str, Any] | None = None
+    result: str | None = None
+    error: dict[str, Any] | None = None
+    schedule: str | None = None
+    parent: str | None = None
+
+    def __post_init__(self) -> None:
+        # Stores hand back plain strings; an unknown one fails here, not in a comparison.
+        if type(self.state) is not JobState:
+            self.state = JobState(self.state)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        return cls(**data)
+
+
+@dataclass
+class Outcome:
+    """What a worker reports for a job it holds.
+
+    ``state`` is ``complete``, ``error``, ``retrying`` (run again at ``eta``) or
+    ``queued`` (handed back unrun or interrupted: the delivery is not counted). Any
+    other state is refused here, before a backend sees it.
+    """
+
+    job_id: str
+    state: JobState
+    result: str | None = None
+    error: dict[str, Any] | None = None
+    eta: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in OUTCOME_STATES:
+            raise ValueError(
+                f"outcome state must be one of {sorted(OUTCOME_STATES)}, not {self.state!r}"
+            )
+        if type(self.state) is not JobState:
+            self.state = JobState(self.state)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A named, owned, expiring claim (leader election, worker liveness).
+
+    ``token`` grows by one every time the lease changes hands, so it fences writes:
+    a writer holding an older token has been deposed.
+    """
+
+    name: str
+    owner: str
+    token: int
+    until: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Proof of leadership passed with the leader's writes."""
+
+    name: str
+    owner: str
+    token: int
+
+
+@dataclass
+class ScheduleRecord:
+    """A stored cron or interval schedule; enough to fire it without user code.
+
+    ``spec`` holds ``cron``/``every``/``timezone``/``misfire``; ``template`` holds the job
+    fields every tick copies (event, route, payload, serializer, retry, timeout, ...).
+    ``next_fire`` is the instant of the next tick not yet fired.
+    """
+
+    name: str
+    spec: dict[str, Any]
+    template: dict[str, Any]
+    next_fire: float
+    updated_at: float = 0.0
+
+
+@dataclass
+class SweepReport:
+    """What one ``sweep`` did, part by part, and when the leader should look again.
+
+    ``promoted``: waiting jobs that came due and were queued; ``recovered``: running jobs
+    whose lease lapsed, queued again; ``failed``: lapsed jobs that had lost
+    ``max_deliveries`` deliveries and ended in ``error``; ``expired``: finished records
+    deleted. ``more`` says a part hit its batch limit; ``next_due`` is the earliest eta or
+    lease expiry still pending.
+    """
+
+    promoted: int = 0
+    recovered: int = 0
+    failed: int = 0
+    expired: int = 0
+    next_due: float | None = None
+    more: bool = False
+
+
+@dataclass
+class Stats:
+    """Counts of unexpired jobs per (state, route), and the earliest pending eta."""
+
+    counts: dict[tuple[str, str], int]
+    next_due: float | None
