@@ -20,8 +20,8 @@ import pytest
 from skunkqueue.errors import BackendUnavailable
 from skunkqueue.jobs import JobRecord, Outcome
 from skunkqueue.persistence import Backend, open_backend
-from skunkqueue.persistence.records import lost_deliveries_error
-from skunkqueue.persistence.redis import CLAIM_BATCH, PUT_CHUNK
+from skunkqueue.persistence.redis import PUT_CHUNK
+from skunkqueue.persistence.rules import MAX_BATCH, lost_deliveries_error
 from skunkqueue.serialization import encode_call
 
 from .contract.support import T0, ids, job, lead
@@ -286,14 +286,6 @@ def test_imports_without_redis_installed():
     assert "pip install 'skunkqueue[redis]'" in out[1]
 
 
-def test_a_claim_takes_at_most_one_batch_whatever_its_limit(opened):
-    backend = opened()
-    backend.put([job(f"j{i:04}") for i in range(CLAIM_BATCH + 20)], T0)
-    taken = backend.claim(["default"], "w", T0, 30, limit=10**9)
-    assert [j.id for j in taken] == [f"j{i:04}" for i in range(CLAIM_BATCH)]
-    assert len(backend.claim(["default"], "w", T0, 30, limit=10**9)) == 20
-
-
 def test_release_keeps_indexes_and_counts_exact(redis_server):
     queue = f"rt-{uuid.uuid4().hex[:10]}"
     backend = open_backend(redis_server.url, queue)
@@ -399,7 +391,7 @@ def test_an_interrupt_between_two_chunks_of_a_put_discards_the_lane(redis_server
         with pytest.raises(KeyboardInterrupt), interrupts_on_sigalrm():
             backend.put([*first, late], T0)
         assert backend.put([job("after")], T0) == [True]
-        claimed = backend.claim(["default"], "w", T0, 30, limit=CLAIM_BATCH)
+        claimed = backend.claim(["default"], "w", T0, 30, limit=MAX_BATCH)
         assert ids(claimed) == [*ids(first), "after"]  # the first chunk was stored
     finally:
         backend.close()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from ..config import redact
+from ..errors import BackendUnavailable
 from ..model import (
     SCHEDULER_LEASE,
     WORKER_LEASE_PREFIX,
@@ -26,6 +28,9 @@ from ..model import (
     Stats,
     SweepReport,
 )
+from . import rules
+
+T = TypeVar("T")
 
 __all__ = [
     "SCHEDULER_LEASE",
@@ -50,13 +55,26 @@ class Backend(ABC):
     #: change the store during a wait rather than before one. ``None`` otherwise.
     wait_began: Callable[[], None] | None = None
 
+    #: What this store's driver raises when the store cannot be reached or used (a lost
+    #: connection, a timeout, a locked or unreadable file). Every verb reports it as
+    #: ``BackendUnavailable``, naming the store and keeping the cause. Set per backend.
+    unreachable: tuple[type[BaseException], ...] = ()
+    #: How messages name the store ("Redis", "SQLite", ...).
+    store_name: str = "the store"
+
     def __init__(self, url: str, queue: str) -> None:
         self.url = url
         self.queue = queue
 
+    def _calling(self, verb: Callable[..., T], *args: Any) -> T:
+        """Run one store verb, translating the driver's "cannot reach it" errors."""
+        try:
+            return verb(*args)
+        except self.unreachable as exc:
+            raise BackendUnavailable(f"{self.store_name} at {redact(self.url)!r}: {exc}") from exc
+
     # -- jobs ---------------------------------------------------------------------
 
-    @abstractmethod
     def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         """Store new jobs; one answer per job, ``False`` where the id already exists.
 
@@ -70,22 +88,39 @@ class Backend(ABC):
         connection drops or a later record cannot be encoded (a caller's bug: ``Event``
         serializes every call before it puts). Putting the same ids again completes it.
         """
+        rules.check_jobs(jobs)
+        return self._calling(self._put, jobs, now)
 
     @abstractmethod
+    def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]: ...
+
     def get(self, job_id: str, now: float) -> JobRecord | None:
         """The job's record, or ``None`` if unknown or past its ``expires_at``."""
+        return self._calling(self._get, job_id, now)
 
     @abstractmethod
+    def _get(self, job_id: str, now: float) -> JobRecord | None: ...
+
     def list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         """Unexpired jobs, filtered by state and route, oldest eta first."""
+        state = rules.checked_state(state)
+        limit = rules.checked_count("limit", limit)
+        return self._calling(self._list_jobs, now, state, route, limit)
 
     @abstractmethod
+    def _list_jobs(
+        self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[JobRecord]: ...
+
     def stats(self, now: float) -> Stats:
         """Counts of unexpired jobs per (state, route), and the earliest pending eta."""
+        return self._calling(self._stats, now)
 
     @abstractmethod
+    def _stats(self, now: float) -> Stats: ...
+
     def claim(
         self,
         routes: Sequence[str],
@@ -108,13 +143,31 @@ class Backend(ABC):
         With ``max_bytes``, the batch also stops before the first job that would bring
         the payloads taken over ``max_bytes`` in total, except that the first job is
         always taken, whatever its size, so a single large job is still served. A
-        payload's size is ``records.payload_size``: its UTF-8 length as stored, which is
+        payload's size is ``rules.payload_size``: its UTF-8 length as stored, which is
         ``len(record.payload)`` for the ASCII text SkunkQueue's serializers write. The
         cut keeps the order: a job left behind by the bound stays ``queued``, untouched,
         and is the first one the next claim on its routes takes. ``None``: no bound.
         """
+        rules.check_routes(routes)
+        rules.check_positive("lease", lease)
+        if not routes:
+            return []
+        limit = min(rules.checked_count("limit", limit), rules.MAX_BATCH)
+        if max_bytes is not None:
+            rules.checked_count("max_bytes", max_bytes, minimum=0)
+        return self._calling(self._claim, routes, owner, now, lease, limit, max_bytes)
 
     @abstractmethod
+    def _claim(
+        self,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        max_bytes: int | None = None,
+    ) -> list[JobRecord]: ...
+
     def renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
@@ -124,8 +177,14 @@ class Backend(ABC):
         the owner still holds. ``lease=0`` gives up the leases at once (a supervisor does
         this for a worker it saw die), so the next ``promote`` recovers the jobs.
         """
+        rules.check_positive("lease", lease)
+        return self._calling(self._renew, owner, now, lease, job_ids)
 
     @abstractmethod
+    def _renew(
+        self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
+    ) -> set[str]: ...
+
     def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         """Record outcomes of jobs held by ``owner``; one answer per outcome.
 
@@ -136,14 +195,18 @@ class Backend(ABC):
         and the new ``eta``. ``queued`` hands the job back unrun: ``deliveries - 1``,
         eta unchanged, so it is taken again first. Owner and lease are cleared.
         """
+        rules.check_outcomes(outcomes)
+        return self._calling(self._finish, outcomes, owner, now)
 
     @abstractmethod
+    def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]: ...
+
     def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Hand back at once every job ``owner`` holds in state ``running``: its worker is
         known dead (a pool saw its child process exit).
 
         A job whose id is in ``started`` had begun running: its delivery counts, exactly
-        as when its lease lapses in ``sweep`` (``records.recover``): ``queued`` again,
+        as when its lease lapses in ``sweep`` (``rules.recover``): ``queued`` again,
         or ``error`` with reason "lost deliveries" (``finished_at = now``, ``expires_at =
         now + result_ttl``) once ``max_deliveries`` deliveries have been lost. Any other
         held job was claimed but never started: it goes back unrun, exactly like a
@@ -159,16 +222,22 @@ class Backend(ABC):
         MongoDB, FoundationDB); SQLite walks the queue's running jobs, and memory every
         job of the store.
         """
+        return self._calling(self._release, owner, now, started)
 
     @abstractmethod
+    def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]: ...
+
     def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         """Cancel jobs that are ``scheduled``, ``queued`` or ``retrying``; one answer each.
 
         A cancelled job keeps ``error = {"reason": reason}`` and expires after its
         ``result_ttl``. Running and finished jobs are left as they are (``False``).
         """
+        return self._calling(self._cancel, job_ids, now, reason)
 
     @abstractmethod
+    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]: ...
+
     def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         """The leader's step: move what has come due, in bounded batches.
 
@@ -180,10 +249,14 @@ class Backend(ABC):
         deleted. ``more`` says a batch was full; ``next_due`` is the earliest eta or
         lease expiry still pending.
         """
+        limit = min(rules.checked_count("limit", limit), rules.MAX_BATCH)
+        return self._calling(self._sweep, now, fence, limit)
+
+    @abstractmethod
+    def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport: ...
 
     # -- leases (leader election, worker liveness) --------------------------------
 
-    @abstractmethod
     def acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
@@ -193,16 +266,28 @@ class Backend(ABC):
         returns ``None`` if another owner holds it. The token grows by one whenever the
         owner changes and stays the same on renewal.
         """
+        rules.check_positive("ttl", ttl)
+        return self._calling(self._acquire_lease, name, owner, now, ttl, info)
 
     @abstractmethod
+    def _acquire_lease(
+        self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
+    ) -> Lease | None: ...
+
     def release_lease(self, name: str, owner: str) -> bool:
         """Give up lease ``name`` if ``owner`` holds it (its token is kept)."""
+        return self._calling(self._release_lease, name, owner)
 
     @abstractmethod
+    def _release_lease(self, name: str, owner: str) -> bool: ...
+
     def leases(self, prefix: str, now: float) -> list[Lease]:
         """Unexpired leases whose name starts with ``prefix``."""
+        return self._calling(self._leases, prefix, now)
 
     @abstractmethod
+    def _leases(self, prefix: str, now: float) -> list[Lease]: ...
+
     def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         """Delete up to ``limit`` leases whose name starts with ``prefix`` and that ended
         (expired, or were released) before ``before``; returns how many.
@@ -211,23 +296,41 @@ class Backend(ABC):
         loses its token, so taking the same name later would start the token over. Each
         lease is checked and deleted atomically, so one renewed meanwhile stays.
         """
+        limit = min(rules.checked_count("limit", limit), rules.MAX_BATCH)
+        return self._calling(self._forget_leases, prefix, before, limit)
+
+    @abstractmethod
+    def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int: ...
 
     # -- schedules ----------------------------------------------------------------
 
-    @abstractmethod
     def save_schedule(
         self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
     ) -> None:
         """Insert or replace a schedule. With a ``fence``, raise ``LeaseLost`` (writing
         nothing) unless it is the current, unexpired holder of its lease at ``now``."""
+        return self._calling(self._save_schedule, schedule, now, fence)
 
     @abstractmethod
+    def _save_schedule(
+        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
+    ) -> None: ...
+
     def schedules(self) -> list[ScheduleRecord]:
         """All stored schedules of this queue, by name."""
+        return self._calling(
+            self._schedules,
+        )
 
     @abstractmethod
+    def _schedules(self) -> list[ScheduleRecord]: ...
+
     def remove_schedule(self, name: str) -> bool:
         """Delete a schedule; ``False`` if there was none."""
+        return self._calling(self._remove_schedule, name)
+
+    @abstractmethod
+    def _remove_schedule(self, name: str) -> bool: ...
 
     # -- optional fast paths with correct defaults ----------------------------------
 
@@ -242,6 +345,9 @@ class Backend(ABC):
         observe changes (SQLite's data_version, a condition variable, a blocking pop)
         wake sooner.
         """
+        return self._calling(self._wait, timeout, routes)
+
+    def _wait(self, timeout: float, routes: Sequence[str] | None) -> None:
         self._began_waiting()
         time.sleep(max(0.0, min(timeout, 0.005)))
 

@@ -53,7 +53,7 @@ from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, Serializ
 from ..model import CANCELLABLE, JobRecord, JobState, Outcome
 from . import fdb_sim
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
-from .records import (
+from .rules import (
     apply_outcome,
     bytes_cut,
     payload_size,
@@ -131,6 +131,8 @@ def _open_database(url: str, queue: str, pack: Callable[[tuple], bytes]) -> tupl
 
 class FoundationDBBackend(Backend):
     """One queue in a FoundationDB subspace (see the module docstring for the layout)."""
+
+    store_name = "FoundationDB"
 
     wake_mode = "FoundationDB watches on wake counters"
 
@@ -254,7 +256,7 @@ class FoundationDBBackend(Backend):
 
     # -- jobs ---------------------------------------------------------------------
 
-    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+    def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         """Every record is checked and encoded first; then one transaction per PUT_BYTES
         of records (a call larger than that is written in several, each atomic)."""
         records = [JobRecord.from_dict(job.to_dict()) for job in jobs]
@@ -271,15 +273,15 @@ class FoundationDBBackend(Backend):
         used = 0
         for r, size in zip(records, sizes, strict=True):
             if chunk and used + size > PUT_BYTES:
-                answers += self._run(self._put, chunk, now)
+                answers += self._run(self._put_in, chunk, now)
                 chunk, used = [], 0
             chunk.append(r)
             used += size
         if chunk:
-            answers += self._run(self._put, chunk, now)
+            answers += self._run(self._put_in, chunk, now)
         return answers
 
-    def _put(self, tr: Any, records: list[JobRecord], now: float) -> list[bool]:
+    def _put_in(self, tr: Any, records: list[JobRecord], now: float) -> list[bool]:
         answers = []
         woke_scheduler = False
         placed: set[str] = set()  # a record stamped in this commit cannot be read back
@@ -301,7 +303,7 @@ class FoundationDBBackend(Backend):
             answers.append(True)
         return answers
 
-    def get(self, job_id: str, now: float) -> JobRecord | None:
+    def _get(self, job_id: str, now: float) -> JobRecord | None:
         record = self._run(lambda tr: self._read(tr, job_id, snapshot=True))
         if record is None or (record.expires_at is not None and record.expires_at <= now):
             return None
@@ -318,7 +320,7 @@ class FoundationDBBackend(Backend):
                 return
             begin = page[-1].key + b"\x00"
 
-    def list_jobs(
+    def _list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         """Reads the queue's records (not a hot path: status and listings)."""
@@ -334,7 +336,7 @@ class FoundationDBBackend(Backend):
         found.sort(key=lambda r: (r.eta, r.seq))
         return found[:limit]
 
-    def stats(self, now: float) -> Stats:
+    def _stats(self, now: float) -> Stats:
         def read(tr: Any) -> Stats:
             counts: dict[tuple[str, str], int] = {}
             begin, end = self._range("c")
@@ -355,7 +357,7 @@ class FoundationDBBackend(Backend):
 
         return self._run(read)
 
-    def claim(
+    def _claim(
         self,
         routes: Sequence[str],
         owner: str,
@@ -415,7 +417,7 @@ class FoundationDBBackend(Backend):
 
         return self._run(take)
 
-    def renew(
+    def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
         def extend(tr: Any) -> set[str]:
@@ -438,13 +440,15 @@ class FoundationDBBackend(Backend):
 
         return self._run(extend)
 
-    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         answers: list[bool] = []
         for start in range(0, len(outcomes), BATCH):
-            answers += self._run(self._finish, outcomes[start : start + BATCH], owner, now)
+            answers += self._run(self._finish_in, outcomes[start : start + BATCH], owner, now)
         return answers
 
-    def _finish(self, tr: Any, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+    def _finish_in(
+        self, tr: Any, outcomes: Sequence[Outcome], owner: str, now: float
+    ) -> list[bool]:
         answers = []
         for outcome in outcomes:
             r = self._read(tr, outcome.job_id)
@@ -459,7 +463,7 @@ class FoundationDBBackend(Backend):
             answers.append(True)
         return answers
 
-    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+    def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Walks the owner's ``('o', owner, id)`` keys (as renew does), BATCH per
         transaction, until none is left."""
         begun = set(started)
@@ -487,7 +491,7 @@ class FoundationDBBackend(Backend):
             if not more:
                 return released
 
-    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         def cancel_all(tr: Any) -> list[bool]:
             answers = []
             for job_id in job_ids:
@@ -506,7 +510,7 @@ class FoundationDBBackend(Backend):
 
         return self._run(cancel_all)
 
-    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
+    def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         limit = max(1, min(limit, BATCH))
 
         def step(tr: Any) -> SweepReport:
@@ -578,7 +582,7 @@ class FoundationDBBackend(Backend):
         }
         tr.set(self._k("l", lease.name), json.dumps(data).encode())
 
-    def acquire_lease(
+    def _acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
         def take(tr: Any) -> Lease | None:
@@ -589,7 +593,7 @@ class FoundationDBBackend(Backend):
 
         return self._run(take)
 
-    def release_lease(self, name: str, owner: str) -> bool:
+    def _release_lease(self, name: str, owner: str) -> bool:
         def release(tr: Any) -> bool:
             current = self._lease_at(tr, name)
             if current is None or current.owner != owner:
@@ -606,7 +610,7 @@ class FoundationDBBackend(Backend):
         start = self._k("l") + b"\x02" + prefix.encode().replace(b"\x00", b"\x00\xff")
         return start, start + b"\xff"
 
-    def leases(self, prefix: str, now: float) -> list[Lease]:
+    def _leases(self, prefix: str, now: float) -> list[Lease]:
         begin, end = self._lease_range(prefix)
 
         def read(tr: Any) -> list[Lease]:
@@ -622,7 +626,7 @@ class FoundationDBBackend(Backend):
 
         return sorted(self._run(read), key=lambda lease: lease.name)
 
-    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+    def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         begin, end = self._lease_range(prefix)
 
         def forget(tr: Any) -> int:
@@ -640,7 +644,7 @@ class FoundationDBBackend(Backend):
 
     # -- schedules ----------------------------------------------------------------
 
-    def save_schedule(
+    def _save_schedule(
         self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
     ) -> None:
         data = json.dumps(
@@ -659,7 +663,7 @@ class FoundationDBBackend(Backend):
 
         self._run(save)
 
-    def schedules(self) -> list[ScheduleRecord]:
+    def _schedules(self) -> list[ScheduleRecord]:
         def read(tr: Any) -> list[ScheduleRecord]:
             begin, end = self._range("h")
             found = []
@@ -670,7 +674,7 @@ class FoundationDBBackend(Backend):
 
         return sorted(self._run(read), key=lambda s: s.name)
 
-    def remove_schedule(self, name: str) -> bool:
+    def _remove_schedule(self, name: str) -> bool:
         def remove(tr: Any) -> bool:
             key = self._k("h", name)
             found = tr.get(key).present()
@@ -681,7 +685,7 @@ class FoundationDBBackend(Backend):
 
     # -- waiting ------------------------------------------------------------------
 
-    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+    def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         """Watch the wake counters of ``routes`` (or the scheduler's); return at once if one
         moved since this backend last looked, else when a watch fires or at ``timeout``."""
         if timeout <= 0:

@@ -14,10 +14,21 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import LeaseLost
-from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from ..model import WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
-from .records import apply_outcome, bytes_cut, payload_size, recover, release_held, taken_lease
+from .rules import (
+    apply_outcome,
+    bytes_cut,
+    cancel,
+    check_fence,
+    lapsed,
+    payload_size,
+    recover,
+    release_held,
+    state_on_put,
+    take,
+    taken_lease,
+)
 
 default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
 
@@ -39,6 +50,7 @@ _stores_lock = threading.Lock()
 
 
 class MemoryBackend(Backend):
+    store_name = "memory"
     shared_across_processes = False
     wake_mode = "in-process condition variable"
 
@@ -63,7 +75,7 @@ class MemoryBackend(Backend):
 
     # -- jobs ---------------------------------------------------------------------
 
-    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+    def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         answers = []
         with self._locked():
             jobs_by_id = self._store.jobs
@@ -73,22 +85,21 @@ class MemoryBackend(Backend):
                 if existing is not None and self._alive(existing, now):
                     answers.append(False)
                     continue
-                if stored.state not in (JobState.RETRYING, JobState.CANCELLED):
-                    stored.state = JobState.SCHEDULED if stored.eta > now else JobState.QUEUED
+                stored.state = state_on_put(stored, now)
                 stored.seq = next(self._store.seq)
                 jobs_by_id[stored.id] = stored
                 answers.append(True)
             self._touch()
         return answers
 
-    def get(self, job_id: str, now: float) -> JobRecord | None:
+    def _get(self, job_id: str, now: float) -> JobRecord | None:
         with self._locked():
             record = self._store.jobs.get(job_id)
             if record is None or not self._alive(record, now):
                 return None
             return copy.deepcopy(record)
 
-    def list_jobs(
+    def _list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         with self._locked():
@@ -102,7 +113,7 @@ class MemoryBackend(Backend):
             found.sort(key=lambda r: (r.eta, r.seq))
             return copy.deepcopy(found[:limit])
 
-    def stats(self, now: float) -> Stats:
+    def _stats(self, now: float) -> Stats:
         counts: dict[tuple[str, str], int] = {}
         next_due = None
         with self._locked():
@@ -114,7 +125,7 @@ class MemoryBackend(Backend):
                     next_due = r.eta
         return Stats(counts=counts, next_due=next_due)
 
-    def claim(
+    def _claim(
         self,
         routes: Sequence[str],
         owner: str,
@@ -132,20 +143,16 @@ class MemoryBackend(Backend):
                     if r.state == JobState.QUEUED and r.route in wanted
                 ),
                 key=lambda r: (r.eta, r.seq),
-            )[: max(0, limit)]
+            )[:limit]
             if max_bytes is not None:
                 ready = ready[: bytes_cut((payload_size(r.payload) for r in ready), max_bytes)]
             for r in ready:
-                r.state = JobState.RUNNING
-                r.owner = owner
-                r.lease_until = now + lease
-                r.started_at = max(now, r.eta)
-                r.deliveries += 1
+                take(r, owner, now, lease)
             if ready:
                 self._touch()
             return copy.deepcopy(ready)
 
-    def renew(
+    def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
         held = set()
@@ -163,7 +170,7 @@ class MemoryBackend(Backend):
                 self._touch()
         return held
 
-    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         answers = []
         with self._locked():
             for outcome in outcomes:
@@ -176,7 +183,7 @@ class MemoryBackend(Backend):
             self._touch()
         return answers
 
-    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+    def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Walks every job of the store: memory keeps no index by owner (renew does the
         same); a store of this backend lives in one process and is small."""
         begun = set(started)
@@ -190,41 +197,29 @@ class MemoryBackend(Backend):
                 self._touch()
         return released
 
-    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         answers = []
         with self._locked():
             for job_id in job_ids:
                 r = self._store.jobs.get(job_id)
-                if r is None or r.state not in {s.value for s in CANCELLABLE}:
-                    answers.append(False)
-                    continue
-                r.state = JobState.CANCELLED
-                r.error = {"reason": reason}
-                r.finished_at = now
-                r.expires_at = now + r.result_ttl
-                answers.append(True)
+                answers.append(r is not None and cancel(r, now, reason))
             self._touch()
         return answers
 
-    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
+    def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         report = SweepReport()
-        waiting = {s.value for s in WAITING}
         with self._locked():
-            self._check_fence(fence, now)
+            check_fence(self._store.leases.get(fence.name), fence, now)
             jobs = self._store.jobs
             due = sorted(
-                (r for r in jobs.values() if r.state in waiting and r.eta <= now),
+                (r for r in jobs.values() if r.state in WAITING and r.eta <= now),
                 key=lambda r: (r.eta, r.seq),
             )
             for r in due[:limit]:
                 r.state = JobState.QUEUED
             report.promoted = min(len(due), limit)
-            lapsed = [
-                r
-                for r in jobs.values()
-                if r.state == JobState.RUNNING and r.lease_until is not None and r.lease_until < now
-            ][:limit]
-            for r in lapsed:
+            ended = [r for r in jobs.values() if lapsed(r, now)][:limit]
+            for r in ended:
                 recover(r, now)
                 if r.state == JobState.ERROR:
                     report.failed += 1
@@ -234,31 +229,21 @@ class MemoryBackend(Backend):
             for job_id in expired:
                 del jobs[job_id]
             report.expired = len(expired)
-            report.more = len(due) >= limit or len(lapsed) == limit or len(expired) == limit
-            pending = [r.eta for r in jobs.values() if r.state in waiting]
+            report.more = len(due) >= limit or len(ended) == limit or len(expired) == limit
+            pending = [r.eta for r in jobs.values() if r.state in WAITING]
             pending += [
                 r.lease_until
                 for r in jobs.values()
                 if r.state == JobState.RUNNING and r.lease_until is not None
             ]
             report.next_due = min(pending) if pending else None
-            if report.promoted or lapsed or expired:
+            if report.promoted or ended or expired:
                 self._touch()
         return report
 
     # -- leases -------------------------------------------------------------------
 
-    def _check_fence(self, fence: Fence, now: float) -> None:
-        lease = self._store.leases.get(fence.name)
-        if (
-            lease is None
-            or lease.owner != fence.owner
-            or lease.token != fence.token
-            or lease.until < now
-        ):
-            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
-
-    def acquire_lease(
+    def _acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
         with self._locked():
@@ -270,7 +255,7 @@ class MemoryBackend(Backend):
             self._touch()
             return lease
 
-    def release_lease(self, name: str, owner: str) -> bool:
+    def _release_lease(self, name: str, owner: str) -> bool:
         with self._locked():
             current = self._store.leases.get(name)
             if current is None or current.owner != owner:
@@ -279,7 +264,7 @@ class MemoryBackend(Backend):
             self._touch()
             return True
 
-    def leases(self, prefix: str, now: float) -> list[Lease]:
+    def _leases(self, prefix: str, now: float) -> list[Lease]:
         with self._locked():
             return sorted(
                 (
@@ -290,7 +275,7 @@ class MemoryBackend(Backend):
                 key=lambda lease: lease.name,
             )
 
-    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+    def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         with self._locked():
             ended = [
                 name
@@ -303,26 +288,26 @@ class MemoryBackend(Backend):
 
     # -- schedules ----------------------------------------------------------------
 
-    def save_schedule(
+    def _save_schedule(
         self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
     ) -> None:
         with self._locked():
             if fence is not None:
-                self._check_fence(fence, now)
+                check_fence(self._store.leases.get(fence.name), fence, now)
             self._store.schedules[schedule.name] = copy.deepcopy(schedule)
             self._touch()
 
-    def schedules(self) -> list[ScheduleRecord]:
+    def _schedules(self) -> list[ScheduleRecord]:
         with self._locked():
             return [copy.deepcopy(s) for _, s in sorted(self._store.schedules.items())]
 
-    def remove_schedule(self, name: str) -> bool:
+    def _remove_schedule(self, name: str) -> bool:
         with self._locked():
             found = self._store.schedules.pop(name, None) is not None
             self._touch()
             return found
 
-    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+    def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         with self._locked():
             if self._store.version == self._seen_version and timeout > 0:
                 self._began_waiting()

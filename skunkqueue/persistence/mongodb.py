@@ -53,8 +53,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,7 +62,7 @@ from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
-from .records import apply_outcome, bytes_cut, payload_size, recover, release_held
+from .rules import apply_outcome, bytes_cut, payload_size, recover, release_held
 
 default_cfg: dict[str, Any] = {
     "backend": "mongodb",
@@ -117,6 +116,8 @@ def _date(epoch: float | None) -> datetime | None:
 class MongoBackend(Backend):
     """One queue in a MongoDB database (see the module docstring for the layout)."""
 
+    store_name = "MongoDB"
+
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
         if SEPARATOR in queue or "\x00" in queue:
@@ -130,7 +131,7 @@ class MongoBackend(Backend):
             ) from exc
         self._pymongo = pymongo
         self._errors = errors
-        self._unreachable = (errors.ConnectionFailure, errors.ServerSelectionTimeoutError)
+        self.unreachable = (errors.ConnectionFailure, errors.ServerSelectionTimeoutError)
         # Our timeouts unless the URL sets its own (pymongo lets keywords win over it).
         given = {part.split("=")[0].lower() for part in (urlsplit(url).query or "").split("&")}
         options = {
@@ -157,27 +158,18 @@ class MongoBackend(Backend):
             database = database.with_options(write_concern=WriteConcern("majority"))
         self._db = database
         self._jobs = database[JOBS]
-        self._leases = database[LEASES]
-        self._schedules = database[SCHEDULES]
+        self._lease_docs = database[LEASES]
+        self._schedule_docs = database[SCHEDULES]
         self._counters = database[COUNTERS]
-        with self._talking():
-            self._ensure_indexes()
+        self._calling(self._ensure_indexes)
         self._watcher: _ChangeWatcher | None = None
         self.wake_mode = "polling (10-500 ms)"
         if replicated:
-            self._watcher = _ChangeWatcher(self._db, queue, self._unreachable)
+            self._watcher = _ChangeWatcher(self._db, queue, self.unreachable)
             self.wake_mode = "change streams"
         self._idle_polls = 0
 
     # -- plumbing -----------------------------------------------------------------
-
-    @contextmanager
-    def _talking(self) -> Iterator[None]:
-        """Report a lost server as BackendUnavailable, naming it (password elided)."""
-        try:
-            yield
-        except self._unreachable as exc:
-            raise BackendUnavailable(f"MongoDB at {redact(self.url)!r}: {exc}") from exc
 
     def _ensure_indexes(self) -> None:
         """Create the indexes, once per process and database; an index of ours whose
@@ -224,7 +216,7 @@ class MongoBackend(Backend):
         return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
 
     def _check_fence(self, fence: Fence, now: float) -> None:
-        lease = self._leases.find_one({"_id": self._key(fence.name)})
+        lease = self._lease_docs.find_one({"_id": self._key(fence.name)})
         if (
             lease is None
             or lease.get("owner") != fence.owner
@@ -235,50 +227,48 @@ class MongoBackend(Backend):
 
     # -- jobs ---------------------------------------------------------------------
 
-    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+    def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         """One insert_many of every job (each document encoded before any is sent);
         ids that exist are refused, unless their record expired (then replaced)."""
         documents = [self._document(job) for job in jobs]
         if not documents:
             return []
         kept = (JobState.RETRYING, JobState.CANCELLED)
-        with self._talking():
-            counter = self._counters.find_one_and_update(
-                {"_id": self.queue},
-                {"$inc": {"seq": len(documents)}},
-                upsert=True,
-                return_document=self._pymongo.ReturnDocument.AFTER,
-            )
-            first = counter["seq"] - len(documents)
-            for offset, document in enumerate(documents, 1):
-                if document["state"] not in kept:
-                    document["state"] = JobState.SCHEDULED if document["eta"] > now else QUEUED
-                document["seq"] = first + offset
-            answers = [True] * len(documents)
-            try:
-                self._jobs.insert_many(documents, ordered=False)
-            except self._errors.BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != 11000 for e in errors):
-                    raise
-                for error in errors:
-                    index = error["index"]
-                    document = documents[index]
-                    replaced = self._jobs.replace_one(
-                        {"_id": document["_id"], "expires_at": {"$lte": now}}, document, hint=BY_ID
-                    )
-                    answers[index] = replaced.modified_count == 1
+        counter = self._counters.find_one_and_update(
+            {"_id": self.queue},
+            {"$inc": {"seq": len(documents)}},
+            upsert=True,
+            return_document=self._pymongo.ReturnDocument.AFTER,
+        )
+        first = counter["seq"] - len(documents)
+        for offset, document in enumerate(documents, 1):
+            if document["state"] not in kept:
+                document["state"] = JobState.SCHEDULED if document["eta"] > now else QUEUED
+            document["seq"] = first + offset
+        answers = [True] * len(documents)
+        try:
+            self._jobs.insert_many(documents, ordered=False)
+        except self._errors.BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            for error in errors:
+                index = error["index"]
+                document = documents[index]
+                replaced = self._jobs.replace_one(
+                    {"_id": document["_id"], "expires_at": {"$lte": now}}, document, hint=BY_ID
+                )
+                answers[index] = replaced.modified_count == 1
         return answers
 
-    def get(self, job_id: str, now: float) -> JobRecord | None:
-        with self._talking():
-            document = self._jobs.find_one({"_id": self._key(job_id)})
+    def _get(self, job_id: str, now: float) -> JobRecord | None:
+        document = self._jobs.find_one({"_id": self._key(job_id)})
         if document is None:
             return None
         record = self._record(document)
         return None if record.expires_at is not None and record.expires_at <= now else record
 
-    def list_jobs(
+    def _list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         if limit <= 0:
@@ -293,27 +283,25 @@ class MongoBackend(Backend):
         # ready bounds (state, route) and waiting bounds state; with a route but no state,
         # neither bounds anything past q, and the stand-in then drops matches: expiry.
         index = "expiry" if state is None else "ready" if route is not None else "waiting"
-        with self._talking():
-            found = self._jobs.find(query, hint=index).sort([("eta", 1), ("seq", 1)]).limit(limit)
-            return [self._record(d) for d in found]
+        found = self._jobs.find(query, hint=index).sort([("eta", 1), ("seq", 1)]).limit(limit)
+        return [self._record(d) for d in found]
 
-    def stats(self, now: float) -> Stats:
+    def _stats(self, now: float) -> Stats:
         pipeline = [
             {"$match": {"q": self.queue, **self._alive(now)}},
             {"$group": {"_id": {"state": "$state", "route": "$route"}, "n": {"$sum": 1}}},
         ]
-        with self._talking():
-            rows = list(self._jobs.aggregate(pipeline, hint="expiry"))  # see list_jobs
-            first = self._jobs.find_one(
-                {"q": self.queue, "state": {"$in": WAITING_STATES}},
-                sort=[("eta", 1), ("seq", 1)],
-                projection={"eta": 1},
-                hint="waiting",
-            )
+        rows = list(self._jobs.aggregate(pipeline, hint="expiry"))  # see list_jobs
+        first = self._jobs.find_one(
+            {"q": self.queue, "state": {"$in": WAITING_STATES}},
+            sort=[("eta", 1), ("seq", 1)],
+            projection={"eta": 1},
+            hint="waiting",
+        )
         counts = {(r["_id"]["state"], r["_id"]["route"]): r["n"] for r in rows}
         return Stats(counts=counts, next_due=None if first is None else first["eta"])
 
-    def claim(
+    def _claim(
         self,
         routes: Sequence[str],
         owner: str,
@@ -337,83 +325,80 @@ class MongoBackend(Backend):
         projection: dict[str, Any] = {"_id": 1, "eta": 1}
         if max_bytes is not None:
             projection["size"] = {"$strLenBytes": "$payload"}
-        with self._talking():
-            for _ in range(4):
-                found = list(
-                    self._jobs.find(query, projection=projection)
-                    .sort([("eta", 1), ("seq", 1)])
-                    .limit(wanted - len(claimed))
-                )
-                fitting = found
-                if max_bytes is not None:
-                    sizes = [d["size"] for d in found]
-                    fitting = found[: bytes_cut(sizes, max_bytes, len(claimed), used)]
-                picks = [d["_id"] for d in fitting]
-                if not picks:
-                    break
-                self._jobs.update_many(
-                    {"_id": {"$in": picks}, "state": QUEUED},
-                    {
-                        "$set": {
-                            "state": RUNNING,
-                            "owner": owner,
-                            "lease_until": now + lease,
-                            "started_at": now,
-                            "claim": token,
-                        },
-                        "$inc": {"deliveries": 1},
+        for _ in range(4):
+            found = list(
+                self._jobs.find(query, projection=projection)
+                .sort([("eta", 1), ("seq", 1)])
+                .limit(wanted - len(claimed))
+            )
+            fitting = found
+            if max_bytes is not None:
+                sizes = [d["size"] for d in found]
+                fitting = found[: bytes_cut(sizes, max_bytes, len(claimed), used)]
+            picks = [d["_id"] for d in fitting]
+            if not picks:
+                break
+            self._jobs.update_many(
+                {"_id": {"$in": picks}, "state": QUEUED},
+                {
+                    "$set": {
+                        "state": RUNNING,
+                        "owner": owner,
+                        "lease_until": now + lease,
+                        "started_at": now,
+                        "claim": token,
                     },
+                    "$inc": {"deliveries": 1},
+                },
+                hint=BY_ID,
+            )
+            for early in (d for d in fitting if d["eta"] > now):
+                # Queued by a leader whose clock is ahead of ours: the start is
+                # never recorded before the eta (see Backend.claim).
+                self._jobs.update_one(
+                    {"_id": early["_id"], "claim": token},
+                    {"$set": {"started_at": early["eta"]}},
                     hint=BY_ID,
                 )
-                for early in (d for d in fitting if d["eta"] > now):
-                    # Queued by a leader whose clock is ahead of ours: the start is
-                    # never recorded before the eta (see Backend.claim).
-                    self._jobs.update_one(
-                        {"_id": early["_id"], "claim": token},
-                        {"$set": {"started_at": early["eta"]}},
-                        hint=BY_ID,
-                    )
-                got = [
-                    self._record(d)
-                    for d in self._jobs.find(
-                        {"_id": {"$in": picks}, "claim": token, "state": RUNNING}, hint=BY_ID
-                    )
-                ]
-                claimed += got
-                used += sum(payload_size(r.payload) for r in got)
-                cut = len(fitting) < len(found)
-                if len(claimed) >= wanted or (cut and len(got) == len(picks)):
-                    break  # full, or cut by max_bytes with every pick won: the rest stays
+            got = [
+                self._record(d)
+                for d in self._jobs.find(
+                    {"_id": {"$in": picks}, "claim": token, "state": RUNNING}, hint=BY_ID
+                )
+            ]
+            claimed += got
+            used += sum(payload_size(r.payload) for r in got)
+            cut = len(fitting) < len(found)
+            if len(claimed) >= wanted or (cut and len(got) == len(picks)):
+                break  # full, or cut by max_bytes with every pick won: the rest stays
         claimed.sort(key=lambda r: (r.eta, r.seq))
         return claimed
 
-    def renew(
+    def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
         query: dict[str, Any] = {"q": self.queue, "owner": owner, "state": RUNNING}
         if job_ids is not None:
             query["_id"] = {"$in": [self._key(i) for i in job_ids]}
-        with self._talking():
-            self._jobs.update_many(query, {"$set": {"lease_until": now + lease}}, hint="held")
-            return {d["id"] for d in self._jobs.find(query, projection={"id": 1}, hint="held")}
+        self._jobs.update_many(query, {"$set": {"lease_until": now + lease}}, hint="held")
+        return {d["id"] for d in self._jobs.find(query, projection={"id": 1}, hint="held")}
 
-    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+    def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Finds the owner's running jobs by the ``held`` index (as renew does), up to
         BATCH per round, and writes each back with a compare-and-set on its state, owner
         and delivery count: one find per round plus one write per job."""
         begun = set(started)
         released: dict[str, str] = {}
         query = {"q": self.queue, "owner": owner, "state": RUNNING}
-        with self._talking():
-            while True:
-                held = [self._record(d) for d in self._jobs.find(query, hint="held").limit(BATCH)]
-                for old in held:
-                    new = self._record(self._document(old))
-                    release_held(new, begun, now)
-                    if self._replace_if_unchanged(old, new):
-                        released[old.id] = new.state
-                if len(held) < BATCH:
-                    return released
+        while True:
+            held = [self._record(d) for d in self._jobs.find(query, hint="held").limit(BATCH)]
+            for old in held:
+                new = self._record(self._document(old))
+                release_held(new, begun, now)
+                if self._replace_if_unchanged(old, new):
+                    released[old.id] = new.state
+            if len(held) < BATCH:
+                return released
 
     def _replace_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
         """Write ``new`` where the stored record still has ``old``'s state, owner and
@@ -430,95 +415,92 @@ class MongoBackend(Backend):
         )
         return result.matched_count == 1
 
-    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         if not outcomes:
             return []
         keys = [self._key(o.job_id) for o in outcomes]
-        with self._talking():
-            held = {
-                d["id"]: self._record(d)
-                for d in self._jobs.find(
-                    {"_id": {"$in": keys}, "state": RUNNING, "owner": owner}, hint=BY_ID
-                )
-            }
-            answers: list[bool] = []
-            for outcome in outcomes:
-                old = held.pop(outcome.job_id, None)  # one outcome per job and claim
-                if old is None:
-                    answers.append(False)
-                    continue
-                new = self._record(self._document(old))
-                apply_outcome(new, outcome, now)
-                answers.append(self._replace_if_unchanged(old, new))
+        held = {
+            d["id"]: self._record(d)
+            for d in self._jobs.find(
+                {"_id": {"$in": keys}, "state": RUNNING, "owner": owner}, hint=BY_ID
+            )
+        }
+        answers: list[bool] = []
+        for outcome in outcomes:
+            old = held.pop(outcome.job_id, None)  # one outcome per job and claim
+            if old is None:
+                answers.append(False)
+                continue
+            new = self._record(self._document(old))
+            apply_outcome(new, outcome, now)
+            answers.append(self._replace_if_unchanged(old, new))
         return answers
 
-    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         keys = [self._key(i) for i in job_ids]
-        with self._talking():
-            found = {
-                d["id"]: self._record(d)
-                for d in self._jobs.find(
-                    {"_id": {"$in": keys}, "state": {"$in": CANCELLABLE_STATES}}, hint=BY_ID
-                )
-            }
-            answers = []
-            for job_id in job_ids:
-                old = found.pop(job_id, None)
-                if old is None:
-                    answers.append(False)
-                    continue
-                new = self._record(self._document(old))
-                new.state = JobState.CANCELLED
-                new.error = {"reason": reason}
-                new.finished_at = now
-                new.expires_at = now + new.result_ttl
-                answers.append(self._replace_if_unchanged(old, new))
+        found = {
+            d["id"]: self._record(d)
+            for d in self._jobs.find(
+                {"_id": {"$in": keys}, "state": {"$in": CANCELLABLE_STATES}}, hint=BY_ID
+            )
+        }
+        answers = []
+        for job_id in job_ids:
+            old = found.pop(job_id, None)
+            if old is None:
+                answers.append(False)
+                continue
+            new = self._record(self._document(old))
+            new.state = JobState.CANCELLED
+            new.error = {"reason": reason}
+            new.finished_at = now
+            new.expires_at = now + new.result_ttl
+            answers.append(self._replace_if_unchanged(old, new))
         return answers
 
-    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
+    def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         limit = max(1, min(limit, BATCH))
         report = SweepReport()
-        with self._talking():
-            self._check_fence(fence, now)
-            due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}
-            due = [
-                d["_id"]
-                for d in self._jobs.find(due_query, projection={"_id": 1}, hint="waiting")
-                .sort([("eta", 1), ("seq", 1)])
-                .limit(limit)
-            ]
-            if due:
-                moved = self._jobs.update_many(
-                    {**due_query, "_id": {"$in": due}}, {"$set": {"state": QUEUED}}, hint=BY_ID
-                )
-                report.promoted = moved.modified_count
-            lapsed = [
-                self._record(d)
-                for d in self._jobs.find(
-                    {"q": self.queue, "state": RUNNING, "lease_until": {"$lt": now}}
-                ).limit(limit)
-            ]
-            for old in lapsed:
-                new = self._record(self._document(old))
-                recover(new, now)
-                if self._replace_if_unchanged(old, new):
-                    if new.state == JobState.ERROR:
-                        report.failed += 1
-                    else:
-                        report.recovered += 1
-            expired = [
-                d["_id"]
-                for d in self._jobs.find(
-                    {"q": self.queue, "expires_at": {"$lte": now}}, projection={"_id": 1}
-                ).limit(limit)
-            ]
-            if expired:
-                deleted = self._jobs.delete_many(
-                    {"_id": {"$in": expired}, "expires_at": {"$lte": now}}, hint=BY_ID
-                )
-                report.expired = deleted.deleted_count
-            report.more = len(due) >= limit or len(lapsed) >= limit or len(expired) >= limit
-            report.next_due = self._next_due()
+        self._check_fence(fence, now)
+        due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}
+        due = [
+            d["_id"]
+            for d in self._jobs.find(due_query, projection={"_id": 1}, hint="waiting")
+            .sort([("eta", 1), ("seq", 1)])
+            .limit(limit)
+        ]
+        if due:
+            moved = self._jobs.update_many(
+                {**due_query, "_id": {"$in": due}}, {"$set": {"state": QUEUED}}, hint=BY_ID
+            )
+            report.promoted = moved.modified_count
+        lapsed = [
+            self._record(d)
+            for d in self._jobs.find(
+                {"q": self.queue, "state": RUNNING, "lease_until": {"$lt": now}}
+            ).limit(limit)
+        ]
+        for old in lapsed:
+            new = self._record(self._document(old))
+            recover(new, now)
+            if self._replace_if_unchanged(old, new):
+                if new.state == JobState.ERROR:
+                    report.failed += 1
+                else:
+                    report.recovered += 1
+        expired = [
+            d["_id"]
+            for d in self._jobs.find(
+                {"q": self.queue, "expires_at": {"$lte": now}}, projection={"_id": 1}
+            ).limit(limit)
+        ]
+        if expired:
+            deleted = self._jobs.delete_many(
+                {"_id": {"$in": expired}, "expires_at": {"$lte": now}}, hint=BY_ID
+            )
+            report.expired = deleted.deleted_count
+        report.more = len(due) >= limit or len(lapsed) >= limit or len(expired) >= limit
+        report.next_due = self._next_due()
         return report
 
     def _next_due(self) -> float | None:
@@ -548,73 +530,69 @@ class MongoBackend(Backend):
             dict(document.get("info") or {}),
         )
 
-    def acquire_lease(
+    def _acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
         after = self._pymongo.ReturnDocument.AFTER
         fields = {"until": now + ttl, "info": dict(info or {})}
-        with self._talking():
-            renewed = self._leases.find_one_and_update(
-                {"_id": self._key(name), "owner": owner, "until": {"$gte": now}},
-                {"$set": fields},
+        renewed = self._lease_docs.find_one_and_update(
+            {"_id": self._key(name), "owner": owner, "until": {"$gte": now}},
+            {"$set": fields},
+            return_document=after,
+            hint=BY_ID,
+        )
+        if renewed is not None:
+            return self._lease(renewed)
+        try:
+            taken = self._lease_docs.find_one_and_update(
+                {
+                    "_id": self._key(name),
+                    "$or": [{"owner": ""}, {"until": {"$lt": now}}],
+                },
+                {
+                    "$set": {**fields, "owner": owner, "q": self.queue, "name": name},
+                    "$inc": {"token": 1},
+                },
+                upsert=True,
                 return_document=after,
                 hint=BY_ID,
             )
-            if renewed is not None:
-                return self._lease(renewed)
-            try:
-                taken = self._leases.find_one_and_update(
-                    {
-                        "_id": self._key(name),
-                        "$or": [{"owner": ""}, {"until": {"$lt": now}}],
-                    },
-                    {
-                        "$set": {**fields, "owner": owner, "q": self.queue, "name": name},
-                        "$inc": {"token": 1},
-                    },
-                    upsert=True,
-                    return_document=after,
-                    hint=BY_ID,
-                )
-            except self._errors.DuplicateKeyError:
-                return None  # held by another owner: the upsert found no free lease
-            return self._lease(taken)
+        except self._errors.DuplicateKeyError:
+            return None  # held by another owner: the upsert found no free lease
+        return self._lease(taken)
 
-    def release_lease(self, name: str, owner: str) -> bool:
-        with self._talking():
-            result = self._leases.update_one(
-                {"_id": self._key(name), "owner": owner},
-                {"$set": {"owner": "", "until": 0.0, "info": {}}},
-                hint=BY_ID,
-            )
+    def _release_lease(self, name: str, owner: str) -> bool:
+        result = self._lease_docs.update_one(
+            {"_id": self._key(name), "owner": owner},
+            {"$set": {"owner": "", "until": 0.0, "info": {}}},
+            hint=BY_ID,
+        )
         return result.matched_count == 1
 
-    def leases(self, prefix: str, now: float) -> list[Lease]:
+    def _leases(self, prefix: str, now: float) -> list[Lease]:
         query = {
             "q": self.queue,
             "name": {"$regex": "^" + re.escape(prefix)},
             "owner": {"$ne": ""},
             "until": {"$gte": now},
         }
-        with self._talking():
-            return [self._lease(d) for d in self._leases.find(query).sort("name", 1)]
+        return [self._lease(d) for d in self._lease_docs.find(query).sort("name", 1)]
 
-    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+    def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         query = {
             "q": self.queue,
             "name": {"$regex": "^" + re.escape(prefix)},
             "until": {"$lt": before},
         }
-        with self._talking():
-            ended = [d["_id"] for d in self._leases.find(query, {"_id": 1}).limit(limit)]
-            if not ended:
-                return 0
-            # The filter again: a lease renewed since the find stays.
-            return self._leases.delete_many({**query, "_id": {"$in": ended}}).deleted_count
+        ended = [d["_id"] for d in self._lease_docs.find(query, {"_id": 1}).limit(limit)]
+        if not ended:
+            return 0
+        # The filter again: a lease renewed since the find stays.
+        return self._lease_docs.delete_many({**query, "_id": {"$in": ended}}).deleted_count
 
     # -- schedules ----------------------------------------------------------------
 
-    def save_schedule(
+    def _save_schedule(
         self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
     ) -> None:
         document = {
@@ -626,32 +604,29 @@ class MongoBackend(Backend):
             "next_fire": schedule.next_fire,
             "updated_at": schedule.updated_at,
         }
-        with self._talking():
-            if fence is not None:
-                self._check_fence(fence, now)
-            self._schedules.replace_one({"_id": document["_id"]}, document, upsert=True)
+        if fence is not None:
+            self._check_fence(fence, now)
+        self._schedule_docs.replace_one({"_id": document["_id"]}, document, upsert=True)
 
-    def schedules(self) -> list[ScheduleRecord]:
-        with self._talking():
-            found = self._schedules.find({"q": self.queue}).sort("name", 1)
-            return [
-                ScheduleRecord(
-                    name=d["name"],
-                    spec=d["spec"],
-                    template=d["template"],
-                    next_fire=d["next_fire"],
-                    updated_at=d.get("updated_at", 0.0),
-                )
-                for d in found
-            ]
+    def _schedules(self) -> list[ScheduleRecord]:
+        found = self._schedule_docs.find({"q": self.queue}).sort("name", 1)
+        return [
+            ScheduleRecord(
+                name=d["name"],
+                spec=d["spec"],
+                template=d["template"],
+                next_fire=d["next_fire"],
+                updated_at=d.get("updated_at", 0.0),
+            )
+            for d in found
+        ]
 
-    def remove_schedule(self, name: str) -> bool:
-        with self._talking():
-            return self._schedules.delete_one({"_id": self._key(name)}).deleted_count == 1
+    def _remove_schedule(self, name: str) -> bool:
+        return self._schedule_docs.delete_one({"_id": self._key(name)}).deleted_count == 1
 
     # -- waiting ------------------------------------------------------------------
 
-    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+    def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         if timeout <= 0:
             return
         self._began_waiting()  # the watcher's versions, or the polls, see any change from here
@@ -671,10 +646,9 @@ class MongoBackend(Backend):
                 self._idle_polls += 1
                 return  # a scheduler looks itself; only its sleep is bounded here
             query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
-            with self._talking():
-                if self._jobs.find_one(query, projection={"_id": 1}) is not None:
-                    self._idle_polls = 0
-                    return
+            if self._jobs.find_one(query, projection={"_id": 1}) is not None:
+                self._idle_polls = 0
+                return
             self._idle_polls += 1
 
     def close(self) -> None:

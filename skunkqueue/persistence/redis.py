@@ -45,8 +45,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..config import redact
@@ -68,6 +67,7 @@ from .redis_support import (
     number,
     script_text,
 )
+from .rules import MAX_BATCH, state_on_put
 
 default_cfg: dict[str, Any] = {"backend": "redis", "conn_url": "localhost:6379", "dbname": 0}
 
@@ -75,19 +75,8 @@ default_cfg: dict[str, Any] = {"backend": "redis", "conn_url": "localhost:6379",
 #: several pipelined calls: Redis serves other clients in between, and stores one chunk
 #: while the producer encodes the next (see ``put``).
 PUT_CHUNK = 100
-#: Records one promote call moves at most per kind (due, lapsed, expired), whatever the
-#: caller's limit: about 1-2 ms of Redis time per kind. ``more`` says when to call again.
-PROMOTE_BATCH = 250
-#: Jobs one claim call takes at most, whatever the caller's limit: one script runs
-#: alone on the server, so a huge limit must not stall every other client.
-CLAIM_BATCH = 500
-#: Held ids one release call looks at: a dead worker's whole batch in one call, usually.
-RELEASE_BATCH = 250
 #: Records read per round trip when list_jobs walks an index.
 PAGE = 200
-KEPT_STATES = (JobState.RETRYING, JobState.CANCELLED)
-SCHEDULED, QUEUED = JobState.SCHEDULED, JobState.QUEUED  # (Enum.value is slow)
-OUTCOME_STATES = ("complete", "error", "retrying", "queued")
 #: States with an index of their own; list_jobs reads the expiry index for the others.
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
 
@@ -103,6 +92,8 @@ def names_with_prefix(prefix: str) -> tuple[bytes, bytes]:
 class RedisBackend(Backend):
     """One queue on a Redis server or cluster (see the module docstring for the layout)."""
 
+    store_name = "Redis"
+
     wake_mode = "BLPOP on the routes' wake lists; Pub/Sub for schedulers"
 
     def __init__(self, url: str, queue: str) -> None:
@@ -115,7 +106,7 @@ class RedisBackend(Backend):
             raise ImportError(
                 "the Redis backend needs redis-py: pip install 'skunkqueue[redis]'"
             ) from exc
-        self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._response_error = redis.exceptions.ResponseError
         try:
             self._client = connect(url)  # a cluster client asks for the slot map here
@@ -148,28 +139,16 @@ class RedisBackend(Backend):
 
     # -- plumbing -----------------------------------------------------------------
 
-    @contextmanager
-    def _talking(self) -> Iterator[None]:
-        """Report a lost server as BackendUnavailable, naming it (password elided)."""
-        try:
-            yield
-        except self._unreachable as exc:
-            raise BackendUnavailable(f"Redis at {redact(self.url)!r}: {exc}") from exc
-
     def _run(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
         return self._run_many([(self._scripts[name], keys, args)])[0]
 
     def _run_many(self, calls: Iterable[ScriptCall]) -> list[Any]:
         """Script calls in order (a generator's are made as they are sent), pipelined where
         the lane can; their replies."""
-        # try/except inline rather than _talking(): this is every fire()'s path, and a
-        # generator-based context manager costs a few microseconds per call.
         try:
             if self._lane is not None:
                 return self._lane.run(calls)
             return [script(keys=keys, args=args) for script, keys, args in calls]
-        except self._unreachable as exc:
-            raise BackendUnavailable(f"Redis at {redact(self.url)!r}: {exc}") from exc
         except self._response_error as exc:
             if str(exc).startswith("SQ_LEASE_LOST"):
                 raise LeaseLost(f"{exc} ({self.queue})") from None
@@ -182,24 +161,20 @@ class RedisBackend(Backend):
         """Records by id, in order, leaving out ids that have no record (deleted)."""
         if not ids:
             return []
-        with self._talking():
-            pipe = self._client.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hgetall(self._key("j:", job_id))
-            rows = pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._key("j:", job_id))
+        rows = pipe.execute()
         return [decode_record(i, row) for i, row in zip(ids, rows, strict=True) if row]
 
     # -- jobs ---------------------------------------------------------------------
 
-    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+    def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         """One script call per PUT_CHUNK jobs, each atomic, pipelined: Redis stores one
         chunk while the next is encoded. A record that cannot be encoded (a field of the
         wrong type: a caller's bug, since Event checks every call before it puts) raises
         with the chunks before its own written; so may a lost connection. Sending the same
         ids again completes such a batch."""
-        for job in jobs:
-            if not isinstance(job.id, str):
-                raise TypeError(f"job id must be a string, not {type(job.id).__name__}")
         script, keys = self._scripts["put"], self._job_keys
         calls = (
             (script, keys, self._put_args(jobs[start : start + PUT_CHUNK], now))
@@ -211,25 +186,20 @@ class RedisBackend(Backend):
     def _put_args(chunk: Sequence[JobRecord], now: float) -> list[str]:
         args = [number(now), str(len(chunk))]
         for job in chunk:
-            if job.state in KEPT_STATES:
-                state = job.state
-            else:
-                state = SCHEDULED if job.eta > now else QUEUED
-            fields = encode_record(job, state)
+            fields = encode_record(job, state_on_put(job, now))
             expires = "" if job.expires_at is None else number(job.expires_at)
             args += (job.id, expires, str(len(fields)))
             args += fields
         return args
 
-    def get(self, job_id: str, now: float) -> JobRecord | None:
-        with self._talking():
-            fields = self._client.hgetall(self._key("j:", job_id))
+    def _get(self, job_id: str, now: float) -> JobRecord | None:
+        fields = self._client.hgetall(self._key("j:", job_id))
         if not fields:
             return None
         record = decode_record(job_id, fields)
         return None if record.expires_at is not None and record.expires_at <= now else record
 
-    def list_jobs(
+    def _list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         """Walks the eta-ordered indexes (scheduled, ready) only as far as ``limit``
@@ -260,8 +230,7 @@ class RedisBackend(Backend):
         if state not in INDEXED_BY_STATE:
             unordered.append(self._key("expiry"))
         for key in unordered:
-            with self._talking():
-                ids = self._client.zrange(key, 0, -1)
+            ids = self._client.zrange(key, 0, -1)
             for start in range(0, len(ids), PAGE):
                 for record in self._fetch(ids[start : start + PAGE]):
                     if wanted(record):
@@ -278,8 +247,7 @@ class RedisBackend(Backend):
         """Add the first ``limit`` wanted records of an index ordered by (eta, seq)."""
         matched, start = 0, 0
         while matched < limit:
-            with self._talking():
-                members = self._client.zrange(key, start, start + PAGE - 1)
+            members = self._client.zrange(key, start, start + PAGE - 1)
             if not members:
                 return
             start += len(members)
@@ -290,11 +258,10 @@ class RedisBackend(Backend):
 
     def _routes_with(self, state: str) -> list[str]:
         """Routes that have records in ``state``: the counts hash is the route registry."""
-        with self._talking():
-            fields = self._client.hkeys(self._key("counts"))
+        fields = self._client.hkeys(self._key("counts"))
         return [f.split("|", 1)[1] for f in fields if f.split("|", 1)[0] == state]
 
-    def stats(self, now: float) -> Stats:
+    def _stats(self, now: float) -> Stats:
         rows, stale, waiting = self._run("stats", self._job_keys, [number(now)])
         counts: dict[tuple[str, str], int] = {}
         for field, n in zip(rows[::2], rows[1::2], strict=True):
@@ -307,7 +274,7 @@ class RedisBackend(Backend):
                 del counts[(state, route)]
         return Stats(counts=counts, next_due=float(waiting) if waiting else None)
 
-    def claim(
+    def _claim(
         self,
         routes: Sequence[str],
         owner: str,
@@ -317,7 +284,6 @@ class RedisBackend(Backend):
         max_bytes: int | None = None,
     ) -> list[JobRecord]:
         routes = list(dict.fromkeys(routes))
-        limit = min(limit, CLAIM_BATCH)
         if not routes or limit < 1:
             return []
         keys = [
@@ -331,8 +297,8 @@ class RedisBackend(Backend):
         args += routes
         return [decode_record(row[0], row[1:]) for row in self._run("claim", keys, args)]
 
-    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
-        """Script calls that each look at up to RELEASE_BATCH ids of the owner's held set
+    def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+        """Script calls that each look at up to MAX_BATCH ids of the owner's held set
         (``held:<owner>``, the index renew reads), until the set is empty."""
         keys = [*self._job_keys, self._key("held:", owner)]
         args = [
@@ -340,7 +306,7 @@ class RedisBackend(Backend):
             number(now),
             str(DEFAULTS["max_deliveries"]),
             number(DEFAULTS["result_ttl"]),
-            str(RELEASE_BATCH),
+            str(MAX_BATCH),
             *started,
         ]
         released: dict[str, str] = {}
@@ -350,7 +316,7 @@ class RedisBackend(Backend):
             if not more:
                 return released
 
-    def renew(
+    def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
         if job_ids is not None and not job_ids:
@@ -358,15 +324,11 @@ class RedisBackend(Backend):
         args = [owner, number(now + lease), "0" if job_ids is None else "1", *(job_ids or ())]
         return set(self._run("renew", [*self._job_keys, self._key("held:", owner)], args))
 
-    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         if not outcomes:
             return []
         args = [owner, number(now), number(DEFAULTS["result_ttl"]), str(len(outcomes))]
         for o in outcomes:
-            if o.state not in OUTCOME_STATES:
-                raise ValueError(f"outcome state must be one of {OUTCOME_STATES}, not {o.state!r}")
-            if o.result is not None and not isinstance(o.result, str):
-                raise TypeError(f"a result must be encoded text, not {type(o.result).__name__}")
             args += (
                 o.job_id,
                 o.state,
@@ -379,19 +341,19 @@ class RedisBackend(Backend):
         keys = [*self._job_keys, self._key("held:", owner)]
         return [bool(a) for a in self._run("finish", keys, args)]
 
-    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         if not job_ids:
             return []
         args = [number(now), json.dumps({"reason": reason}), number(DEFAULTS["result_ttl"])]
         return [bool(a) for a in self._run("cancel", self._job_keys, [*args, *job_ids])]
 
-    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
+    def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         keys = [*self._job_keys, self._key("lease:", fence.name)]
         args = [
             number(now),
             fence.owner,
             str(fence.token),
-            str(max(1, min(limit, PROMOTE_BATCH))),
+            str(limit),
             str(DEFAULTS["max_deliveries"]),
             number(DEFAULTS["result_ttl"]),
         ]
@@ -410,7 +372,7 @@ class RedisBackend(Backend):
 
     # -- leases -------------------------------------------------------------------
 
-    def acquire_lease(
+    def _acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
         until = now + ttl
@@ -421,25 +383,24 @@ class RedisBackend(Backend):
         )
         return None if token is None else Lease(name, owner, token, until, info)
 
-    def release_lease(self, name: str, owner: str) -> bool:
+    def _release_lease(self, name: str, owner: str) -> bool:
         channel = self._key("wake:scheduler") if name == SCHEDULER_LEASE else ""
         return bool(self._run("release_lease", [self._key("lease:", name)], [owner, channel]))
 
-    def leases(self, prefix: str, now: float) -> list[Lease]:
+    def _leases(self, prefix: str, now: float) -> list[Lease]:
         low, high = names_with_prefix(prefix)
-        with self._talking():
-            names = self._client.zrangebylex(self._key("leases"), low, high)
-            pipe = self._client.pipeline(transaction=False)
-            for name in names:
-                pipe.hgetall(self._key("lease:", name))
-            rows = pipe.execute() if names else []
+        names = self._client.zrangebylex(self._key("leases"), low, high)
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self._key("lease:", name))
+        rows = pipe.execute() if names else []
         return [
             Lease(name, row["o"], int(row["n"]), float(row["u"]), json.loads(row["i"]))
             for name, row in zip(names, rows, strict=True)
             if row and row["o"] and float(row["u"]) >= now
         ]
 
-    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+    def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         low, high = names_with_prefix(prefix)
         return int(
             self._run(
@@ -451,7 +412,7 @@ class RedisBackend(Backend):
 
     # -- schedules ----------------------------------------------------------------
 
-    def save_schedule(
+    def _save_schedule(
         self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
     ) -> None:
         document = json.dumps(
@@ -470,9 +431,8 @@ class RedisBackend(Backend):
             args = [schedule.name, document, number(now), fence.owner, str(fence.token), ""]
         self._run("save_schedule", keys, args)
 
-    def schedules(self) -> list[ScheduleRecord]:
-        with self._talking():
-            rows = self._client.hgetall(self._key("schedules"))
+    def _schedules(self) -> list[ScheduleRecord]:
+        rows = self._client.hgetall(self._key("schedules"))
         found = []
         for name in sorted(rows):
             d = json.loads(rows[name])
@@ -481,12 +441,12 @@ class RedisBackend(Backend):
             )
         return found
 
-    def remove_schedule(self, name: str) -> bool:
+    def _remove_schedule(self, name: str) -> bool:
         return bool(self._run("remove_schedule", [self._key("schedules")], [name]))
 
     # -- waiting ------------------------------------------------------------------
 
-    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+    def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         """Workers (``routes`` given) wake on their routes' tokens, schedulers on the
         queue's scheduler channel; either way within ``timeout``, to the millisecond."""
         if timeout <= 0:

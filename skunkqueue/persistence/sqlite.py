@@ -21,10 +21,21 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..config import redact
-from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
+from ..errors import BackendUnavailable, ConfigurationError
 from ..model import JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
-from .records import bytes_cut, lost_deliveries_error, release_held
+from .rules import (
+    MAX_BATCH,
+    apply_outcome,
+    bytes_cut,
+    cancel,
+    check_fence,
+    recover,
+    release_held,
+    state_on_put,
+    take,
+    taken_lease,
+)
 
 default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
 
@@ -102,18 +113,21 @@ WHERE sq_jobs.expires_at IS NOT NULL AND sq_jobs.expires_at <= ?
 RETURNING seq
 """
 
-#: Jobs one release transaction hands back at most: the write lock is held that long.
-RELEASE_BATCH = 500
-
-FINISH_SQL = {
-    JobState.QUEUED: "state = 'queued', deliveries = deliveries - 1",
-    JobState.RETRYING: "state = 'retrying', error = :error, attempts = attempts + 1, eta = :eta",
-    JobState.COMPLETE: (
-        "state = :state, result = :result, error = :error, attempts = attempts + 1, "
-        "finished_at = :now, expires_at = :now + result_ttl"
-    ),
-}
-FINISH_SQL[JobState.ERROR] = FINISH_SQL[JobState.COMPLETE]
+#: The columns each verb's rule (rules.py) may change, written back by seq.
+TAKEN = ("state", "owner", "lease_until", "started_at", "deliveries")
+SETTLED = (
+    "state",
+    "owner",
+    "lease_until",
+    "deliveries",
+    "attempts",
+    "eta",
+    "result",
+    "error",
+    "finished_at",
+    "expires_at",
+)
+CANCELLED = ("state", "error", "finished_at", "expires_at")
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
@@ -122,6 +136,27 @@ def _row_to_record(row: Sequence[Any]) -> JobRecord:
         if data[column] is not None:
             data[column] = json.loads(data[column])
     return JobRecord(**data)
+
+
+def _write_back(
+    db: sqlite3.Connection, records: Sequence[JobRecord], columns: Sequence[str]
+) -> None:
+    """Store what a rule changed: ``columns`` of each record, by its seq."""
+    if not records:
+        return
+    sql = f"UPDATE sq_jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE seq = ?"
+    rows = []
+    for r in records:
+        values = [getattr(r, c) for c in columns]
+        for i, column in enumerate(columns):
+            if column in JSON_COLUMNS and values[i] is not None:
+                values[i] = json.dumps(values[i])
+        rows.append((*values, r.seq))
+    db.executemany(sql, rows)
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
 
 
 def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
@@ -165,6 +200,9 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_c
 
 
 class SQLiteBackend(Backend):
+    store_name = "SQLite"
+    unreachable = (sqlite3.OperationalError,)  # locked past the busy timeout, I/O, unopenable
+
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
         path, options = _path_from_url(url)
@@ -216,13 +254,12 @@ class SQLiteBackend(Backend):
 
     # -- jobs ---------------------------------------------------------------------
 
-    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+    def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         answers = []
         with self._write() as db:
             for job in jobs:
                 data = job.to_dict()
-                if data["state"] not in (JobState.RETRYING, JobState.CANCELLED):
-                    data["state"] = JobState.SCHEDULED if job.eta > now else JobState.QUEUED
+                data["state"] = state_on_put(job, now)
                 for column in JSON_COLUMNS:
                     if data[column] is not None:
                         data[column] = json.dumps(data[column])
@@ -231,13 +268,13 @@ class SQLiteBackend(Backend):
                 answers.append(db.execute(INSERT_JOB, params).fetchone() is not None)
         return answers
 
-    def get(self, job_id: str, now: float) -> JobRecord | None:
+    def _get(self, job_id: str, now: float) -> JobRecord | None:
         rows = self._read(
             f"{SELECT_JOB} WHERE queue = ? AND id = ? AND {ALIVE}", (self.queue, job_id, now)
         )
         return _row_to_record(rows[0]) if rows else None
 
-    def list_jobs(
+    def _list_jobs(
         self, now: float, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         sql = f"{SELECT_JOB} WHERE queue = ? AND {ALIVE}"
@@ -252,7 +289,7 @@ class SQLiteBackend(Backend):
         params.append(limit)
         return [_row_to_record(r) for r in self._read(sql, params)]
 
-    def stats(self, now: float) -> Stats:
+    def _stats(self, now: float) -> Stats:
         rows = self._read(
             f"SELECT state, route, COUNT(*) FROM sq_jobs WHERE queue = ? AND {ALIVE} GROUP BY state, route",
             (self.queue, now),
@@ -263,7 +300,7 @@ class SQLiteBackend(Backend):
         )
         return Stats(counts={(s, r): n for s, r, n in rows}, next_due=due[0][0])
 
-    def claim(
+    def _claim(
         self,
         routes: Sequence[str],
         owner: str,
@@ -292,16 +329,14 @@ class SQLiteBackend(Backend):
             chosen = [seq for _, seq, _ in first[: bytes_cut((n for _, _, n in first), max_bytes)]]
             if not chosen:
                 return []
-            rows = db.execute(
-                f"UPDATE sq_jobs SET state = 'running', owner = ?, lease_until = ?, "
-                f"started_at = MAX(?, eta), "
-                f"deliveries = deliveries + 1 WHERE seq IN ({', '.join('?' for _ in chosen)}) "
-                f"RETURNING {', '.join(COLUMNS)}",
-                [owner, now + lease, now, *chosen],
-            ).fetchall()
-        return sorted((_row_to_record(r) for r in rows), key=lambda r: (r.eta, r.seq))
+            rows = db.execute(f"{SELECT_JOB} WHERE seq IN ({_marks(chosen)})", chosen).fetchall()
+            taken = sorted((_row_to_record(r) for r in rows), key=lambda r: (r.eta, r.seq))
+            for r in taken:
+                take(r, owner, now, lease)
+            _write_back(db, taken, TAKEN)
+        return taken
 
-    def renew(
+    def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
     ) -> set[str]:
         sql = (
@@ -316,31 +351,34 @@ class SQLiteBackend(Backend):
         with self._write() as db:
             return {row[0] for row in db.execute(sql + " RETURNING id", params)}
 
-    def finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
+        ids = list({o.job_id: None for o in outcomes})
         answers = []
         with self._write() as db:
-            for outcome in outcomes:
-                params = {
-                    "state": outcome.state,
-                    "result": outcome.result,
-                    "error": None if outcome.error is None else json.dumps(outcome.error),
-                    "eta": outcome.eta if outcome.eta is not None else now,
-                    "now": now,
-                    "queue": self.queue,
-                    "id": outcome.job_id,
-                    "owner": owner,
-                }
-                cursor = db.execute(
-                    f"UPDATE sq_jobs SET {FINISH_SQL[outcome.state]}, owner = NULL, lease_until = NULL "
-                    "WHERE queue = :queue AND id = :id AND state = 'running' AND owner = :owner",
-                    params,
+            held = {
+                r.id: r
+                for r in map(
+                    _row_to_record,
+                    db.execute(
+                        f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)}) "
+                        "AND state = 'running' AND owner = ?",
+                        [self.queue, *ids, owner],
+                    ),
                 )
-                answers.append(cursor.rowcount == 1)
+            }
+            settled = []
+            for outcome in outcomes:
+                r = held.pop(outcome.job_id, None)  # an id's second outcome finds it settled
+                answers.append(r is not None)
+                if r is not None:
+                    apply_outcome(r, outcome, now)
+                    settled.append(r)
+            _write_back(db, settled, SETTLED)
         return answers
 
-    def release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
+    def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """No index by owner: each transaction walks the queue's running jobs (the lease
-        index) for the owner's, and hands back up to RELEASE_BATCH of them; transactions
+        index) for the owner's, and hands back up to MAX_BATCH of them; transactions
         follow until none is left."""
         begun = set(started)
         released: dict[str, str] = {}
@@ -348,7 +386,7 @@ class SQLiteBackend(Backend):
             with self._write() as db:
                 rows = db.execute(
                     f"{SELECT_JOB} WHERE queue = ? AND state = 'running' AND owner = ? LIMIT ?",
-                    (self.queue, owner, RELEASE_BATCH),
+                    (self.queue, owner, MAX_BATCH),
                 ).fetchall()
                 for row in rows:
                     r = _row_to_record(row)
@@ -366,22 +404,30 @@ class SQLiteBackend(Backend):
                         ),
                     )
                     released[r.id] = r.state
-            if len(rows) < RELEASE_BATCH:
+            if len(rows) < MAX_BATCH:
                 return released
 
-    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
-        error = json.dumps({"reason": reason})
+    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+        ids = list(dict.fromkeys(job_ids))
         with self._write() as db:
-            return [
-                db.execute(
-                    "UPDATE sq_jobs SET state = 'cancelled', error = ?, finished_at = ?, "
-                    "expires_at = ? + result_ttl WHERE queue = ? AND id = ? "
-                    "AND state IN ('scheduled', 'queued', 'retrying')",
-                    (error, now, now, self.queue, job_id),
-                ).rowcount
-                == 1
-                for job_id in job_ids
-            ]
+            found = {
+                r.id: r
+                for r in map(
+                    _row_to_record,
+                    db.execute(
+                        f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)})",
+                        [self.queue, *ids],
+                    ),
+                )
+            }
+            answers, cancelled = [], []
+            for job_id in job_ids:
+                r = found.get(job_id)
+                answers.append(r is not None and cancel(r, now, reason))
+                if answers[-1]:
+                    cancelled.append(r)
+            _write_back(db, cancelled, CANCELLED)
+        return answers
 
     def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:
         """Earliest waiting eta, earliest running lease expiry, earliest record expiry."""
@@ -393,7 +439,7 @@ class SQLiteBackend(Backend):
             {"q": self.queue},
         ).fetchone()
 
-    def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
+    def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         with self._lock:
             scheduled, retrying, lease_end, expiry = self._pending(self._db)
             self._check_fence(self._db, fence, now)
@@ -410,27 +456,20 @@ class SQLiteBackend(Backend):
                 "WHERE queue = ? AND state IN ('scheduled', 'retrying') AND eta <= ? ORDER BY eta, seq LIMIT ?)",
                 (self.queue, now, limit),
             ).rowcount
-            lapsed = db.execute(
-                "SELECT seq, deliveries, attempts, max_deliveries FROM sq_jobs "
-                "WHERE queue = ? AND state = 'running' AND lease_until < ? LIMIT ?",
-                (self.queue, now, limit),
-            ).fetchall()
-            for seq, deliveries, attempts, max_deliveries in lapsed:
-                lost = deliveries - attempts
-                if lost >= max_deliveries:
-                    error = json.dumps(lost_deliveries_error(lost, max_deliveries))
-                    db.execute(
-                        "UPDATE sq_jobs SET state = 'error', error = ?, finished_at = ?, "
-                        "expires_at = ? + result_ttl, owner = NULL, lease_until = NULL WHERE seq = ?",
-                        (error, now, now, seq),
-                    )
+            lapsed = [
+                _row_to_record(row)
+                for row in db.execute(
+                    f"{SELECT_JOB} WHERE queue = ? AND state = 'running' AND lease_until < ? LIMIT ?",
+                    (self.queue, now, limit),
+                )
+            ]
+            for r in lapsed:
+                recover(r, now)
+                if r.state == JobState.ERROR:
                     report.failed += 1
                 else:
-                    db.execute(
-                        "UPDATE sq_jobs SET state = 'queued', owner = NULL, lease_until = NULL WHERE seq = ?",
-                        (seq,),
-                    )
                     report.recovered += 1
+            _write_back(db, lapsed, SETTLED)
             report.expired = db.execute(
                 "DELETE FROM sq_jobs WHERE seq IN (SELECT seq FROM sq_jobs WHERE queue = ? "
                 "AND expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
@@ -443,37 +482,31 @@ class SQLiteBackend(Backend):
 
     # -- leases -------------------------------------------------------------------
 
-    def _check_fence(self, db: sqlite3.Connection, fence: Fence, now: float) -> None:
+    def _lease(self, db: sqlite3.Connection, name: str) -> Lease | None:
         row = db.execute(
-            "SELECT owner, token, until FROM sq_leases WHERE queue = ? AND name = ?",
-            (self.queue, fence.name),
+            "SELECT owner, token, until, info FROM sq_leases WHERE queue = ? AND name = ?",
+            (self.queue, name),
         ).fetchone()
-        if row is None or row[0] != fence.owner or row[1] != fence.token or row[2] < now:
-            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+        return None if row is None else Lease(name, row[0], row[1], row[2], json.loads(row[3]))
 
-    def acquire_lease(
+    def _check_fence(self, db: sqlite3.Connection, fence: Fence, now: float) -> None:
+        check_fence(self._lease(db, fence.name), fence, now)
+
+    def _acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
         with self._write() as db:
-            row = db.execute(
-                "SELECT owner, token, until FROM sq_leases WHERE queue = ? AND name = ?",
-                (self.queue, name),
-            ).fetchone()
-            if row is not None and row[0] != owner and row[0] and row[2] >= now:
+            lease = taken_lease(self._lease(db, name), name, owner, now, ttl, info or {})
+            if lease is None:
                 return None
-            if row is not None and row[0] == owner and row[2] >= now:
-                token = row[1]
-            else:
-                token = (row[1] if row else 0) + 1
-            lease = Lease(name, owner, token, now + ttl, dict(info or {}))
             db.execute(
                 "INSERT OR REPLACE INTO sq_leases (queue, name, owner, token, until, info) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (self.queue, name, owner, token, lease.until, json.dumps(lease.info)),
+                (self.queue, name, owner, lease.token, lease.until, json.dumps(lease.info)),
             )
         return lease
 
-    def release_lease(self, name: str, owner: str) -> bool:
+    def _release_lease(self, name: str, owner: str) -> bool:
         with self._write() as db:
             return (
                 db.execute(
@@ -484,7 +517,7 @@ class SQLiteBackend(Backend):
                 == 1
             )
 
-    def leases(self, prefix: str, now: float) -> list[Lease]:
+    def _leases(self, prefix: str, now: float) -> list[Lease]:
         rows = self._read(
             "SELECT name, owner, token, until, info FROM sq_leases WHERE queue = ? "
             "AND substr(name, 1, ?) = ? AND owner != '' AND until >= ? ORDER BY name",
@@ -492,7 +525,7 @@ class SQLiteBackend(Backend):
         )
         return [Lease(n, o, t, u, json.loads(i)) for n, o, t, u, i in rows]
 
-    def forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
+    def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         with self._write() as db:
             return db.execute(
                 "DELETE FROM sq_leases WHERE rowid IN (SELECT rowid FROM sq_leases "
@@ -502,7 +535,7 @@ class SQLiteBackend(Backend):
 
     # -- schedules ----------------------------------------------------------------
 
-    def save_schedule(
+    def _save_schedule(
         self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
     ) -> None:
         with self._write() as db:
@@ -521,7 +554,7 @@ class SQLiteBackend(Backend):
                 ),
             )
 
-    def schedules(self) -> list[ScheduleRecord]:
+    def _schedules(self) -> list[ScheduleRecord]:
         rows = self._read(
             "SELECT name, spec, template, next_fire, updated_at FROM sq_schedules "
             "WHERE queue = ? ORDER BY name",
@@ -529,7 +562,7 @@ class SQLiteBackend(Backend):
         )
         return [ScheduleRecord(n, json.loads(s), json.loads(t), f, u) for n, s, t, f, u in rows]
 
-    def remove_schedule(self, name: str) -> bool:
+    def _remove_schedule(self, name: str) -> bool:
         with self._write() as db:
             return (
                 db.execute(
@@ -542,7 +575,7 @@ class SQLiteBackend(Backend):
 
     wake_mode = "SQLite data_version, read every 2 ms"
 
-    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+    def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
         self._began_waiting()  # any change since the last wait is seen from here on
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from skunkqueue.persistence.rules import MAX_BATCH
+
 from .support import T0, ids, job, lead
 
 
@@ -220,3 +222,11 @@ def test_max_bytes_none_means_no_bound(backend):
     backend.put(_sized(3000, 3000, 3000), now=T0)
     taken = backend.claim(["default"], "w", T0, lease=30, limit=10, max_bytes=None)
     assert ids(taken) == ["j0", "j1", "j2"]
+
+
+def test_a_claim_takes_at_most_one_batch_whatever_its_limit(backend):
+    """One atomic step touches at most ``rules.MAX_BATCH`` records, on every backend."""
+    backend.put([job(f"j{i:04}") for i in range(MAX_BATCH + 20)], T0)
+    taken = backend.claim(["default"], "w", T0, 30, limit=10**9)
+    assert ids(taken) == [f"j{i:04}" for i in range(MAX_BATCH)]
+    assert len(backend.claim(["default"], "w", T0, 30, limit=10**9)) == 20

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from skunkqueue.jobs import Outcome
 
 from .support import T0, ids, job, lead
@@ -51,13 +53,13 @@ def test_renew_reports_jobs_no_longer_held(backend):
     assert backend.get("a", T0 + 2).lease_until is None
 
 
-def test_renew_with_zero_lease_gives_jobs_up_to_the_next_promote(backend):
-    _claimed(backend, "a", "b", owner="dead-worker")
-    assert backend.renew("dead-worker", T0 + 1, lease=0) == {"a", "b"}
-    report = backend.sweep(T0 + 1.001, lead(backend, T0 + 1.001))
-    assert report.recovered == 2
-    assert backend.get("a", T0 + 2).state == "queued"
-    assert ids(backend.claim(["default"], "w2", T0 + 2, lease=30, limit=2)) == ["a", "b"]
+@pytest.mark.parametrize("lease", [0, -1, float("nan"), float("inf")])
+def test_renew_refuses_a_lease_that_is_not_a_positive_time(backend, lease):
+    """Giving jobs up is ``release``'s job; a zero lease is a mistake, refused unwritten."""
+    _claimed(backend, "a", owner="w1")
+    with pytest.raises(ValueError, match="lease must be a positive number"):
+        backend.renew("w1", T0 + 1, lease=lease)
+    assert backend.get("a", T0 + 1).lease_until == T0 + 30
 
 
 # -- finish -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from skunkqueue.jobs import Outcome
-from skunkqueue.persistence.records import lost_deliveries_error
+from skunkqueue.persistence.rules import lost_deliveries_error
 
 from ..waiting import timed_wait
 from .support import T0, ids, job

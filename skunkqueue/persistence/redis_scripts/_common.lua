@@ -150,7 +150,7 @@ local function hand_back(key, id, route, seq, eta)
 end
 
 -- A lost delivery (a lapsed lease, a worker known dead): back on the queue, or 'error'
--- once max_deliveries deliveries were lost (records.recover and lost_deliveries_error,
+-- once max_deliveries deliveries were lost (rules.recover and lost_deliveries_error,
 -- field for field). deliveries and attempts as stored (nil: 0); max_deliveries and
 -- result_ttl with the defaults already filled in. Returns the new state.
 local function recover(key, id, route, seq, eta, deliveries, attempts, max_deliveries, ttl, now)

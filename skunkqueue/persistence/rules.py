@@ -1,0 +1,243 @@
+"""The rule book: every decision a backend makes about a record, written once.
+
+Backends call these inside their own atomic step (a lock, a transaction, a conditional
+update): which state a put takes, whether a fence holds, what a claim, an outcome, a
+recovery, a release and a cancel do to a record, how big one step may be, and which
+inputs are refused before any store sees them. The Redis scripts mirror these rules in
+Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
+Redis included, and compares them with the functions here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from ..errors import LeaseLost
+from ..model import CANCELLABLE, Fence, JobRecord, JobState, Lease, Outcome
+
+#: Records one atomic step touches at most, whatever the caller asks: a claim, each part
+#: of a sweep (due, lapsed, expired), a release or a forget round. The store serves other
+#: clients between steps; a caller that wants more calls again (``more`` says so).
+MAX_BATCH = 250
+
+# -- inputs, refused before a store sees them --------------------------------------
+
+
+def check_jobs(jobs: Sequence[JobRecord]) -> None:
+    """Every record of a put is well formed, so a store never half-writes a call that it
+    would refuse part of."""
+    for job in jobs:
+        if not isinstance(job, JobRecord):
+            raise TypeError(f"put takes JobRecords, not {type(job).__name__}")
+        for name in ("id", "event", "route", "payload", "serializer"):
+            value = getattr(job, name)
+            if not isinstance(value, str) or (name != "payload" and not value):
+                raise TypeError(f"job field {name} must be a non-empty string, not {value!r}")
+        for name in ("eta", "created_at", "result_ttl"):
+            value = getattr(job, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"job field {name} must be a finite number, not {value!r}")
+
+
+def check_outcomes(outcomes: Sequence[Outcome]) -> None:
+    """Outcomes carry encoded text and a finite retry time (their states are checked when
+    an ``Outcome`` is made)."""
+    for o in outcomes:
+        if not isinstance(o, Outcome):
+            raise TypeError(f"finish takes Outcomes, not {type(o).__name__}")
+        if o.result is not None and not isinstance(o.result, str):
+            raise TypeError(f"a result must be encoded text, not {type(o.result).__name__}")
+        if o.error is not None and not isinstance(o.error, dict):
+            raise TypeError(f"an error must be a dict, not {type(o.error).__name__}")
+        if o.eta is not None and (
+            isinstance(o.eta, bool)
+            or not isinstance(o.eta, (int, float))
+            or not math.isfinite(o.eta)
+        ):
+            raise ValueError(f"an outcome's eta must be a finite number, not {o.eta!r}")
+
+
+def checked_state(state: str | None) -> JobState | None:
+    """A state filter as a ``JobState``; an unknown one is an error, not an empty list."""
+    if state is None:
+        return None
+    try:
+        return JobState(state)
+    except ValueError:
+        raise ValueError(
+            f"unknown job state {state!r}: one of {', '.join(s.value for s in JobState)}"
+        ) from None
+
+
+def checked_count(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, not {value!r}")
+    return value
+
+
+def check_positive(name: str, seconds: float) -> None:
+    """A lease or ttl: a positive, finite number of seconds. (A worker's jobs are given up
+    with ``release``, not with a zero lease.)"""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not seconds > 0
+        or not math.isfinite(seconds)
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
+
+
+def check_routes(routes: Sequence[str]) -> None:
+    if isinstance(routes, str) or not all(isinstance(r, str) for r in routes):
+        raise ValueError(f"routes must be a list of route names, not {routes!r}")
+
+
+# -- what a verb does to a record ----------------------------------------------------
+
+
+def state_on_put(job: JobRecord, now: float) -> JobState:
+    """``put``'s rule: ``retrying`` and ``cancelled`` are kept as given; any other job
+    waits ``scheduled`` until its eta, or is ``queued`` at once if it is due."""
+    if job.state in (JobState.RETRYING, JobState.CANCELLED):
+        return JobState(job.state)
+    return JobState.SCHEDULED if job.eta > now else JobState.QUEUED
+
+
+def take(r: JobRecord, owner: str, now: float, lease: float) -> None:
+    """``claim``'s effect on a queued record: it runs for ``owner`` until ``now + lease``.
+    The start is never recorded before the eta (a leader's clock may run ahead)."""
+    r.state = JobState.RUNNING
+    r.owner = owner
+    r.lease_until = now + lease
+    r.started_at = max(now, r.eta)
+    r.deliveries += 1
+
+
+def lapsed(r: JobRecord, now: float) -> bool:
+    """A running record whose lease ended before ``now``: ``sweep`` recovers it."""
+    return r.state == JobState.RUNNING and r.lease_until is not None and r.lease_until < now
+
+
+def cancel(r: JobRecord, now: float, reason: str) -> bool:
+    """``cancel``'s rule: a job that has not started ends ``cancelled`` with its reason and
+    expires after its ``result_ttl``; any other is left alone (``False``)."""
+    if r.state not in CANCELLABLE:
+        return False
+    r.state = JobState.CANCELLED
+    r.error = {"reason": reason}
+    r.finished_at = now
+    r.expires_at = now + r.result_ttl
+    return True
+
+
+def fence_holds(current: Lease | None, fence: Fence, now: float) -> bool:
+    """A leader's write goes through only while its fence is the lease's current holder:
+    same owner and token, unexpired at ``now`` (``until`` inclusive, as leases are)."""
+    return (
+        current is not None
+        and current.owner == fence.owner
+        and current.token == fence.token
+        and current.until >= now
+    )
+
+
+def check_fence(current: Lease | None, fence: Fence, now: float) -> None:
+    """Raise ``LeaseLost`` unless ``fence_holds``."""
+    if not fence_holds(current, fence, now):
+        raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+
+
+def lost_deliveries_error(lost: int, max_deliveries: int) -> dict[str, Any]:
+    return {
+        "type": "WorkerLost",
+        "message": f"lost {lost} deliveries (max_deliveries={max_deliveries}): "
+        "the workers holding the job stopped renewing its lease",
+        "reason": "lost deliveries",
+    }
+
+
+def apply_outcome(r: JobRecord, outcome: Outcome, now: float) -> None:
+    """The effect of ``finish`` on a record its owner still holds."""
+    r.owner = None
+    r.lease_until = None
+    if outcome.state == JobState.QUEUED:
+        r.state = JobState.QUEUED
+        r.deliveries -= 1
+        return
+    r.attempts += 1
+    r.error = outcome.error
+    if outcome.state == JobState.RETRYING:
+        r.state = JobState.RETRYING
+        r.eta = outcome.eta if outcome.eta is not None else now
+        return
+    r.state = outcome.state
+    r.result = outcome.result
+    r.finished_at = now
+    r.expires_at = now + r.result_ttl
+
+
+def recover(r: JobRecord, now: float) -> None:
+    """A running job whose lease lapsed: back on its queue, or ``error`` after too many losses."""
+    r.owner = None
+    r.lease_until = None
+    lost = r.deliveries - r.attempts
+    if lost >= r.max_deliveries:
+        r.state = JobState.ERROR
+        r.error = lost_deliveries_error(lost, r.max_deliveries)
+        r.finished_at = now
+        r.expires_at = now + r.result_ttl
+    else:
+        r.state = JobState.QUEUED
+
+
+def release_held(r: JobRecord, started: Collection[str], now: float) -> None:
+    """``release``'s effect on a running record its dead owner held: a started job lost
+    its delivery (as when its lease lapses), any other goes back unrun (as a ``queued``
+    outcome does)."""
+    if r.id in started:
+        recover(r, now)
+    else:
+        apply_outcome(r, Outcome(r.id, JobState.QUEUED), now)
+
+
+def payload_size(payload: str) -> int:
+    """What a payload counts against ``claim``'s ``max_bytes``: its UTF-8 length, as every
+    backend stores it (Redis measures the same with HSTRLEN)."""
+    if payload.isascii():  # what the serializers write; O(1) in CPython
+        return len(payload)
+    return len(payload.encode("utf-8", "surrogatepass"))
+
+
+def bytes_cut(sizes: Iterable[int], max_bytes: int | None, taken: int = 0, used: int = 0) -> int:
+    """How many of the next jobs in leaving order (given by payload size) a claim takes
+    under ``max_bytes``, having taken ``taken`` jobs of ``used`` bytes so far: it stops
+    before the first job that would go over, except that a claim's first job is always
+    taken. Stopping there, rather than skipping to a smaller job, keeps (eta, seq) order."""
+    count = 0
+    for size in sizes:
+        if max_bytes is not None and (taken or count) and used + size > max_bytes:
+            break
+        used += size
+        count += 1
+    return count
+
+
+def taken_lease(
+    current: Lease | None, name: str, owner: str, now: float, ttl: float, info: dict[str, Any]
+) -> Lease | None:
+    """``acquire_lease``'s rule: the lease ``owner`` holds after asking at ``now``, or
+    ``None`` while another owner holds it unexpired. The token grows when the owner changes
+    (or re-takes its own expired lease) and stays on renewal."""
+    if current is not None and current.owner and current.owner != owner and current.until >= now:
+        return None
+    if current is not None and current.owner == owner and current.until >= now:
+        token = current.token
+    else:
+        token = (current.token if current else 0) + 1
+    return Lease(name, owner, token, now + ttl, dict(info))
