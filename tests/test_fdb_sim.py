@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from skunkqueue.persistence.fdb_sim import (
+from skunkqueue.testing.fdb_sim import (
     FDBError,
     KeyValue,
     SimDatabase,
@@ -552,9 +552,9 @@ def test_a_committed_transaction_is_reused_only_after_reset(db: SimDatabase) -> 
 
 @pytest.fixture
 def server_process() -> Iterator[tuple[str, int]]:
-    """``python -m skunkqueue.persistence.fdb_sim --port 0``, stopped by PID."""
+    """``python -m skunkqueue.testing.fdb_sim --port 0``, stopped by PID."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "skunkqueue.persistence.fdb_sim", "--port", "0"],
+        [sys.executable, "-m", "skunkqueue.testing.fdb_sim", "--port", "0"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         start_new_session=True,

@@ -9,7 +9,7 @@ URLs:
 * ``fdbsim://NAME``: the in-process simulator (``fdb_sim.py``), shared by every backend
   of this process that names it, like ``memory://``. For tests and one-process apps.
 * ``fdbsim+tcp://127.0.0.1:PORT``: a simulator served by ``python -m
-  skunkqueue.persistence.fdb_sim --port PORT``, shared by processes (tests, worker pools).
+  skunkqueue.testing.fdb_sim --port PORT``, shared by processes (tests, worker pools).
 
 The seed form ``SkunkQueue('demo', **default_cfg)`` means ``fdb://`` (the default cluster).
 
@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, SerializationError
 from ..model import CANCELLABLE, JobRecord, JobState, Outcome
-from . import fdb_sim
+from ..testing import fdb_sim
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .records import (
     apply_outcome,
