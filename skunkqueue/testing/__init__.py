@@ -5,5 +5,7 @@ end-to-end tests and the benchmarks run real ``skunq`` processes against its sto
 
 * ``fdb_sim``: an in-memory simulator of FoundationDB's transactions, and a server
   (``python -m skunkqueue.testing.fdb_sim --port PORT``) that shares one with several
-  processes.
+  processes;
+* ``fdb_backend``: what ``fdbsim://NAME`` and ``fdbsim+tcp://HOST:PORT`` URLs open, the
+  FoundationDB backend over the simulator.
 """
