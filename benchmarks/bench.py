@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fdbsim",
         action="store_true",
-        help="start an own FoundationDB simulator (python -m skunkqueue.persistence.fdb_sim) "
+        help="start an own FoundationDB simulator (python -m skunkqueue.testing.fdb_sim) "
         "on a free loopback port and benchmark it, with small N, plus the claim-contention "
         "figure; simulator figures say nothing about a cluster's speed",
     )

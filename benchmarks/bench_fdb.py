@@ -3,7 +3,7 @@ claim-contention figure (transaction conflicts per 1,000 claims with 8 claimers,
 and after the backend's contention technique).
 
 No FoundationDB cluster and no ``libfdb_c`` are used: everything runs on
-``skunkqueue/persistence/fdb_sim.py``, the in-memory simulator of FoundationDB's
+``skunkqueue/testing/fdb_sim.py``, the in-memory simulator of FoundationDB's
 transactions. Its speed is that of a Python process (over a local socket for
 ``fdbsim+tcp``), so **its figures say nothing about a cluster's speed**. The conflicts
 are the simulator's own optimistic-concurrency checks, FoundationDB's rule (a read
@@ -36,7 +36,8 @@ from urllib.parse import urlsplit
 from skunkqueue import SkunkQueue
 from skunkqueue.jobs import Outcome
 from skunkqueue.persistence import fdb as fdb_backend
-from skunkqueue.persistence import fdb_sim, open_backend
+from skunkqueue.persistence import open_backend
+from skunkqueue.testing import fdb_sim
 
 REPO = Path(__file__).resolve().parent.parent
 SIMULATOR = "FoundationDB simulator: says nothing about a cluster's speed"
@@ -58,7 +59,7 @@ def is_simulator(url: str) -> bool:
 
 
 class OwnFdbSim:
-    """``python -m skunkqueue.persistence.fdb_sim --port 0`` of the bench's own: it prints
+    """``python -m skunkqueue.testing.fdb_sim --port 0`` of the bench's own: it prints
     ``fdb_sim listening on 127.0.0.1:PORT``; stopped by PID with SIGTERM (the way
     tests/servers.py FdbSimServer runs one). Its stderr goes to a log in the work dir."""
 
@@ -75,7 +76,7 @@ class OwnFdbSim:
     def start(self, timeout: float = 15.0) -> OwnFdbSim:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "skunkqueue.persistence.fdb_sim", "--port", "0"],
+                [sys.executable, "-m", "skunkqueue.testing.fdb_sim", "--port", "0"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,

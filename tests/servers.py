@@ -273,7 +273,7 @@ class ExternalMongo:
 
 
 class FdbSimServer:
-    """``python -m skunkqueue.persistence.fdb_sim``: the FoundationDB simulator served on a
+    """``python -m skunkqueue.testing.fdb_sim``: the FoundationDB simulator served on a
     free loopback port, so worker and scheduler processes share one store."""
 
     def __init__(self) -> None:
@@ -286,7 +286,7 @@ class FdbSimServer:
 
     def start(self, timeout: float = 15.0) -> FdbSimServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "skunkqueue.persistence.fdb_sim", "--port", "0"],
+            [sys.executable, "-m", "skunkqueue.testing.fdb_sim", "--port", "0"],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             start_new_session=True,

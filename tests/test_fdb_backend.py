@@ -1,7 +1,7 @@
 """What the FoundationDB backend promises beyond the contract suite (whose test_wait.py
 covers its wake-ups by watches): records that fit FoundationDB's limits or are refused, large puts split into transactions
 far inside the 10 MB limit, the seed's import paths, and the real-cluster run where one
-exists. Runs against the simulator (skunkqueue/persistence/fdb_sim.py); no FoundationDB
+exists. Runs against the simulator (skunkqueue/testing/fdb_sim.py); no FoundationDB
 cluster or client library can be installed here.
 """
 
@@ -16,8 +16,9 @@ import pytest
 
 from skunkqueue.config import QueueConfig
 from skunkqueue.errors import BackendUnavailable, ConfigurationError, SerializationError
-from skunkqueue.persistence import Backend, fdb_sim, open_backend
+from skunkqueue.persistence import Backend, open_backend
 from skunkqueue.persistence.fdb import MAX_RECORD_BYTES, PAGE, PUT_BYTES
+from skunkqueue.testing import fdb_sim
 
 from .contract.conftest import BACKENDS as CONTRACT_BACKENDS
 from .contract.support import T0, job

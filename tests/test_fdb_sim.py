@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from skunkqueue.persistence.fdb_sim import (
+from skunkqueue.testing.fdb_sim import (
     FDBError,
     KeyValue,
     SimDatabase,
@@ -279,35 +279,50 @@ def test_a_blind_add_does_not_conflict_with_a_concurrent_reader(db: SimDatabase)
 
 
 def test_many_threads_claim_each_key_exactly_once(db: SimDatabase) -> None:
+    """Eight threads drain 300 keys, each key taken by one transaction. The competition is
+    forced, not hoped for: every thread's first attempt reads the head before any of them
+    commits, so seven of those eight must conflict and retry; and no thread drains on until
+    every thread holds a key, so one thread cannot empty the queue alone."""
     tr = db.create_transaction()
     keys = [b"q/%04d" % i for i in range(300)]
     for key in keys:
         tr.set(key, b"job")
     tr.commit().wait()
-    taken: list[list[bytes]] = [[] for _ in range(8)]
+    threads_n = 8
+    taken: list[list[bytes]] = [[] for _ in range(threads_n)]
+    attempts = [0] * threads_n
+    everyone_read = threading.Barrier(threads_n)  # inside each thread's first attempt
+    everyone_took_one = threading.Barrier(threads_n)
 
-    def take_first(tr: SimTransaction) -> bytes | None:
+    def take_first(tr: SimTransaction, i: int) -> bytes | None:
+        attempts[i] += 1
         first = tr.get_range(b"q/", b"q0", limit=1)
+        if attempts[i] == 1:
+            everyone_read.wait(timeout=10)
         if not first:
             return None
         tr.clear(first[0].key)
         return first[0].key
 
-    start = threading.Barrier(8)
-
     def worker(i: int) -> None:
-        start.wait(timeout=10)  # or the first thread may drain the queue alone
-        while (key := transactional(db, take_first)) is not None:
+        key = transactional(db, take_first, i)
+        assert key is not None
+        taken[i].append(key)
+        everyone_took_one.wait(timeout=10)
+        while (key := transactional(db, take_first, i)) is not None:
             taken[i].append(key)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
     everything = [key for mine in taken for key in mine]
     assert sorted(everything) == keys  # each exactly once
-    assert sum(1 for mine in taken if mine) > 1  # and the threads really competed
+    assert all(taken)  # every thread took keys
+    calls = len(everything) + threads_n  # each thread's last call found the queue empty
+    assert sum(attempts) - calls >= threads_n - 1  # the seven losers of the first race retried
 
 
 # -- versionstamps ---------------------------------------------------------------------------
@@ -552,9 +567,9 @@ def test_a_committed_transaction_is_reused_only_after_reset(db: SimDatabase) -> 
 
 @pytest.fixture
 def server_process() -> Iterator[tuple[str, int]]:
-    """``python -m skunkqueue.persistence.fdb_sim --port 0``, stopped by PID."""
+    """``python -m skunkqueue.testing.fdb_sim --port 0``, stopped by PID."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "skunkqueue.persistence.fdb_sim", "--port", "0"],
+        [sys.executable, "-m", "skunkqueue.testing.fdb_sim", "--port", "0"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         start_new_session=True,

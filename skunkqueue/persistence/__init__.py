@@ -25,8 +25,9 @@ BACKENDS = {
     "mongodb": ("skunkqueue.persistence.mongodb", "MongoBackend"),
     "mongodb+srv": ("skunkqueue.persistence.mongodb", "MongoBackend"),
     "fdb": ("skunkqueue.persistence.fdb", "FoundationDBBackend"),
-    "fdbsim": ("skunkqueue.persistence.fdb", "FoundationDBBackend"),
-    "fdbsim+tcp": ("skunkqueue.persistence.fdb", "FoundationDBBackend"),
+    # The FoundationDB backend over the simulator, a test double (skunkqueue/testing).
+    "fdbsim": ("skunkqueue.testing.fdb_backend", "open_sim_backend"),
+    "fdbsim+tcp": ("skunkqueue.testing.fdb_backend", "open_sim_backend"),
 }
 
 

@@ -5,11 +5,12 @@ URLs:
 * ``fdb:///etc/foundationdb/fdb.cluster`` (or ``fdb://`` for the default cluster file): a
   real cluster, through the official binding (``pip install 'skunkqueue[fdb]'``, which
   needs the client library ``libfdb_c`` installed). The queue's subspace comes from the
-  directory layer, at ``('skunkqueue', queue)``.
-* ``fdbsim://NAME``: the in-process simulator (``fdb_sim.py``), shared by every backend
-  of this process that names it, like ``memory://``. For tests and one-process apps.
-* ``fdbsim+tcp://127.0.0.1:PORT``: a simulator served by ``python -m
-  skunkqueue.persistence.fdb_sim --port PORT``, shared by processes (tests, worker pools).
+  directory layer, at ``('skunkqueue', queue)``. Every transaction is bounded: it gives up
+  after ``?timeout=SECONDS`` (default TIMEOUT) or ``?retry_limit=N`` retries (default
+  RETRY_LIMIT), whichever comes first, with ``BackendUnavailable``.
+* ``fdbsim://NAME`` and ``fdbsim+tcp://127.0.0.1:PORT``: this backend over the simulator,
+  for tests only; they are opened by ``skunkqueue.testing.fdb_backend``, and this module
+  imports nothing of the simulator.
 
 The seed form ``SkunkQueue('demo', **default_cfg)`` means ``fdb://`` (the default cluster).
 
@@ -46,12 +47,11 @@ import random
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, SerializationError
 from ..model import CANCELLABLE, JobRecord, JobState, Outcome
-from . import fdb_sim
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .rules import (
     apply_outcome,
@@ -77,6 +77,16 @@ BATCH = 250
 SPREAD = 4
 #: Records one listing transaction reads.
 PAGE = 1000
+#: Seconds a transaction on a cluster may take, its retries included (URL ``?timeout=``):
+#: past it the binding cancels the transaction, even in the middle of a read that waits
+#: for an unreachable cluster. (``wait`` registers its watches in such a transaction: if
+#: the timeout ends them, the wait wakes early, which the contract allows.)
+TIMEOUT = 5.0
+#: Retries of one transaction, after conflicts and other retryable errors, before it gives
+#: up (URL ``?retry_limit=``).
+RETRY_LIMIT = 20
+#: FoundationDB's transaction_timed_out: the ``timeout`` option cancelled the transaction.
+TIMED_OUT = 1031
 
 QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
 SCHEDULED, RETRYING = JobState.SCHEDULED, JobState.RETRYING
@@ -87,8 +97,23 @@ ONE = struct.pack("<q", 1)
 SEQ_BYTES = 12
 STAMP_PLACEHOLDER = b"\x00" * 10  # filled in by the commit
 
-_sims: dict[str, fdb_sim.SimDatabase] = {}
-_sims_lock = threading.Lock()
+
+class OpenedDatabase(NamedTuple):
+    """What an opener gives the backend for one queue."""
+
+    #: The queue's key prefix: every key of the queue starts with it.
+    prefix: bytes
+    #: ``run(fn, *args)``: ``fn(tr, *args)`` in a transaction, committed and retried as
+    #: FoundationDB prescribes; returns what ``fn`` returned. ``fn`` may run more than
+    #: once, so it must be idempotent.
+    run: Callable[..., Any]
+    #: Whether other processes see the same database (see ``Backend``).
+    shared_across_processes: bool = True
+
+
+#: ``opener(url, queue, pack)``: the database that ``url`` names, for ``queue``; ``pack``
+#: is the tuple layer's ``pack``.
+Opener = Callable[[str, str, Callable[[tuple], bytes]], OpenedDatabase]
 
 
 def _tuple_layer() -> Any:
@@ -101,21 +126,88 @@ def _tuple_layer() -> Any:
     return fdb.tuple
 
 
-def _open_database(url: str, queue: str, pack: Callable[[tuple], bytes]) -> tuple[Any, bytes]:
-    """The database handle and the queue's key prefix for ``url``."""
-    parts = urlsplit(url)
-    if parts.scheme == "fdbsim":
-        name = parts.netloc or "default"
-        with _sims_lock:
-            database = _sims.setdefault(name, fdb_sim.SimDatabase())
-        return database, pack(("skunkqueue", queue))
-    if parts.scheme == "fdbsim+tcp":
-        if not parts.hostname or not parts.port:
-            raise ConfigurationError(f"{url!r}: an fdbsim+tcp URL needs host:port")
+def run_transaction(
+    create_transaction: Callable[[], Any],
+    fn: Callable[..., Any],
+    *args: Any,
+    timeout: float,
+    retry_limit: int,
+    error: type[Exception],
+) -> Any:
+    """Run ``fn(tr, *args)`` in a new transaction and commit it, retrying what FoundationDB
+    says to retry, within bounds: the loop of ``@fdb.transactional``, which alone retries
+    forever.
+
+    The transaction gets the binding's ``timeout`` and ``retry_limit`` options, so the
+    client library enforces both (the timeout spans the retries, API 610+); the loop also
+    counts retries itself. A timeout, or a retryable ``error`` after ``retry_limit``
+    retries, raises ``BackendUnavailable`` from the last error. An ``error`` that
+    ``on_error`` will not retry (a misuse, not an outage) propagates as it is, and so does
+    any other exception ``fn`` raises, without a retry.
+    """
+    tr = create_transaction()
+    tr.options.set_timeout(max(1, round(timeout * 1000)))  # milliseconds
+    tr.options.set_retry_limit(retry_limit)
+    retries = 0
+    while True:
         try:
-            return fdb_sim.connect((parts.hostname, parts.port)), pack(("skunkqueue", queue))
-        except OSError as exc:
-            raise BackendUnavailable(f"no FoundationDB simulator at {url!r}: {exc}") from exc
+            result = fn(tr, *args)
+            tr.commit().wait()
+            return result
+        except error as exc:
+            last = exc
+        if _code(last) != TIMED_OUT and retries < retry_limit:
+            try:
+                tr.on_error(last).wait()  # backs off, resets, or raises what it won't retry
+            except error as refused:
+                if _code(refused) != TIMED_OUT:
+                    raise  # not retryable: a misuse, not an outage
+                last = refused
+            else:
+                retries += 1
+                continue
+        if _code(last) == TIMED_OUT:
+            reason = f"timed out after {timeout:g} s"
+        else:
+            reason = f"not committed after {retries} retries"
+        raise BackendUnavailable(f"FoundationDB transaction {reason}: {last}") from last
+
+
+def _code(err: BaseException) -> int | None:
+    return getattr(err, "code", None)
+
+
+def _limits(url: str, query: str) -> tuple[float, int]:
+    """The ``timeout`` and ``retry_limit`` that the URL's query sets, else the defaults."""
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"timeout", "retry_limit"})
+    if unknown:
+        raise ConfigurationError(
+            f"{url!r}: unknown option {', '.join(unknown)} (known: timeout, retry_limit)"
+        )
+    try:
+        timeout = float(options.get("timeout", TIMEOUT))
+        retry_limit = int(options.get("retry_limit", RETRY_LIMIT))
+    except ValueError as exc:
+        raise ConfigurationError(f"{url!r}: {exc}") from None
+    if not 0 < timeout < float("inf") or retry_limit < 0:
+        raise ConfigurationError(
+            f"{url!r}: timeout must be a positive number of seconds and retry_limit "
+            "a count of 0 or more"
+        )
+    return timeout, retry_limit
+
+
+def open_cluster(url: str, queue: str, pack: Callable[[tuple], bytes]) -> OpenedDatabase:
+    """A FoundationDB cluster, ``fdb://CLUSTER_FILE?timeout=S&retry_limit=N``: the queue's
+    subspace from the directory layer, and the bounded retry loop ``run_transaction``."""
+    parts = urlsplit(url)
+    if parts.scheme != "fdb":
+        raise ConfigurationError(
+            f"{url!r}: the FoundationDB backend opens fdb:// URLs (fdbsim URLs are "
+            "skunkqueue.testing's)"
+        )
+    timeout, retry_limit = _limits(url, parts.query)
     import fdb
 
     try:
@@ -125,8 +217,19 @@ def _open_database(url: str, queue: str, pack: Callable[[tuple], bytes]) -> tupl
     except Exception as exc:  # the binding raises a bare Exception without libfdb_c
         raise BackendUnavailable(f"FoundationDB client library not usable: {exc}") from exc
     database = fdb.open((parts.netloc + parts.path) or None)  # None: the default file
-    directory = fdb.directory.create_or_open(database, ("skunkqueue", queue))
-    return database, directory.key()
+
+    def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return run_transaction(
+            database.create_transaction,
+            fn,
+            *args,
+            timeout=timeout,
+            retry_limit=retry_limit,
+            error=fdb.FDBError,
+        )
+
+    directory = run(lambda tr: fdb.directory.create_or_open(tr, ("skunkqueue", queue)))
+    return OpenedDatabase(directory.key(), run)
 
 
 class FoundationDBBackend(Backend):
@@ -136,11 +239,12 @@ class FoundationDBBackend(Backend):
 
     wake_mode = "FoundationDB watches on wake counters"
 
-    def __init__(self, url: str, queue: str) -> None:
+    def __init__(self, url: str, queue: str, opener: Opener = open_cluster) -> None:
         super().__init__(url, queue)
         self._tuple = _tuple_layer()
-        self._db, self._prefix = _open_database(url, queue, self._tuple.pack)
-        self.shared_across_processes = urlsplit(url).scheme != "fdbsim"
+        opened = opener(url, queue, self._tuple.pack)
+        self._prefix, self._transact = opened.prefix, opened.run
+        self.shared_across_processes = opened.shared_across_processes
         self._seen: dict[bytes, bytes | None] = {}
 
     # -- plumbing -----------------------------------------------------------------
@@ -157,7 +261,7 @@ class FoundationDBBackend(Backend):
         return self._tuple.unpack(key[len(self._prefix) :])
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fdb_sim.transactional(self._db, fn, *args)
+        return self._transact(fn, *args)
 
     def _seq_key(self, head: tuple, seq: int | None, place: int, job_id: str) -> bytes:
         """The key ``head + (seq, job_id)``, seq as a tuple Versionstamp element (code

@@ -48,7 +48,7 @@ BACKENDS = [
     # SecantusDB (the stand-in server) runs tens of claims per second: the contention
     # tests use fewer jobs there, the same number against a real MongoDB.
     BackendSpec("mongodb", server=True, fixture="mongo_server", contention_jobs=120),
-    # FoundationDB through the simulator (skunkqueue/persistence/fdb_sim.py): in-process,
+    # FoundationDB through the simulator (skunkqueue/testing/fdb_sim.py): in-process,
     # and served to several processes; a real cluster, where one runs, is "fdb".
     BackendSpec("fdbsim", lambda tmp, unique: f"fdbsim://{unique}"),
     BackendSpec("fdbsim+tcp", server=True, fixture="fdb_sim_server"),

@@ -23,7 +23,7 @@ own writes, which is stricter than FoundationDB, never looser.
 ``SimServer`` and ``connect`` let several processes share one simulator. Messages are JSON
 (bytes as base64) over ``multiprocessing.connection`` with an authkey, on 127.0.0.1 only;
 nothing received is ever unpickled, so the well-known default key only keeps stray clients
-out. Run one in the foreground with ``python -m skunkqueue.persistence.fdb_sim --port N``.
+out. Run one in the foreground with ``python -m skunkqueue.testing.fdb_sim --port N``.
 """
 
 from __future__ import annotations
@@ -1130,7 +1130,7 @@ def connect(address: tuple[str, int], authkey: bytes = DEFAULT_AUTHKEY) -> Remot
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m skunkqueue.persistence.fdb_sim",
+        prog="python -m skunkqueue.testing.fdb_sim",
         description="Serve an in-memory FoundationDB simulator on 127.0.0.1 until SIGTERM/SIGINT.",
     )
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
