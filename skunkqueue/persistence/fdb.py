@@ -37,7 +37,7 @@ same key again and again.
 
 Limits: a record over 100 kB (FoundationDB's value limit) is refused with a clear error;
 a put is written in transactions of at most PUT_BYTES (far inside the 10 MB limit), and
-the leader's steps touch at most BATCH records per transaction.
+the leader's steps touch at most MAX_BATCH records per transaction.
 """
 
 from __future__ import annotations
@@ -47,18 +47,24 @@ import random
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import BackendUnavailable, ConfigurationError, LeaseLost, SerializationError
-from ..model import CANCELLABLE, JobRecord, JobState, Outcome
+from ..errors import BackendUnavailable, ConfigurationError, SerializationError
+from ..model import JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .rules import (
+    MAX_BATCH,
     apply_outcome,
     bytes_cut,
+    cancel,
+    check_fence,
     payload_size,
     recover,
     release_held,
+    state_on_put,
+    take,
     taken_lease,
 )
 
@@ -69,8 +75,6 @@ API_VERSION = 710
 MAX_RECORD_BYTES = 100_000
 #: Bytes of records one put transaction writes at most (the limit is 10 MB).
 PUT_BYTES = 1_000_000
-#: Records one claim, promote kind, finish or cancel transaction touches at most.
-BATCH = 250
 #: A claim retried after a conflict takes one of this many windows of ``limit`` keys at
 #: the head of the queue, chosen at random: two such claimers collide only when they
 #: choose the same window (random picks of 10 among 40 keys would nearly always overlap).
@@ -91,7 +95,6 @@ TIMED_OUT = 1031
 QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
 SCHEDULED, RETRYING = JobState.SCHEDULED, JobState.RETRYING
 WAITING_STATES = (SCHEDULED, RETRYING)
-CANCELLABLE_STATES = {s.value for s in CANCELLABLE}
 ONE = struct.pack("<q", 1)
 #: A seq: the 10-byte commit versionstamp and a 2-byte place within the commit.
 SEQ_BYTES = 12
@@ -350,27 +353,17 @@ class FoundationDBBackend(Backend):
 
     def _check_fence(self, tr: Any, fence: Fence, now: float) -> None:
         # A normal read: a lease that changes hands before this commits fails it.
-        lease = self._lease_at(tr, fence.name)
-        if (
-            lease is None
-            or (lease.owner, lease.token) != (fence.owner, fence.token)
-            or (lease.until < now)
-        ):
-            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+        check_fence(self._lease_at(tr, fence.name), fence, now)
 
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
-        """Every record is checked and encoded first; then one transaction per PUT_BYTES
-        of records (a call larger than that is written in several, each atomic)."""
+        """Every record is encoded first; then one transaction per PUT_BYTES of records
+        (a call larger than that is written in several, each atomic)."""
         records = [JobRecord.from_dict(job.to_dict()) for job in jobs]
         sizes = []
         for r in records:
-            for name in ("id", "event", "route", "payload", "serializer"):
-                if not isinstance(getattr(r, name), str):
-                    raise TypeError(f"job field {name} must be a string")
-            if r.state not in (RETRYING, JobState.CANCELLED):
-                r.state = SCHEDULED if r.eta > now else QUEUED
+            r.state = state_on_put(r, now)
             sizes.append(len(self._encode(r)))
         answers: list[bool] = []
         chunk: list[JobRecord] = []
@@ -470,12 +463,12 @@ class FoundationDBBackend(Backend):
         limit: int = 1,
         max_bytes: int | None = None,
     ) -> list[JobRecord]:
-        wanted = min(limit, BATCH)
+        wanted = min(limit, MAX_BATCH)
         if wanted <= 0 or not routes:
             return []
         attempts = [0]
 
-        def take(tr: Any) -> list[JobRecord]:
+        def take_some(tr: Any) -> list[JobRecord]:
             attempts[0] += 1
             heads = []  # (eta, seq, id, key) of the first ready keys of each route
             for route in dict.fromkeys(routes):
@@ -510,16 +503,12 @@ class FoundationDBBackend(Backend):
                 if r is None or r.state != QUEUED:
                     continue
                 self._unindex(tr, r)
-                r.state = RUNNING
-                r.owner = owner
-                r.lease_until = now + lease
-                r.started_at = max(now, r.eta)  # see Backend.claim
-                r.deliveries += 1
+                take(r, owner, now, lease)
                 self._index(tr, r)
                 taken.append(r)
             return taken
 
-        return self._run(take)
+        return self._run(take_some)
 
     def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
@@ -546,8 +535,8 @@ class FoundationDBBackend(Backend):
 
     def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         answers: list[bool] = []
-        for start in range(0, len(outcomes), BATCH):
-            answers += self._run(self._finish_in, outcomes[start : start + BATCH], owner, now)
+        for start in range(0, len(outcomes), MAX_BATCH):
+            answers += self._run(self._finish_in, outcomes[start : start + MAX_BATCH], owner, now)
         return answers
 
     def _finish_in(
@@ -568,13 +557,13 @@ class FoundationDBBackend(Backend):
         return answers
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
-        """Walks the owner's ``('o', owner, id)`` keys (as renew does), BATCH per
+        """Walks the owner's ``('o', owner, id)`` keys (as renew does), MAX_BATCH per
         transaction, until none is left."""
         begun = set(started)
 
         def hand_back(tr: Any) -> tuple[dict[str, str], bool]:
             begin, end = self._range("o", owner)
-            held = list(tr.get_range(begin, end, limit=BATCH))
+            held = list(tr.get_range(begin, end, limit=MAX_BATCH))
             released = {}
             for kv in held:
                 job_id = self._unpack(kv.key)[2]
@@ -586,7 +575,7 @@ class FoundationDBBackend(Backend):
                 release_held(r, begun, now)
                 self._index(tr, r)  # a job queued again wakes its route's waiters
                 released[job_id] = r.state
-            return released, len(held) >= BATCH
+            return released, len(held) >= MAX_BATCH
 
         released: dict[str, str] = {}
         while True:
@@ -600,22 +589,19 @@ class FoundationDBBackend(Backend):
             answers = []
             for job_id in job_ids:
                 r = self._read(tr, job_id)
-                if r is None or r.state not in CANCELLABLE_STATES:
+                after = None if r is None else replace(r)
+                if after is None or not cancel(after, now, reason):
                     answers.append(False)
                     continue
                 self._unindex(tr, r)
-                r.state = JobState.CANCELLED
-                r.error = {"reason": reason}
-                r.finished_at = now
-                r.expires_at = now + r.result_ttl
-                self._index(tr, r)
+                self._index(tr, after)
                 answers.append(True)
             return answers
 
         return self._run(cancel_all)
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
-        limit = max(1, min(limit, BATCH))
+        limit = max(1, min(limit, MAX_BATCH))
 
         def step(tr: Any) -> SweepReport:
             self._check_fence(tr, fence, now)
@@ -740,7 +726,7 @@ class FoundationDBBackend(Backend):
                 if json.loads(bytes(kv.value))["until"] < before:
                     tr.clear(kv.key)
                     forgotten += 1
-                    if forgotten >= min(limit, BATCH):
+                    if forgotten >= min(limit, MAX_BATCH):
                         break
             return forgotten
 

@@ -59,10 +59,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import redact
-from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
+from ..errors import BackendUnavailable, ConfigurationError
 from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
-from .rules import apply_outcome, bytes_cut, payload_size, recover, release_held
+from .rules import (
+    MAX_BATCH,
+    apply_outcome,
+    bytes_cut,
+    cancel,
+    check_fence,
+    payload_size,
+    recover,
+    release_held,
+    state_on_put,
+    taken_lease,
+)
 
 default_cfg: dict[str, Any] = {
     "backend": "mongodb",
@@ -93,8 +104,6 @@ INDEXES: dict[str, dict[str, tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     SCHEDULES: {"names": ([("q", 1), ("name", 1)], {})},
 }
 
-#: Documents one claim, promote kind or finish batch touches at most per call.
-BATCH = 500
 #: Polling fallback: first and longest interval between looks (seconds).
 POLL_MIN, POLL_MAX = 0.01, 0.5
 
@@ -216,14 +225,8 @@ class MongoBackend(Backend):
         return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
 
     def _check_fence(self, fence: Fence, now: float) -> None:
-        lease = self._lease_docs.find_one({"_id": self._key(fence.name)})
-        if (
-            lease is None
-            or lease.get("owner") != fence.owner
-            or lease.get("token") != fence.token
-            or lease.get("until", 0.0) < now
-        ):
-            raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+        document = self._lease_docs.find_one({"_id": self._key(fence.name)})
+        check_fence(None if document is None else self._lease(document), fence, now)
 
     # -- jobs ---------------------------------------------------------------------
 
@@ -231,9 +234,9 @@ class MongoBackend(Backend):
         """One insert_many of every job (each document encoded before any is sent);
         ids that exist are refused, unless their record expired (then replaced)."""
         documents = [self._document(job) for job in jobs]
+        job_of = list(jobs)
         if not documents:
             return []
-        kept = (JobState.RETRYING, JobState.CANCELLED)
         counter = self._counters.find_one_and_update(
             {"_id": self.queue},
             {"$inc": {"seq": len(documents)}},
@@ -242,8 +245,7 @@ class MongoBackend(Backend):
         )
         first = counter["seq"] - len(documents)
         for offset, document in enumerate(documents, 1):
-            if document["state"] not in kept:
-                document["state"] = JobState.SCHEDULED if document["eta"] > now else QUEUED
+            document["state"] = state_on_put(job_of[offset - 1], now)
             document["seq"] = first + offset
         answers = [True] * len(documents)
         try:
@@ -315,7 +317,7 @@ class MongoBackend(Backend):
         between is skipped), then read back what the token got; a few rounds while
         other claimers won the first picks. With ``max_bytes`` the server reports each
         candidate's payload size ($strLenBytes) instead of sending the payload."""
-        wanted = min(limit, BATCH)
+        wanted = min(limit, MAX_BATCH)
         if wanted <= 0 or not routes:
             return []
         token = os.urandom(12).hex()
@@ -385,19 +387,19 @@ class MongoBackend(Backend):
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Finds the owner's running jobs by the ``held`` index (as renew does), up to
-        BATCH per round, and writes each back with a compare-and-set on its state, owner
+        MAX_BATCH per round, and writes each back with a compare-and-set on its state, owner
         and delivery count: one find per round plus one write per job."""
         begun = set(started)
         released: dict[str, str] = {}
         query = {"q": self.queue, "owner": owner, "state": RUNNING}
         while True:
-            held = [self._record(d) for d in self._jobs.find(query, hint="held").limit(BATCH)]
+            held = [self._record(d) for d in self._jobs.find(query, hint="held").limit(MAX_BATCH)]
             for old in held:
                 new = self._record(self._document(old))
                 release_held(new, begun, now)
                 if self._replace_if_unchanged(old, new):
                     released[old.id] = new.state
-            if len(held) < BATCH:
+            if len(held) < MAX_BATCH:
                 return released
 
     def _replace_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
@@ -447,19 +449,15 @@ class MongoBackend(Backend):
         answers = []
         for job_id in job_ids:
             old = found.pop(job_id, None)
-            if old is None:
+            new = None if old is None else self._record(self._document(old))
+            if old is None or new is None or not cancel(new, now, reason):
                 answers.append(False)
                 continue
-            new = self._record(self._document(old))
-            new.state = JobState.CANCELLED
-            new.error = {"reason": reason}
-            new.finished_at = now
-            new.expires_at = now + new.result_ttl
             answers.append(self._replace_if_unchanged(old, new))
         return answers
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
-        limit = max(1, min(limit, BATCH))
+        limit = max(1, min(limit, MAX_BATCH))
         report = SweepReport()
         self._check_fence(fence, now)
         due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}
@@ -533,33 +531,33 @@ class MongoBackend(Backend):
     def _acquire_lease(
         self, name: str, owner: str, now: float, ttl: float, info: dict[str, Any] | None = None
     ) -> Lease | None:
-        after = self._pymongo.ReturnDocument.AFTER
-        fields = {"until": now + ttl, "info": dict(info or {})}
-        renewed = self._lease_docs.find_one_and_update(
-            {"_id": self._key(name), "owner": owner, "until": {"$gte": now}},
-            {"$set": fields},
-            return_document=after,
-            hint=BY_ID,
-        )
-        if renewed is not None:
-            return self._lease(renewed)
-        try:
-            taken = self._lease_docs.find_one_and_update(
-                {
-                    "_id": self._key(name),
-                    "$or": [{"owner": ""}, {"until": {"$lt": now}}],
-                },
-                {
-                    "$set": {**fields, "owner": owner, "q": self.queue, "name": name},
-                    "$inc": {"token": 1},
-                },
-                upsert=True,
-                return_document=after,
-                hint=BY_ID,
-            )
-        except self._errors.DuplicateKeyError:
-            return None  # held by another owner: the upsert found no free lease
-        return self._lease(taken)
+        """The rule book decides (``rules.taken_lease``) on the lease as read; the write is a
+        compare-and-set on what was read, so a lease that changed meanwhile is not taken
+        (``None``: the caller asks again at its next renewal)."""
+        key = self._key(name)
+        found = self._lease_docs.find_one({"_id": key}, hint=BY_ID)
+        current = None if found is None else self._lease(found)
+        lease = taken_lease(current, name, owner, now, ttl, info or {})
+        if lease is None:
+            return None
+        document = {
+            "_id": key,
+            "q": self.queue,
+            "name": name,
+            "owner": lease.owner,
+            "token": lease.token,
+            "until": lease.until,
+            "info": lease.info,
+        }
+        if found is None:
+            try:
+                self._lease_docs.insert_one(document)
+            except self._errors.DuplicateKeyError:
+                return None  # another process made it first
+            return lease
+        unchanged = {"_id": key, **{f: found[f] for f in ("owner", "token", "until")}}
+        written = self._lease_docs.replace_one(unchanged, document, hint=BY_ID)
+        return lease if written.matched_count == 1 else None
 
     def _release_lease(self, name: str, owner: str) -> bool:
         result = self._lease_docs.update_one(
