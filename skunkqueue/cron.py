@@ -81,13 +81,17 @@ class ScheduleSpec:
         timezone: Any = None,
         misfire: str = "coalesce",
         max_catchup: int = 100,
+        grace: float | timedelta = 1.0,
     ) -> ScheduleSpec:
-        """The spec for a decorator's arguments; ``timezone`` may be a name or a tzinfo."""
+        """The spec for a decorator's arguments; ``timezone`` may be a name or a tzinfo,
+        ``every`` and ``grace`` seconds or a timedelta."""
         if isinstance(cron, str):
             cron = " ".join(cron.split())
         if isinstance(every, timedelta):
             every = every.total_seconds()
-        return cls(cron, every, _zone_name(timezone), misfire, max_catchup)
+        if isinstance(grace, timedelta):
+            grace = grace.total_seconds()
+        return cls(cron, every, _zone_name(timezone), misfire, max_catchup, grace)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -65,6 +65,8 @@ class SkunkQueue:
         every: timedelta | float | None = None,
         timezone: Any = None,
         misfire: str = "coalesce",
+        max_catchup: int = 100,
+        grace: float | timedelta = 1.0,
         retry: Retry | int | None = None,
         timeout: float | None = None,
         result_ttl: float | None = None,
@@ -82,6 +84,8 @@ class SkunkQueue:
         every: timedelta | float | None = None,
         timezone: Any = None,
         misfire: str = "coalesce",
+        max_catchup: int = 100,
+        grace: float | timedelta = 1.0,
         retry: Retry | int | None = None,
         timeout: float | None = None,
         result_ttl: float | None = None,
@@ -91,7 +95,9 @@ class SkunkQueue:
         """Register a function as an event of this queue (``@queue.job`` is the same).
 
         Everything is validated here, before the function is registered: routes, a cron
-        expression or interval and its time zone, the retry policy and the limits. A cron
+        expression or interval and its time zone, the retry policy and the limits. A tick
+        more than ``grace`` seconds late counts as missed and ``misfire`` decides what
+        happens to it (``'all'`` fires at most the last ``max_catchup`` missed ticks). A cron
         or interval event stores its schedule in the backend now, so any scheduler fires
         it without importing this module.
         """
@@ -106,7 +112,12 @@ class SkunkQueue:
         schedule = None
         if cron is not None or every is not None:
             schedule = ScheduleSpec.build(
-                cron=cron, every=every, timezone=timezone, misfire=misfire
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                misfire=misfire,
+                max_catchup=max_catchup,
+                grace=grace,
             )
 
         def register(function: Callable[..., Any]) -> Event:

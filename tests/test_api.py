@@ -363,6 +363,16 @@ def test_every_event_stores_schedule(queue: SkunkQueue) -> None:
     assert before < schedule.next_fire <= before + 30 and schedule.next_fire % 30 == 0
 
 
+def test_grace_and_max_catchup_are_set_at_decoration(queue: SkunkQueue) -> None:
+    define_tick(queue, cron="* * * * *", misfire="all", grace=timedelta(seconds=30), max_catchup=5)
+    [schedule] = queue.backend.schedules()
+    assert (schedule.spec["grace"], schedule.spec["max_catchup"]) == (30.0, 5)
+    with pytest.raises(ConfigurationError, match="grace must be seconds >= 0"):
+        queue.event(routes=["tick"], cron="* * * * *", grace=-1)(lambda: None)
+    with pytest.raises(ConfigurationError, match="max_catchup must be an integer >= 1"):
+        queue.event(routes=["tick"], cron="* * * * *", max_catchup=0)(lambda: None)
+
+
 def test_six_field_cron_stores_seconds_schedule(queue: SkunkQueue) -> None:
     before = time.time()
     define_tick(queue, cron="* * * * * */10")
