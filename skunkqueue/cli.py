@@ -14,6 +14,7 @@ from typing import Any
 from .config import URL_ENV, QueueConfig, redact
 from .cron import ScheduleSpec
 from .errors import SkunkQueueError
+from .model import JobState
 from .persistence import Backend, open_backend
 from .persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX
 
@@ -259,7 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list jobs with their full ids")
     _add_common(jobs)
-    jobs.add_argument("--state", default=None, help="only jobs in this state (e.g. error)")
+    jobs.add_argument(
+        "--state",
+        default=None,
+        choices=[state.value for state in JobState],
+        help="only jobs in this state",
+    )
     jobs.add_argument("--route", default=None, help="only jobs on this route")
     jobs.add_argument("--limit", type=int, default=100)
     jobs.set_defaults(func=cmd_jobs)

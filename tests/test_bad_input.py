@@ -393,3 +393,16 @@ def test_retry_is_validated_before_registration(queue: SkunkQueue) -> None:
     with pytest.raises(ConfigurationError, match="Retry.backoff"):
         decorate(queue, routes=["r"], every=60, retry=Retry(backoff=0))
     assert_not_registered(queue)
+
+
+def test_an_unknown_state_filter_is_an_error_not_an_empty_list(
+    queue: SkunkQueue, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skunkqueue.cli import main
+
+    with pytest.raises(ValueError, match="unknown job state 'bogus': one of scheduled"):
+        queue.jobs(state="bogus")
+    with pytest.raises(SystemExit) as stopped:
+        main(["jobs", "-q", queue.name, "--url", queue.config.url, "--state", "bogus"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -174,8 +174,8 @@ class Backend(ABC):
         """Set ``lease_until = now + lease`` on running jobs held by ``owner``.
 
         Only ``job_ids`` when given, else every job the owner holds; returns the ids
-        the owner still holds. ``lease=0`` gives up the leases at once (a supervisor does
-        this for a worker it saw die), so the next ``promote`` recovers the jobs.
+        the owner still holds. ``lease`` must be a positive number of seconds: a worker
+        known dead has its jobs handed back with ``release``.
         """
         rules.check_positive("lease", lease)
         return self._calling(self._renew, owner, now, lease, job_ids)
