@@ -428,7 +428,7 @@ def main() -> int:
         help=f"worker counts to drain with, comma-separated (default {DRAIN_WORKERS})",
     )
     ap.add_argument(
-        "--smoke", action="store_true", help="1 round of bench.py --quick, no warm-up (~20 s)"
+        "--smoke", action="store_true", help="1 round of bench.py --quick, no warm-up (~3 s)"
     )
     ap.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up runs")
     ap.add_argument("--out", help="write the raw runs and the summary to this JSON file")
