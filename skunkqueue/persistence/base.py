@@ -45,7 +45,15 @@ __all__ = [
 
 
 class Backend(ABC):
-    """One queue's storage. Subclasses implement the abstract verbs atomically."""
+    """One queue's storage.
+
+    The public verbs below are the contract, and they are the same for every store: each
+    checks its input first (``rules.py``: nothing malformed reaches a store), caps one
+    step at ``rules.MAX_BATCH`` records, and reports the store's own "cannot reach it"
+    errors (``unreachable``) as ``BackendUnavailable``. A backend implements the
+    underscored verbs (``_put``, ``_claim``, ...), each atomically as its docstring here
+    says, deciding what happens to a record by the rule book in ``rules.py``.
+    """
 
     #: Whether separate processes opening the same URL see the same data.
     shared_across_processes: bool = True
