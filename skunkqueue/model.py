@@ -30,6 +30,18 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+#: A state by its string: a dict lookup, many times cheaper than calling ``JobState``.
+_BY_VALUE: dict[str, JobState] = {state.value: state for state in JobState}
+
+
+def as_state(value: str) -> JobState:
+    """``value`` as a ``JobState``; ``ValueError`` naming the states if it is none."""
+    try:
+        return _BY_VALUE[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown job state {value!r}: one of {', '.join(_BY_VALUE)}") from None
+
+
 #: States waiting in the time index for their eta.
 WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 #: States a job can still be cancelled from: it has not started.
@@ -77,7 +89,7 @@ class JobRecord:
     def __post_init__(self) -> None:
         # Stores hand back plain strings; an unknown one fails here, not in a comparison.
         if type(self.state) is not JobState:
-            self.state = JobState(self.state)
+            self.state = as_state(self.state)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,12 +115,12 @@ class Outcome:
     eta: float | None = None
 
     def __post_init__(self) -> None:
-        if self.state not in OUTCOME_STATES:
+        state = _BY_VALUE.get(self.state) if isinstance(self.state, str) else None
+        if state not in OUTCOME_STATES:
             raise ValueError(
                 f"outcome state must be one of {sorted(OUTCOME_STATES)}, not {self.state!r}"
             )
-        if type(self.state) is not JobState:
-            self.state = JobState(self.state)
+        self.state = state
 
 
 @dataclass(frozen=True)

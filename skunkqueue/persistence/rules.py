@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from ..errors import LeaseLost
-from ..model import CANCELLABLE, Fence, JobRecord, JobState, Lease, Outcome
+from ..model import CANCELLABLE, Fence, JobRecord, JobState, Lease, Outcome, as_state
 
 #: Records one atomic step touches at most, whatever the caller asks: a claim, each part
 #: of a sweep (due, lapsed, expired), a release or a forget round. The store serves other
@@ -25,24 +26,47 @@ MAX_BATCH = 250
 # -- inputs, refused before a store sees them --------------------------------------
 
 
+#: What ``check_jobs`` reads of a record, and the types almost every record has there.
+_CHECKED = attrgetter(
+    "id", "event", "route", "payload", "serializer", "eta", "created_at", "result_ttl"
+)
+_USUAL_TYPES = (str, str, str, str, str, float, float, float)
+
+
 def check_jobs(jobs: Sequence[JobRecord]) -> None:
     """Every record of a put is well formed, so a store never half-writes a call that it
-    would refuse part of."""
-    for job in jobs:
-        if not isinstance(job, JobRecord):
-            raise TypeError(f"put takes JobRecords, not {type(job).__name__}")
-        for name in ("id", "event", "route", "payload", "serializer"):
-            value = getattr(job, name)
-            if not isinstance(value, str) or (name != "payload" and not value):
-                raise TypeError(f"job field {name} must be a non-empty string, not {value!r}")
-        for name in ("eta", "created_at", "result_ttl"):
-            value = getattr(job, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
+    would refuse part of. Every fire pays for this, so the usual records pass a fast path
+    (about 0.3 us each); anything else gets the field-by-field check and its error."""
+    if jobs and set(map(type, jobs)) == {JobRecord}:
+        for fields in map(_CHECKED, jobs):
+            if tuple(map(type, fields)) != _USUAL_TYPES or not (
+                fields[0] and fields[1] and fields[2] and fields[4]
             ):
-                raise ValueError(f"job field {name} must be a finite number, not {value!r}")
+                break
+            total = fields[5] + fields[6] + fields[7]
+            if total - total != 0:  # inf - inf and nan are not 0: one is not finite
+                break
+        else:
+            return
+    for job in jobs:
+        _check_job(job)
+
+
+def _check_job(job: JobRecord) -> None:
+    if not isinstance(job, JobRecord):
+        raise TypeError(f"put takes JobRecords, not {type(job).__name__}")
+    for name in ("id", "event", "route", "payload", "serializer"):
+        value = getattr(job, name)
+        if not isinstance(value, str) or (name != "payload" and not value):
+            raise TypeError(f"job field {name} must be a non-empty string, not {value!r}")
+    for name in ("eta", "created_at", "result_ttl"):
+        value = getattr(job, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"job field {name} must be a finite number, not {value!r}")
 
 
 def check_outcomes(outcomes: Sequence[Outcome]) -> None:
@@ -65,14 +89,7 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
 
 def checked_state(state: str | None) -> JobState | None:
     """A state filter as a ``JobState``; an unknown one is an error, not an empty list."""
-    if state is None:
-        return None
-    try:
-        return JobState(state)
-    except ValueError:
-        raise ValueError(
-            f"unknown job state {state!r}: one of {', '.join(s.value for s in JobState)}"
-        ) from None
+    return None if state is None else as_state(state)
 
 
 def checked_count(name: str, value: int, minimum: int = 1) -> int:

@@ -17,6 +17,8 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -93,11 +95,8 @@ CREATE TABLE IF NOT EXISTS sq_schedules (
 );
 """
 
-COLUMNS = (
-    "id event route payload serializer state eta created_at seq attempts deliveries "
-    "max_deliveries owner lease_until started_at finished_at expires_at result_ttl timeout "
-    "retry result error schedule parent"
-).split()
+#: JobRecord's fields, in its order: a row read with them is the record's arguments.
+COLUMNS = [f.name for f in fields(JobRecord)]
 SELECT_JOB = f"SELECT {', '.join(COLUMNS)} FROM sq_jobs"
 INSERT_COLUMNS = [c for c in COLUMNS if c != "seq"] + ["queue"]
 JSON_COLUMNS = ("retry", "error")
@@ -127,15 +126,17 @@ SETTLED = (
     "finished_at",
     "expires_at",
 )
+SETTLED_VALUES = attrgetter(*SETTLED)
 CANCELLED = ("state", "error", "finished_at", "expires_at")
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
-    data = dict(zip(COLUMNS, row, strict=True))
-    for column in JSON_COLUMNS:
-        if data[column] is not None:
-            data[column] = json.loads(data[column])
-    return JobRecord(**data)
+    record = JobRecord(*row)  # COLUMNS are JobRecord's fields, in order
+    if record.retry is not None:
+        record.retry = json.loads(record.retry)  # type: ignore[arg-type]
+    if record.error is not None:
+        record.error = json.loads(record.error)  # type: ignore[arg-type]
+    return record
 
 
 def _write_back(
@@ -145,14 +146,33 @@ def _write_back(
     if not records:
         return
     sql = f"UPDATE sq_jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE seq = ?"
+    read = attrgetter(*columns, "seq")
+    encoded = [i for i, column in enumerate(columns) if column in JSON_COLUMNS]
     rows = []
     for r in records:
-        values = [getattr(r, c) for c in columns]
-        for i, column in enumerate(columns):
-            if column in JSON_COLUMNS and values[i] is not None:
+        values = list(read(r))
+        for i in encoded:
+            if values[i] is not None:
                 values[i] = json.dumps(values[i])
-        rows.append((*values, r.seq))
+        rows.append(values)
     db.executemany(sql, rows)
+
+
+def _write_changes(
+    db: sqlite3.Connection,
+    changed: Sequence[tuple[tuple[Any, ...], JobRecord]],
+    columns: Sequence[str],
+) -> None:
+    """Store what a rule changed of each record, given its ``columns`` as they were read:
+    only the columns whose value changed, so no index is rewritten for nothing."""
+    read = attrgetter(*columns)
+    groups: dict[tuple[str, ...], list[JobRecord]] = {}
+    for before, r in changed:
+        names = tuple(c for c, old, new in zip(columns, before, read(r), strict=True) if old != new)
+        groups.setdefault(names, []).append(r)
+    for names, records in groups.items():
+        if names:
+            _write_back(db, records, names)
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -371,9 +391,9 @@ class SQLiteBackend(Backend):
                 r = held.pop(outcome.job_id, None)  # an id's second outcome finds it settled
                 answers.append(r is not None)
                 if r is not None:
+                    settled.append((SETTLED_VALUES(r), r))
                     apply_outcome(r, outcome, now)
-                    settled.append(r)
-            _write_back(db, settled, SETTLED)
+            _write_changes(db, settled, SETTLED)
         return answers
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
