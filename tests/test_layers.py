@@ -174,3 +174,30 @@ def test_each_module_imports_alone(name: str) -> None:
     code = f"import importlib; importlib.import_module({full!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # the seed's README
+        "from skunkqueue import SkunkQueue",
+        "from skunkqueue.worker import WorkerPool",
+        *(
+            f"from skunkqueue.persistence.{backend} import default_cfg"
+            for backend in ("memory", "sqlite", "redis", "mongodb", "fdb", "foundation")
+        ),
+        # paths released before the layering, kept
+        "from skunkqueue import BroadcastHandle, Event, JobHandle, JobRecord, JobState, Retry",
+        "from skunkqueue.jobs import BroadcastHandle, JobHandle, JobRecord, JobState, Outcome",
+        "from skunkqueue.persistence import Backend, Fence, Lease, ScheduleRecord, open_backend",
+        "from skunkqueue.persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX, Backend",
+        "from skunkqueue.queue import SkunkQueue, lookup_event",
+        "from skunkqueue.scheduler import Scheduler",
+        "from skunkqueue.worker import Worker",
+    ],
+)
+def test_public_import_paths_still_work(statement: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", statement], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
