@@ -93,6 +93,7 @@ class RedisBackend(Backend):
     """One queue on a Redis server or cluster (see the module docstring for the layout)."""
 
     store_name = "Redis"
+    put_unit = f"{PUT_CHUNK} jobs"
 
     wake_mode = "BLPOP on the routes' wake lists; Pub/Sub for schedulers"
 
@@ -170,11 +171,13 @@ class RedisBackend(Backend):
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
-        """One script call per PUT_CHUNK jobs, each atomic, pipelined: Redis stores one
-        chunk while the next is encoded. A record that cannot be encoded (a field of the
-        wrong type: a caller's bug, since Event checks every call before it puts) raises
-        with the chunks before its own written; so may a lost connection. Sending the same
-        ids again completes such a batch."""
+        """The unit is PUT_CHUNK jobs, one script call each: pipelined on one server
+        (Redis stores one chunk while the next is encoded), one after another on a
+        cluster. A record that cannot be encoded raises with the chunks before its own
+        written; so may a lost connection. A chunk Redis refuses (out of memory) is not
+        written: on a cluster no later chunk is sent, on one server the later chunks are
+        already sent and each is stored if Redis can take it. Sending the same ids again
+        completes such a batch."""
         script, keys = self._scripts["put"], self._job_keys
         calls = (
             (script, keys, self._put_args(jobs[start : start + PUT_CHUNK], now))
