@@ -109,6 +109,7 @@ class RedisBackend(Backend):
             ) from exc
         self.unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._response_error = redis.exceptions.ResponseError
+        self._out_of_memory = redis.exceptions.OutOfMemoryError
         try:
             self._client = connect(url)  # a cluster client asks for the slot map here
         except ConfigurationError:
@@ -145,7 +146,9 @@ class RedisBackend(Backend):
 
     def _run_many(self, calls: Iterable[ScriptCall]) -> list[Any]:
         """Script calls in order (a generator's are made as they are sent), pipelined where
-        the lane can; their replies."""
+        the lane can; their replies. A script refused because Redis is out of memory
+        (``maxmemory`` reached under ``noeviction``) wrote nothing; the store cannot take
+        writes, which is ``BackendUnavailable``, as a full disk is for SQLite."""
         try:
             if self._lane is not None:
                 return self._lane.run(calls)
@@ -153,6 +156,13 @@ class RedisBackend(Backend):
         except self._response_error as exc:
             if str(exc).startswith("SQ_LEASE_LOST"):
                 raise LeaseLost(f"{exc} ({self.queue})") from None
+            # Redis 7 replies OOM, which redis-py raises as OutOfMemoryError; Redis 6.2
+            # wraps it in a script error ("ERR Error running script ...: -OOM command
+            # not allowed ..."), which only the text tells apart.
+            if isinstance(exc, self._out_of_memory) or "OOM command not allowed" in str(exc):
+                raise BackendUnavailable(
+                    f"{self.store_name} at {redact(self.url)!r} cannot take writes: {exc}"
+                ) from exc
             raise
 
     def _key(self, kind: str, name: str = "") -> str:
