@@ -115,10 +115,11 @@ class Backend(ABC):
           Redis after a lost connection, FoundationDB after a commit of unknown outcome.)
 
         The failure is raised. A store that cannot be reached or cannot take writes
-        (a lost connection, a full disk, Redis out of memory, a FoundationDB transaction
-        out of time or retries) raises ``BackendUnavailable`` naming it, with the
-        driver's error as ``__cause__``; another refusal raises the driver's own error
-        (MongoDB's ``BulkWriteError`` lists the jobs it refused).
+        (a lost connection, SQLite's full disk, Redis out of memory, a FoundationDB
+        transaction out of time or retries) raises ``BackendUnavailable`` naming it, with
+        the driver's error as ``__cause__``. Anything else is raised as it is: a write the
+        store refuses (MongoDB's ``BulkWriteError`` lists the jobs it refused), a record
+        that cannot be encoded.
         """
         rules.check_jobs(jobs)
         return self._calling(self._put, jobs, now)
