@@ -5,7 +5,8 @@ reaches a cluster in these tests. What does run: the cluster path's own retry lo
 (``fdb.run_transaction``), driven by simulator transactions that conflict for real and by
 a tiny transaction that fails on cue; the URL's limits; and ``open_cluster`` end to end
 with the binding's module replaced by the simulator (``stand_in_binding``), so the
-backend's verbs go through the bounded loop exactly as they would on a cluster.
+backend's verbs go through the bounded loop exactly as they would on a cluster (among
+them a put of several transactions whose second one a rival makes fail).
 """
 
 from __future__ import annotations
@@ -48,15 +49,27 @@ class Options:
 
 class ClusterLikeTransaction(SimTransaction):
     """A simulator transaction with the binding's ``options``; while its database says
-    ``refuse_commits``, every commit with writes fails with 1020 (a conflict)."""
+    ``refuse_commits``, every commit with writes fails with 1020 (a conflict). Writers
+    (transactions that commit writes) are numbered from 0 in the order of their first
+    commit; before each commit of writer number ``rival_at``, a rival transaction writes
+    a key the writer read, a real conflict (1020, found by the simulator) on every
+    attempt, while the writers before and after it are left alone."""
 
     def __init__(self, db: Any) -> None:
         super().__init__(db)
         self.options = Options()
+        self.writer: int | None = None  # its number among the writers (kept across retries)
 
     def commit(self) -> SimFuture:
-        if getattr(self._db, "refuse_commits", False) and self._writes:
+        db = self._db
+        if getattr(db, "refuse_commits", False) and self._writes:
             return SimFuture.ready(error=FDBError(1020))
+        if self._writes and self.writer is None:
+            self.writer, db.writers = db.writers, db.writers + 1
+        if self._writes and self._reads and self.writer == db.rival_at:
+            rival = SimTransaction(db)
+            rival.clear(self._reads[0][0])  # a write, even where there is no key
+            rival.commit().wait()
         return super().commit()
 
 
@@ -64,6 +77,8 @@ class ClusterLikeDatabase(SimDatabase):
     def __init__(self) -> None:
         super().__init__()
         self.refuse_commits = False
+        self.writers = 0
+        self.rival_at: int | None = None
         self.transactions: list[ClusterLikeTransaction] = []
 
     def create_transaction(self) -> ClusterLikeTransaction:  # type: ignore[override]
@@ -251,6 +266,38 @@ def test_the_backend_runs_its_verbs_in_the_bounded_loop(stand_in_binding) -> Non
     assert caught.value.__cause__.code == 1020
     stand_in_binding.db.refuse_commits = False
     assert backend.get("b", T0) is None
+
+
+def test_a_put_whose_second_transaction_fails_keeps_the_first_and_a_second_put_completes_it(
+    stand_in_binding,
+) -> None:
+    """A put's unit on FoundationDB is one transaction of whole jobs, at most PUT_BYTES of
+    records. Here a call needs three, and a rival writes a key the second one read
+    before each of its commits, until its retries run out. The first transaction's jobs
+    stay written, none of the second's, nor of the third's (the rival would have let it
+    commit: it never began), and putting the same jobs again stores the rest."""
+    backend = FoundationDBBackend("fdb://?retry_limit=2", "q")
+    jobs = [job(f"j{i:02}", payload=f'"{i:050000}"') for i in range(45)]  # 2.25 MB
+    db = stand_in_binding.db
+    db.rival_at = db.writers + 1  # the put's second transaction
+
+    with pytest.raises(BackendUnavailable, match="not committed after 2 retries") as caught:
+        backend.put(jobs, T0)
+    assert caught.value.__cause__.code == 1020
+
+    db.rival_at = None
+    stored = [backend.get(j.id, T0) for j in jobs]
+    first = sum(r is not None for r in stored)
+    assert all(r is not None for r in stored[:first])  # a prefix of the call ...
+    assert all(r is None for r in stored[first:])
+    record_bytes = len(FoundationDBBackend._encode(stored[0]))  # every record's size here
+    assert first * record_bytes <= fdb_backend.PUT_BYTES < (first + 1) * record_bytes
+    assert len(jobs) > 2 * first  # ... the first of the three transactions the call needs
+    assert all(r.payload == j.payload for r, j in zip(stored[:first], jobs, strict=False))
+
+    assert backend.put(jobs, T0) == [r is None for r in stored]
+    assert [r.id for r in backend.list_jobs(T0, limit=100)] == [j.id for j in jobs]
+    assert backend.stats(T0).counts == {("queued", "default"): len(jobs)}
 
 
 def test_the_default_limits_and_the_default_cluster_file(stand_in_binding) -> None:

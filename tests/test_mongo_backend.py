@@ -23,7 +23,7 @@ from skunkqueue.errors import BackendUnavailable, ConfigurationError
 from skunkqueue.persistence import open_backend
 from skunkqueue.persistence.mongodb import INDEXES, JOBS, POLL_MAX, MongoBackend
 
-from .contract.support import job
+from .contract.support import T0, job
 from .drivers import require
 from .servers import MongoServer, free_port
 
@@ -151,6 +151,43 @@ def test_a_finished_record_carries_a_date_for_the_ttl_monitor(opened):
     assert backend.list_jobs(later) == []
     assert backend.stats(later).counts == {}
     assert backend.put([job("ttl")], later) == [True]  # the id is free again
+
+
+# -- a put the server refuses in part ----------------------------------------------------
+
+
+def test_a_job_the_server_refuses_stops_no_other_and_a_second_put_completes_the_call(
+    mongo_server,
+):
+    """The unit of a put is each job (one unordered insert_many): a document the server
+    refuses, here by a validator set on the jobs collection (code 121), is not written,
+    every other document is, whatever its place, and the refusal is raised as pymongo's
+    BulkWriteError, which names the refused jobs."""
+    url = with_database(mongo_server.url, f"sq_put_{uuid.uuid4().hex[:8]}")
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=10_000)
+    database = client.get_default_database()
+    backend = open_backend(url, "refused")
+    try:
+        assert backend.put([job("first")], T0) == [True]  # the collection exists
+        database.command("collMod", JOBS, validator={"payload": {"$ne": '"refused"'}})
+        jobs = [job(f"j{i}", payload='"refused"' if i == 3 else f'"{i}"') for i in range(8)]
+        with pytest.raises(pymongo.errors.BulkWriteError) as raised:
+            backend.put(jobs, T0)
+        errors = raised.value.details["writeErrors"]
+        assert [(e["index"], e["code"]) for e in errors] == [(3, 121)]
+        assert [backend.get(j.id, T0) is not None for j in jobs] == [i != 3 for i in range(8)]
+
+        database.command("collMod", JOBS, validator={})  # the server takes it now
+        assert backend.put(jobs, T0) == [i == 3 for i in range(8)]
+        stored = backend.list_jobs(T0)
+        assert [r.id for r in stored] == ["first", *(f"j{i}" for i in range(8) if i != 3), "j3"]
+        assert [r.payload for r in stored[1:]] == [j.payload for j in jobs if j.id != "j3"] + [
+            '"refused"'
+        ]
+    finally:
+        backend.close()
+        client.drop_database(database)
+        client.close()
 
 
 # -- opening --------------------------------------------------------------------------------

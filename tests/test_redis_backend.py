@@ -1,6 +1,6 @@
 """What the Redis backend promises beyond the contract suite: wake-ups without polling,
-precise waits, compact storage, exact counts, reloaded scripts, and errors that name the
-server. Runs against the session's real redis-server (and cluster, where it matters).
+precise waits, compact storage, exact counts, reloaded scripts, errors that name the
+server, and what a put refused part-way (out of memory) leaves. Runs against the session's real redis-server (and cluster, where it matters).
 """
 
 from __future__ import annotations
@@ -395,3 +395,100 @@ def test_an_interrupt_between_two_chunks_of_a_put_discards_the_lane(redis_server
         assert ids(claimed) == [*ids(first), "after"]  # the first chunk was stored
     finally:
         backend.close()
+
+
+# -- a put that Redis refuses part-way ----------------------------------------------------
+
+#: Memory Redis may use beyond what it holds when the put starts: room for some of the
+#: put's chunks (each job takes some 600 bytes), far from all of them.
+ROOM = 1_000_000
+OOM_JOBS = 40 * PUT_CHUNK
+
+
+@pytest.fixture(params=["server", "cluster"])
+def full_redis(request, tmp_path) -> Iterator[tuple[Backend, redis.Redis]]:
+    """A backend on a fresh queue, and a client of the Redis node that holds the queue,
+    on which the test sets ``maxmemory``: a server of this test's own, or the session
+    cluster's node (its limit is lifted again afterwards)."""
+    queue = f"oom-{uuid.uuid4().hex[:10]}"
+    server = None
+    if request.param == "server":
+        server = RedisServer(tmp_path / "redis").start()
+        url = server.url
+        node = redis.Redis.from_url(url)
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+        cluster = redis.cluster.RedisCluster.from_url(url.replace("redis+cluster", "redis", 1))
+        where = cluster.get_node_from_key(f"sq:{{{queue}}}:")
+        cluster.close()
+        node = redis.Redis(host=where.host, port=where.port)
+    policy = node.config_get("maxmemory-policy")["maxmemory-policy"]
+    backend = open_backend(url, queue)
+    try:
+        yield backend, node
+    finally:
+        node.config_set("maxmemory", 0)
+        node.config_set("maxmemory-policy", policy)
+        backend.close()
+        node.close()
+        if server is not None:
+            server.stop()
+
+
+def drain(backend: Backend, now: float) -> list[str]:
+    """Claim every queued job, in leaving order; their ids."""
+    taken: list[str] = []
+    while batch := backend.claim(["default"], "drain", now, 30, limit=MAX_BATCH):
+        taken += ids(batch)
+    return taken
+
+
+def test_a_put_refused_for_memory_keeps_whole_chunks_and_a_second_put_completes_it(
+    full_redis, request
+):
+    """maxmemory with noeviction: Redis refuses a script that would write once it is over
+    the limit, before its first write, so a refused chunk writes nothing. The chunks
+    before the first refused one are written whole. On a cluster the calls go one by
+    one and none after it is sent; on one server they are pipelined and Redis runs the
+    later ones too, storing each whole or not at all (with small jobs, the memory Redis
+    frees as it reads the pipelined requests can let a later chunk in)."""
+    backend, node = full_redis
+    pipelined = request.node.callspec.params["full_redis"] == "server"
+    assert backend.put([job("first")], T0) == [True]  # scripts loaded, connection open
+    node.config_set("maxmemory-policy", "noeviction")
+    node.config_set("maxmemory", node.info("memory")["used_memory"] + ROOM)
+    jobs = [job(f"j{i:05}", payload=f'"{i:0300}"') for i in range(OOM_JOBS)]
+    node.config_resetstat()  # to count the script calls that reach the node
+
+    with pytest.raises(BackendUnavailable, match="Redis at .* cannot take writes") as raised:
+        backend.put(jobs, T0)
+    assert isinstance(raised.value.__cause__, redis.exceptions.OutOfMemoryError)
+
+    node.config_set("maxmemory", 0)  # the limit lifted: Redis takes writes again
+    stored = [backend.get(j.id, T0) for j in jobs]
+    chunks = [stored[i : i + PUT_CHUNK] for i in range(0, OOM_JOBS, PUT_CHUNK)]
+    whole = [all(r is not None for r in chunk) for chunk in chunks]
+    assert all(whole[i] or all(r is None for r in chunk) for i, chunk in enumerate(chunks))
+    refused = whole.index(False)  # some chunk was refused ...
+    assert refused > 0, "no chunk was stored: the failure did not come part-way"
+    sent = node.info("commandstats")["cmdstat_evalsha"]["calls"]
+    if pipelined:
+        assert sent == len(chunks)  # every chunk reached Redis, and each ran
+    else:
+        assert sent == refused + 1  # nothing after the refused chunk was sent ...
+        assert not any(whole[refused:]), whole  # ... or stored
+    kept = [j for j, r in zip(jobs, stored, strict=True) if r is not None]
+    for j, r in zip(jobs, stored, strict=True):  # each stored job is the job put, indexed
+        assert r is None or (r.payload, r.state) == (j.payload, "queued")
+    assert backend.stats(T0).counts == {("queued", "default"): 1 + len(kept)}
+    assert drain(backend, T0) == ["first", *ids(kept)]
+
+    # Putting the same call again: the stored ids answer False and stay as they are
+    # (running, after the drain); the others are stored, once each.
+    answers = backend.put(jobs, T0)
+    assert answers == [r is None for r in stored]
+    assert backend.stats(T0).counts == {
+        ("running", "default"): 1 + len(kept),
+        ("queued", "default"): OOM_JOBS - len(kept),
+    }
+    assert drain(backend, T0) == [j.id for j, r in zip(jobs, stored, strict=True) if r is None]

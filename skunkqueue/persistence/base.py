@@ -69,6 +69,10 @@ class Backend(ABC):
     unreachable: tuple[type[BaseException], ...] = ()
     #: How messages name the store ("Redis", "SQLite", ...).
     store_name: str = "the store"
+    #: What one atomic step of ``put`` writes: "the whole call", or the part of a larger
+    #: call that each step takes ("100 jobs"). Set per backend, from its own limits; ``put``
+    #: says what it means when a call fails part-way.
+    put_unit: str
 
     def __init__(self, url: str, queue: str) -> None:
         self.url = url
@@ -89,12 +93,41 @@ class Backend(ABC):
         A job whose ``eta`` is after ``now`` is stored ``scheduled`` in the time index;
         otherwise it is stored ``queued`` on its route (``retrying`` and ``cancelled``
         states given by the caller are kept as given). The backend assigns ``seq`` so
-        that jobs with equal etas leave in the order they were put. An existing id is
-        left untouched (idempotent fire). All jobs of one call are written together or,
-        on error, not at all; a backend that writes a large call in atomic chunks (Redis:
-        100 jobs per script call, pipelined) may leave earlier chunks written when the
-        connection drops or a later record cannot be encoded (a caller's bug: ``Event``
-        serializes every call before it puts). Putting the same ids again completes it.
+        that jobs with equal etas leave in the order they were put. An id whose record
+        exists and has not expired answers ``False`` and its record is left untouched
+        (idempotent fire); an id whose record is past its ``expires_at`` is free again,
+        and its record is replaced.
+
+        What a call writes, and what a failure leaves behind:
+
+        * Every record is checked (``rules.check_jobs``) before anything is written: a
+          malformed record fails the whole call, and nothing of it is stored.
+        * Each job is written whole or not at all: its record and its index entries
+          together.
+        * A call is written in atomic units, each stored entirely or not at all. The
+          unit (each backend's ``put_unit``) is: memory, "the whole call" (one lock);
+          SQLite, "the whole call" (one transaction); Redis, "100 jobs" (one script call
+          each, in order); MongoDB, "each job" (one unordered ``insert_many``);
+          FoundationDB, "up to 1 MB of records" (one transaction each, in order, whole
+          jobs only).
+        * When a call fails part-way (a lost connection, a store that is full or refuses
+          a write, a record the backend cannot encode), the units before the failure
+          stay written, the failed unit is not, and no later unit is, with two
+          exceptions. On one Redis server the chunks are pipelined: Redis already holds
+          the later ones, runs them after refusing one (out of memory, say), and stores
+          those it can take. MongoDB's unordered insert tries every job whatever its
+          place: a job it refuses stops no other.
+        * Putting the same ids again completes the call: the ids stored answer ``False``
+          and are left untouched, the others are written. (So a backend that sends a
+          call again by itself answers ``False`` for the jobs its first attempt stored:
+          Redis after a lost connection, FoundationDB after a commit of unknown outcome.)
+
+        The failure is raised. A store that cannot be reached or cannot take writes
+        (a lost connection, SQLite's full disk, Redis out of memory, a FoundationDB
+        transaction out of time or retries) raises ``BackendUnavailable`` naming it, with
+        the driver's error as ``__cause__``. Anything else is raised as it is: a write the
+        store refuses (MongoDB's ``BulkWriteError`` lists the jobs it refused), a record
+        that cannot be encoded.
         """
         rules.check_jobs(jobs)
         return self._calling(self._put, jobs, now)

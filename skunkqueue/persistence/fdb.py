@@ -239,6 +239,7 @@ class FoundationDBBackend(Backend):
     """One queue in a FoundationDB subspace (see the module docstring for the layout)."""
 
     store_name = "FoundationDB"
+    put_unit = f"up to {PUT_BYTES / 1_000_000:g} MB of records"
 
     wake_mode = "FoundationDB watches on wake counters"
 
@@ -358,8 +359,9 @@ class FoundationDBBackend(Backend):
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
-        """Every record is encoded first; then one transaction per PUT_BYTES of records
-        (a call larger than that is written in several, each atomic)."""
+        """The unit is one transaction of whole jobs, at most PUT_BYTES of records: every
+        record is encoded first, then the transactions commit in order; one that fails
+        leaves those before it written and raises before the next begins."""
         records = [JobRecord.from_dict(job.to_dict()) for job in jobs]
         sizes = []
         for r in records:

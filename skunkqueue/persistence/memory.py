@@ -51,6 +51,7 @@ _stores_lock = threading.Lock()
 
 class MemoryBackend(Backend):
     store_name = "memory"
+    put_unit = "the whole call"
     shared_across_processes = False
     wake_mode = "in-process condition variable"
 
@@ -76,6 +77,8 @@ class MemoryBackend(Backend):
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """The whole call is one unit: every record is copied, then all are stored under
+        the store's lock."""
         answers = []
         with self._locked():
             jobs_by_id = self._store.jobs

@@ -126,6 +126,7 @@ class MongoBackend(Backend):
     """One queue in a MongoDB database (see the module docstring for the layout)."""
 
     store_name = "MongoDB"
+    put_unit = "each job"
 
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
@@ -231,8 +232,11 @@ class MongoBackend(Backend):
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
-        """One insert_many of every job (each document encoded before any is sent);
-        ids that exist are refused, unless their record expired (then replaced)."""
+        """Each job is its own unit: one unordered insert_many of every job (each
+        document made before any is sent), which writes every document it can, whatever
+        its place; a document refused for another reason than an existing id raises
+        BulkWriteError after the others are written. Ids that exist are refused, unless
+        their record expired (then replaced)."""
         documents = [self._document(job) for job in jobs]
         job_of = list(jobs)
         if not documents:

@@ -93,6 +93,7 @@ class RedisBackend(Backend):
     """One queue on a Redis server or cluster (see the module docstring for the layout)."""
 
     store_name = "Redis"
+    put_unit = f"{PUT_CHUNK} jobs"
 
     wake_mode = "BLPOP on the routes' wake lists; Pub/Sub for schedulers"
 
@@ -108,6 +109,7 @@ class RedisBackend(Backend):
             ) from exc
         self.unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._response_error = redis.exceptions.ResponseError
+        self._out_of_memory = redis.exceptions.OutOfMemoryError
         try:
             self._client = connect(url)  # a cluster client asks for the slot map here
         except ConfigurationError:
@@ -144,7 +146,9 @@ class RedisBackend(Backend):
 
     def _run_many(self, calls: Iterable[ScriptCall]) -> list[Any]:
         """Script calls in order (a generator's are made as they are sent), pipelined where
-        the lane can; their replies."""
+        the lane can; their replies. A script refused because Redis is out of memory
+        (``maxmemory`` reached under ``noeviction``) wrote nothing; the store cannot take
+        writes, which is ``BackendUnavailable``, as a full disk is for SQLite."""
         try:
             if self._lane is not None:
                 return self._lane.run(calls)
@@ -152,6 +156,13 @@ class RedisBackend(Backend):
         except self._response_error as exc:
             if str(exc).startswith("SQ_LEASE_LOST"):
                 raise LeaseLost(f"{exc} ({self.queue})") from None
+            # Redis 7 replies OOM, which redis-py raises as OutOfMemoryError; Redis 6.2
+            # wraps it in a script error ("ERR Error running script ...: -OOM command
+            # not allowed ..."), which only the text tells apart.
+            if isinstance(exc, self._out_of_memory) or "OOM command not allowed" in str(exc):
+                raise BackendUnavailable(
+                    f"{self.store_name} at {redact(self.url)!r} cannot take writes: {exc}"
+                ) from exc
             raise
 
     def _key(self, kind: str, name: str = "") -> str:
@@ -170,11 +181,13 @@ class RedisBackend(Backend):
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
-        """One script call per PUT_CHUNK jobs, each atomic, pipelined: Redis stores one
-        chunk while the next is encoded. A record that cannot be encoded (a field of the
-        wrong type: a caller's bug, since Event checks every call before it puts) raises
-        with the chunks before its own written; so may a lost connection. Sending the same
-        ids again completes such a batch."""
+        """The unit is PUT_CHUNK jobs, one script call each: pipelined on one server
+        (Redis stores one chunk while the next is encoded), one after another on a
+        cluster. A record that cannot be encoded raises with the chunks before its own
+        written; so may a lost connection. A chunk Redis refuses (out of memory) is not
+        written: on a cluster no later chunk is sent, on one server the later chunks are
+        already sent and each is stored if Redis can take it. Sending the same ids again
+        completes such a batch."""
         script, keys = self._scripts["put"], self._job_keys
         calls = (
             (script, keys, self._put_args(jobs[start : start + PUT_CHUNK], now))

@@ -221,6 +221,7 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_c
 
 class SQLiteBackend(Backend):
     store_name = "SQLite"
+    put_unit = "the whole call"
     unreachable = (sqlite3.OperationalError,)  # locked past the busy timeout, I/O, unopenable
 
     def __init__(self, url: str, queue: str) -> None:
@@ -275,6 +276,8 @@ class SQLiteBackend(Backend):
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """The whole call is one unit: one write transaction, rolled back on any error
+        (a full disk, a record that cannot be encoded)."""
         answers = []
         with self._write() as db:
             for job in jobs:

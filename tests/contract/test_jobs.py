@@ -8,6 +8,8 @@ import threading
 import pytest
 
 from skunkqueue.jobs import JobRecord, Outcome
+from skunkqueue.persistence.fdb import PUT_BYTES
+from skunkqueue.persistence.redis import PUT_CHUNK
 
 from .support import T0, ids, job, lead
 
@@ -156,6 +158,26 @@ def test_put_is_all_or_nothing_when_a_job_cannot_be_stored(backend):
     assert backend.get("ok-2", T0) is None
     assert backend.list_jobs(T0) == []
     assert backend.put([job("ok-1")], now=T0) == [True]
+
+
+def test_putting_a_call_again_completes_it_and_leaves_what_was_stored(backend):
+    """A call larger than every backend's atomic unit, part of which is stored already, as
+    a failure part-way leaves it (any part: a prefix, or more on Redis and MongoDB).
+    Putting the whole call again answers False for the stored ids and leaves their records
+    as they were, stores each of the others once, and keeps put order among them."""
+    jobs = [job(f"j{i:03}", payload=f'"{i:05000}"') for i in range(250)]
+    assert len(jobs) > 2 * PUT_CHUNK and sum(len(j.payload) for j in jobs) > PUT_BYTES
+    before = set(range(130)) | set(range(200, 210))
+    earlier = [dataclasses.replace(jobs[i], payload='"earlier"') for i in sorted(before)]
+    assert backend.put(earlier, T0) == [True] * len(earlier)
+    stored = {r.id: r for r in backend.list_jobs(T0, limit=len(jobs))}
+
+    assert backend.put(jobs, T0) == [i not in before for i in range(len(jobs))]
+    for job_id, record in stored.items():
+        assert backend.get(job_id, T0) == record
+    rest = [j.id for i, j in enumerate(jobs) if i not in before]
+    assert ids(backend.list_jobs(T0, limit=len(jobs) + 1)) == [*stored, *rest]
+    assert backend.stats(T0).counts == {("queued", "default"): len(jobs)}
 
 
 def test_records_are_snapshots_not_shared_objects(backend):
