@@ -244,7 +244,9 @@ class WorkerPool:
             if self._stopping:
                 if self._kill_at is not None and now >= self._kill_at:
                     self._kill_all()
-                if not any(self._alive(s) for s in self.slots) and not self._scheduler_alive():
+                # Every worker ended *and handed back*: one killed after this turn's
+                # check above is dead now but not yet ended, and its jobs are owed.
+                if all(s.proc is None for s in self.slots) and not self._scheduler_alive():
                     break
             else:
                 for slot in self.slots:
