@@ -169,14 +169,20 @@ OTHER_SCRIPTS = (
     "save_schedule",
     "remove_schedule",
 )
+#: Scripts that check a lease (a fence, or who holds it) get _lease.lua prepended, after
+#: _common.lua where they have both.
+LEASE_SCRIPTS = ("sweep", "save_schedule", "acquire_lease")
 
 
 def script_text(name: str) -> str:
+    """A script as Redis loads it: its shared snippets, then its own text."""
     folder = resources.files(__package__).joinpath("redis_scripts")
-    text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    if name in JOB_SCRIPTS:
-        text = folder.joinpath("_common.lua").read_text(encoding="utf-8") + "\n" + text
-    return text
+    parts = [
+        *(["_common"] if name in JOB_SCRIPTS else []),
+        *(["_lease"] if name in LEASE_SCRIPTS else []),
+        name,
+    ]
+    return "\n".join(folder.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts)
 
 
 # -- the direct lane ----------------------------------------------------------------

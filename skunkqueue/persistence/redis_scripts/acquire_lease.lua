@@ -4,12 +4,14 @@
 -- ARGV[1] name  [2] owner  [3] now  [4] until (now + ttl, added by Python)  [5] info JSON
 -- Touches  lease:<name>, leases.
 -- Returns  the token, or nil when another owner holds the lease at now (held through
---          until inclusive, as the fence check in promote and save_schedule).
--- The token grows by one whenever the holder changes and stays on renewal.
+--          until inclusive: unexpired() in _lease.lua, prepended, as for the fence check
+--          in sweep and save_schedule).
+-- The token grows by one whenever the holder changes and stays on renewal
+-- (rules.taken_lease).
 
 local owner, now = ARGV[2], tonumber(ARGV[3])
-local current = redis.call('HMGET', KEYS[1], 'o', 'n', 'u')
-local held = current[1] and current[1] ~= '' and tonumber(current[3]) >= now
+local current = read_lease(KEYS[1])
+local held = current[1] and current[1] ~= '' and unexpired(current, now)
 if held and current[1] ~= owner then return false end
 local token
 if held then

@@ -6,14 +6,11 @@
 --          a user may fire before the time the scheduler sleeps until
 -- Touches  schedules.
 -- Returns  1; or the error 'SQ_LEASE_LOST ...' having written nothing, unless the fence
---          is the current holder of its lease at now.
+--          is the current holder of its lease at now (fence_holds in _lease.lua, prepended).
 -- The JSON is written by Python and never decoded here (cjson would round its numbers).
 
-if #KEYS == 2 then
-  local lease = redis.call('HMGET', KEYS[2], 'o', 'n', 'u')
-  if lease[1] ~= ARGV[4] or lease[2] ~= ARGV[5] or tonumber(lease[3]) < tonumber(ARGV[3]) then
-    return redis.error_reply('SQ_LEASE_LOST the fence is not the current holder of its lease')
-  end
+if #KEYS == 2 and not fence_holds(KEYS[2], ARGV[4], ARGV[5], tonumber(ARGV[3])) then
+  return redis.error_reply('SQ_LEASE_LOST the fence is not the current holder of its lease')
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], '1') end

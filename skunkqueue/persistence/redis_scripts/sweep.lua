@@ -10,11 +10,11 @@
 --             counts, wake:<route>.
 -- Returns     {promoted, recovered, failed, expired, more (1/0), earliest waiting eta
 --             ('' if none), earliest running lease end ('' if none)}; or the error
---             'SQ_LEASE_LOST ...' having written nothing, unless the fence holds its lease.
+--             'SQ_LEASE_LOST ...' having written nothing, unless the fence holds its lease
+--             (fence_holds in _lease.lua, prepended after _common.lua).
 
 local now, limit = ARGV[1], tonumber(ARGV[4])
-local lease = redis.call('HMGET', KEYS[7], 'o', 'n', 'u')
-if lease[1] ~= ARGV[2] or lease[2] ~= ARGV[3] or tonumber(lease[3]) < tonumber(now) then
+if not fence_holds(KEYS[7], ARGV[2], ARGV[3], tonumber(now)) then
   return redis.error_reply('SQ_LEASE_LOST the fence is not the current holder of its lease')
 end
 
