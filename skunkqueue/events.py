@@ -120,7 +120,7 @@ class Event:
         """The explicit form of ``fire``: one job, written once, idempotent by ``job_id``."""
         now = time.time()
         jobs = self.build_jobs(args, kwargs, eta_from(eta, now), now, job_id, route)
-        self.queue.backend.put(jobs, now)
+        self.queue.backend.put(jobs, now, checked=True)  # built from checked parts
         handle = handle_for(self.queue, job_id or jobs[0].parent or jobs[0].id, jobs)
         self.last = handle
         return handle
@@ -139,7 +139,7 @@ class Event:
             handles.append(handle_for(self.queue, built[0].parent or built[0].id, built))
             jobs += built
         if jobs:
-            self.queue.backend.put(jobs, now)
+            self.queue.backend.put(jobs, now, checked=True)  # built from checked parts
         if handles:
             self.last = handles[-1]
         return handles
@@ -160,6 +160,9 @@ class Event:
             raise TypeError(
                 f"args of {self.name} must be a tuple or list, not {type(args).__name__}"
             )
+        for name, given in (("job_id", job_id), ("route", route)):
+            if given is not None and (not isinstance(given, str) or not given):
+                raise TypeError(f"{name} must be a non-empty string, not {given!r}")
         route = route or self.routes[0]
         payload = serialization.encode_call(self.serializer, args, kwargs, self.name)
         job = JobRecord(

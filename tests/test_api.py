@@ -258,9 +258,9 @@ def test_fire_many_one_put_returns_handles(
     puts: list[int] = []
     real_put = queue.backend.put
 
-    def counting_put(jobs: Any, now: float) -> list[bool]:
+    def counting_put(jobs: Any, now: float, **options: Any) -> list[bool]:
         puts.append(len(jobs))
-        return real_put(jobs, now)
+        return real_put(jobs, now, **options)
 
     monkeypatch.setattr(queue.backend, "put", counting_put)
     handles = add.fire_many([(4, 5), (6, 7), {"first": 1, "second": 2}])
@@ -361,6 +361,16 @@ def test_every_event_stores_schedule(queue: SkunkQueue) -> None:
     [schedule] = queue.backend.schedules()
     assert schedule.name == beat.name and schedule.spec["every"] == 30.0
     assert before < schedule.next_fire <= before + 30 and schedule.next_fire % 30 == 0
+
+
+@pytest.mark.parametrize("given", [{"job_id": ""}, {"job_id": 7}, {"route": b"foo"}])
+def test_a_job_id_or_route_that_is_not_text_is_refused_at_fire_time(
+    queue: SkunkQueue, given: dict[str, Any]
+) -> None:
+    add = add_event(queue)
+    with pytest.raises(TypeError, match="must be a non-empty string"):
+        add.send((1, 2), **given)
+    assert queue.jobs() == []
 
 
 def test_grace_and_max_catchup_are_set_at_decoration(queue: SkunkQueue) -> None:

@@ -87,7 +87,7 @@ class Backend(ABC):
 
     # -- jobs ---------------------------------------------------------------------
 
-    def put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+    def put(self, jobs: Sequence[JobRecord], now: float, *, checked: bool = False) -> list[bool]:
         """Store new jobs; one answer per job, ``False`` where the id already exists.
 
         A job whose ``eta`` is after ``now`` is stored ``scheduled`` in the time index;
@@ -101,7 +101,9 @@ class Backend(ABC):
         What a call writes, and what a failure leaves behind:
 
         * Every record is checked (``rules.check_jobs``) before anything is written: a
-          malformed record fails the whole call, and nothing of it is stored.
+          malformed record fails the whole call, and nothing of it is stored. (``Event``
+          passes ``checked=True``: it builds records only from what it validated when the
+          call was fired, and every fire would pay for checking them again.)
         * Each job is written whole or not at all: its record and its index entries
           together.
         * A call is written in atomic units, each stored entirely or not at all. The
@@ -129,7 +131,8 @@ class Backend(ABC):
         store refuses (MongoDB's ``BulkWriteError`` lists the jobs it refused), a record
         that cannot be encoded.
         """
-        rules.check_jobs(jobs)
+        if not checked:
+            rules.check_jobs(jobs)
         return self._calling(self._put, jobs, now)
 
     @abstractmethod

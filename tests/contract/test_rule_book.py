@@ -539,8 +539,10 @@ def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
         assert _everything(backend, names, NOW) == before, verb.__name__
 
 
-# Fields of a record that rules.check_jobs does not look at, and what each store makes of
-# them today (see the xfail's reason).
+# Fields beyond the ones every caller sets, which stores used to treat each its own way
+# (memory stored expires_at='soon' and could not read it back, SQLite refused
+# attempts=None, Redis stored it as 0, SQLite stored timeout=NaN as None): the rule
+# refuses them all alike now.
 UNCHECKED = {
     "expires-at-text": {"expires_at": "soon"},
     "attempts-none": {"attempts": None},
@@ -548,16 +550,6 @@ UNCHECKED = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules.check_jobs checks id, event, route, payload, serializer, eta, created_at "
-    "and result_ttl only; other fields reach the stores unchecked and each store does its "
-    "own thing: memory stores expires_at='soon' and then cannot read the record back "
-    "(TypeError); SQLite refuses attempts=None (IntegrityError) and stores timeout=NaN as "
-    "None; Redis refuses NaN and a text expires_at (ValueError) and stores attempts=None as "
-    "0; MongoDB (TypeError) and FoundationDB (ValueError) refuse a text expires_at. The fix "
-    "is in rules.check_jobs.",
-)
 def test_a_record_the_rules_accept_is_stored_as_given_or_refused_alike(backend):
     """Put refuses a record as ``rules.check_jobs`` does, or stores it as given."""
     wrong = []
