@@ -128,7 +128,9 @@ class Event:
     def fire_many(
         self, calls: Iterable[Sequence[Any] | dict[str, Any]]
     ) -> list[JobHandle | BroadcastHandle]:
-        """Queue many runs in one backend write: each item is an args tuple or a kwargs dict."""
+        """Queue many runs in one put: each item is an args tuple or a kwargs dict. (A store
+        writes a large put in atomic units, see ``Backend.put``; to retry one that failed
+        part-way without running a job twice, give each job an id with ``send(job_id=)``.)"""
         now = time.time()
         fields = self.job_fields()
         jobs: list[JobRecord] = []

@@ -222,6 +222,7 @@ class Backend(ABC):
         known dead has its jobs handed back with ``release``.
         """
         rules.check_positive("lease", lease)
+        rules.check_ids(job_ids)
         return self._calling(self._renew, owner, now, lease, job_ids)
 
     @abstractmethod
@@ -277,6 +278,7 @@ class Backend(ABC):
         A cancelled job keeps ``error = {"reason": reason}`` and expires after its
         ``result_ttl``. Running and finished jobs are left as they are (``False``).
         """
+        rules.check_ids(job_ids)
         return self._calling(self._cancel, job_ids, now, reason)
 
     @abstractmethod

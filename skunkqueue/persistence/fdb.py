@@ -465,7 +465,7 @@ class FoundationDBBackend(Backend):
         limit: int = 1,
         max_bytes: int | None = None,
     ) -> list[JobRecord]:
-        wanted = min(limit, MAX_BATCH)
+        wanted = limit  # the base caps it at MAX_BATCH
         if wanted <= 0 or not routes:
             return []
         attempts = [0]
@@ -603,7 +603,6 @@ class FoundationDBBackend(Backend):
         return self._run(cancel_all)
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
-        limit = max(1, min(limit, MAX_BATCH))
 
         def step(tr: Any) -> SweepReport:
             self._check_fence(tr, fence, now)

@@ -321,7 +321,7 @@ class MongoBackend(Backend):
         between is skipped), then read back what the token got; a few rounds while
         other claimers won the first picks. With ``max_bytes`` the server reports each
         candidate's payload size ($strLenBytes) instead of sending the payload."""
-        wanted = min(limit, MAX_BATCH)
+        wanted = limit  # the base caps it at MAX_BATCH
         if wanted <= 0 or not routes:
             return []
         token = os.urandom(12).hex()
@@ -461,7 +461,6 @@ class MongoBackend(Backend):
         return answers
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
-        limit = max(1, min(limit, MAX_BATCH))
         report = SweepReport()
         self._check_fence(fence, now)
         due_query = {"q": self.queue, "state": {"$in": WAITING_STATES}, "eta": {"$lte": now}}

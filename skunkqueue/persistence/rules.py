@@ -76,6 +76,8 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
     for o in outcomes:
         if not isinstance(o, Outcome):
             raise TypeError(f"finish takes Outcomes, not {type(o).__name__}")
+        if not isinstance(o.job_id, str):
+            raise TypeError(f"an outcome's job_id must be a string, not {o.job_id!r}")
         if o.result is not None and not isinstance(o.result, str):
             raise TypeError(f"a result must be encoded text, not {type(o.result).__name__}")
         if o.error is not None and not isinstance(o.error, dict):
@@ -86,6 +88,14 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
             or not math.isfinite(o.eta)
         ):
             raise ValueError(f"an outcome's eta must be a finite number, not {o.eta!r}")
+
+
+def check_ids(job_ids: Sequence[str] | None) -> None:
+    """Job ids given to renew or cancel are strings (a store would turn 7 into "7", or not)."""
+    if job_ids is not None and (
+        isinstance(job_ids, str) or not all(isinstance(i, str) for i in job_ids)
+    ):
+        raise TypeError(f"job ids must be a list of strings, not {job_ids!r}")
 
 
 def checked_state(state: str | None) -> JobState | None:

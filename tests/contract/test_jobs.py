@@ -150,7 +150,7 @@ def test_equal_etas_leave_in_put_order(backend):
     assert ids(claimed) == ["c", "a", "d", "b", "e", "f"]
 
 
-def test_put_is_all_or_nothing_when_a_job_cannot_be_stored(backend):
+def test_put_refuses_a_malformed_record_before_writing_any(backend):
     broken = job("broken", payload=threading.Lock())  # neither copyable nor storable
     with pytest.raises(Exception):  # noqa: B017 - the contract names no error type
         backend.put([job("ok-1"), broken, job("ok-2")], now=T0)

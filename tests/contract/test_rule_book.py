@@ -521,6 +521,7 @@ def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
         Outcome("held", "complete", result='"ok"'),
         Outcome("held-2", "complete", result=42),
     ]
+    bad_id_outcome = [Outcome(7, "complete")]  # type: ignore[arg-type]
     cases = [
         (rules.check_positive, ("lease", 0), backend.renew, ("w", NOW, 0)),
         (rules.check_positive, ("lease", -1), backend.claim, (["default"], "w2", NOW, -1)),
@@ -530,6 +531,9 @@ def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
         (rules.check_jobs, ([job("fresh"), bad_id],), backend.put, ([job("fresh"), bad_id], NOW)),
         (rules.check_jobs, ([job("fresh"), nan_job],), backend.put, ([job("fresh"), nan_job], NOW)),
         (rules.check_outcomes, (bad_result,), backend.finish, (bad_result, "w", NOW)),
+        (rules.check_outcomes, (bad_id_outcome,), backend.finish, (bad_id_outcome, "w", NOW)),
+        (rules.check_ids, (["held", 7],), backend.renew, ("w", NOW, 30, ["held", 7])),
+        (rules.check_ids, ([7],), backend.cancel, ([7], NOW, "no")),
     ]
     for rule, rule_args, verb, verb_args in cases:
         expected = _raised(rule, *rule_args)

@@ -13,7 +13,7 @@
 --                      +inf for a finished record that never expires
 --   KEYS[6] seq        STRING counter giving each put its seq
 -- Keys built here from the prefix, because a script cannot name them before it runs
--- (claim, promote and release discover ids; put, finish, cancel, promote and release read
+-- (claim, sweep and release discover ids; put, finish, cancel, sweep and release read
 -- routes and owners from records). They carry the prefix's hash tag, so they live in the same slot:
 --   prefix .. 'j:' .. id         HASH  the job record (fields below)
 --   prefix .. 'ready:' .. route  ZSET  member(seq, id) -> eta, for state queued

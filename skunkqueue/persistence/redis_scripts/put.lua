@@ -10,7 +10,7 @@
 -- Touches     j:<id> (HASH), scheduled or ready:<route> (ZSET), expiry (ZSET), counts,
 --             seq, wake:<route> (LIST), PUBLISH wake:scheduler if an eta is the new earliest.
 -- Returns     one 1/0 per job: 0 where a record with that id exists and has not expired
---             (an expired one that promote has not deleted yet is replaced).
+--             (an expired one that sweep has not deleted yet is replaced).
 
 local now, jobs = tonumber(ARGV[1]), tonumber(ARGV[2])
 -- One INCRBY reserves a seq for every job of the call (a refused job leaves a gap).

@@ -5,7 +5,7 @@
 --             j:<id> are built from the prefix)
 -- ARGV[1]     now
 -- Returns     {counts as HGETALL, {'<state>|<route>' of each record past its expiry that
---             promote has not deleted yet}, earliest waiting eta ('' if none)}
+--             sweep has not deleted yet}, earliest waiting eta ('' if none)}
 
 local stale = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', ARGV[1])) do
