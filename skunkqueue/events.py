@@ -162,9 +162,10 @@ class Event:
             raise TypeError(
                 f"args of {self.name} must be a tuple or list, not {type(args).__name__}"
             )
-        for name, given in (("job_id", job_id), ("route", route)):
-            if given is not None and (not isinstance(given, str) or not given):
-                raise TypeError(f"{name} must be a non-empty string, not {given!r}")
+        if job_id is not None or route is not None:  # what a caller gave, not our own
+            for name, given in (("job_id", job_id), ("route", route)):
+                if given is not None and (not isinstance(given, str) or not given):
+                    raise TypeError(f"{name} must be a non-empty string, not {given!r}")
         route = route or self.routes[0]
         payload = serialization.encode_call(self.serializer, args, kwargs, self.name)
         job = JobRecord(
