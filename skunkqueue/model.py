@@ -118,7 +118,7 @@ class Outcome:
         state = _BY_VALUE.get(self.state) if isinstance(self.state, str) else None
         if state not in OUTCOME_STATES:
             raise ValueError(
-                f"outcome state must be one of {sorted(OUTCOME_STATES)}, not {self.state!r}"
+                f"outcome state must be one of {', '.join(sorted(OUTCOME_STATES))}, not {self.state!r}"
             )
         self.state = state
 
