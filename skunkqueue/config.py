@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .checks import seconds
 from .errors import ConfigurationError
 from .serialization import SERIALIZERS
 
@@ -66,11 +67,7 @@ class QueueConfig:
                 f"serializer must be one of {SERIALIZERS}, not {self.serializer!r}"
             )
         for name in ("result_ttl", "lease", "leader_ttl", "heartbeat"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(
-                    f"{name} must be a positive number of seconds, not {value!r}"
-                )
+            seconds(name, getattr(self, name))
         if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
             raise ConfigurationError(
                 f"max_deliveries must be a positive integer, not {self.max_deliveries!r}"

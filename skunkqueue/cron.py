@@ -20,6 +20,7 @@ from datetime import timezone as dt_timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .checks import seconds
 from .errors import ConfigurationError
 
 MISFIRE_POLICIES = ("coalesce", "all", "skip")
@@ -70,8 +71,7 @@ class ScheduleSpec:
             raise ConfigurationError(
                 f"max_catchup must be an integer >= 1, not {self.max_catchup!r}"
             )
-        if not _is_number(self.grace) or not self.grace >= 0:
-            raise ConfigurationError(f"grace must be seconds >= 0, not {self.grace!r}")
+        seconds("grace", self.grace, zero=True)
 
     @classmethod
     def build(

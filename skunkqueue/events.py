@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from . import serialization
 from .broadcast import broadcast_copies
+from .checks import seconds
 from .config import QueueConfig
 from .cron import ScheduleSpec
 from .errors import ConfigurationError
@@ -210,10 +211,8 @@ def validate_event_options(
     if not all(isinstance(r, str) and r and "@" not in r for r in routes):
         raise ConfigurationError(f"route names must be non-empty strings without '@': {routes!r}")
     for name, value in (("timeout", timeout), ("result_ttl", result_ttl)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-        ):
-            raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+        if value is not None:
+            seconds(name, value)
     if serializer is not None and serializer not in serialization.SERIALIZERS:
         raise ConfigurationError(
             f"serializer must be one of {serialization.SERIALIZERS}, not {serializer!r}"

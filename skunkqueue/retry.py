@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import number_at_least, seconds
 from .errors import ConfigurationError
 
 ExceptionTypes = tuple[type[BaseException], ...]
@@ -39,11 +40,8 @@ class Retry:
                 f"Retry.max_attempts must be an integer >= 1, not {self.max_attempts!r}"
             )
         for name in ("delay", "max_delay"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"Retry.{name} must be a number >= 0, not {value!r}")
-        if not isinstance(self.backoff, (int, float)) or self.backoff < 1:
-            raise ConfigurationError(f"Retry.backoff must be a number >= 1, not {self.backoff!r}")
+            seconds(f"Retry.{name}", getattr(self, name), zero=True)
+        number_at_least("Retry.backoff", self.backoff, 1)
         if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter <= 1:
             raise ConfigurationError(f"Retry.jitter must be between 0 and 1, not {self.jitter!r}")
         on = self.on if isinstance(self.on, tuple) else (self.on,)

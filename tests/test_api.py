@@ -377,7 +377,7 @@ def test_grace_and_max_catchup_are_set_at_decoration(queue: SkunkQueue) -> None:
     define_tick(queue, cron="* * * * *", misfire="all", grace=timedelta(seconds=30), max_catchup=5)
     [schedule] = queue.backend.schedules()
     assert (schedule.spec["grace"], schedule.spec["max_catchup"]) == (30.0, 5)
-    with pytest.raises(ConfigurationError, match="grace must be seconds >= 0"):
+    with pytest.raises(ConfigurationError, match="grace must be a finite number of seconds >= 0"):
         queue.event(routes=["tick"], cron="* * * * *", grace=-1)(lambda: None)
     with pytest.raises(ConfigurationError, match="max_catchup must be an integer >= 1"):
         queue.event(routes=["tick"], cron="* * * * *", max_catchup=0)(lambda: None)
@@ -443,9 +443,13 @@ def test_retry_shorthand_and_defaults(queue: SkunkQueue) -> None:
     [
         ({"max_attempts": 0}, "max_attempts must be an integer >= 1"),
         ({"max_attempts": 2.5}, "max_attempts must be an integer >= 1"),
-        ({"delay": -1}, "Retry.delay must be a number >= 0"),
-        ({"max_delay": "5"}, "Retry.max_delay must be a number >= 0"),
-        ({"backoff": 0.5}, "Retry.backoff must be a number >= 1"),
+        ({"delay": -1}, "Retry.delay must be a finite number of seconds >= 0"),
+        ({"delay": float("nan")}, "Retry.delay must be a finite number of seconds >= 0, not nan"),
+        ({"max_delay": "5"}, "Retry.max_delay must be a finite number of seconds >= 0"),
+        ({"max_delay": float("inf")}, "Retry.max_delay must be a finite number of seconds >= 0"),
+        ({"backoff": 0.5}, "Retry.backoff must be a finite number >= 1"),
+        ({"backoff": float("inf")}, "Retry.backoff must be a finite number >= 1, not inf"),
+        ({"jitter": float("nan")}, "Retry.jitter must be between 0 and 1"),
         ({"jitter": 1.5}, "Retry.jitter must be between 0 and 1"),
         ({"jitter": -0.1}, "Retry.jitter must be between 0 and 1"),
         ({"on": ()}, "Retry.on must be exception types"),

@@ -136,12 +136,23 @@ def test_bad_routes(queue: SkunkQueue, routes: Any, message: str) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"timeout": 0}, "timeout must be a positive number of seconds, not 0"),
-        ({"timeout": -1}, "timeout must be a positive number of seconds, not -1"),
-        ({"timeout": "30"}, "timeout must be a positive number of seconds, not '30'"),
-        ({"timeout": True}, "timeout must be a positive number of seconds, not True"),
-        ({"result_ttl": 0}, "result_ttl must be a positive number of seconds, not 0"),
-        ({"result_ttl": "1d"}, "result_ttl must be a positive number of seconds"),
+        ({"timeout": 0}, "timeout must be a positive, finite number of seconds, not 0"),
+        ({"timeout": -1}, "timeout must be a positive, finite number of seconds, not -1"),
+        ({"timeout": "30"}, "timeout must be a positive, finite number of seconds, not '30'"),
+        ({"timeout": True}, "timeout must be a positive, finite number of seconds, not True"),
+        (
+            {"timeout": float("nan")},
+            "timeout must be a positive, finite number of seconds, not nan",
+        ),
+        (
+            {"timeout": float("inf")},
+            "timeout must be a positive, finite number of seconds, not inf",
+        ),
+        ({"result_ttl": 0}, "result_ttl must be a positive, finite number of seconds, not 0"),
+        ({"result_ttl": "1d"}, "result_ttl must be a positive, finite number of seconds"),
+        ({"result_ttl": float("nan")}, "result_ttl must be a positive, finite number of seconds"),
+        ({"grace": float("inf")}, "grace must be a finite number of seconds >= 0, not inf"),
+        ({"retry": Retry(delay=1)}, None),
         ({"max_deliveries": 0}, "max_deliveries must be a positive integer, not 0"),
         ({"max_deliveries": 1.5}, "max_deliveries must be a positive integer, not 1.5"),
         ({"serializer": "yaml"}, r"serializer must be one of \('json', 'pickle'\), not 'yaml'"),
@@ -149,7 +160,10 @@ def test_bad_routes(queue: SkunkQueue, routes: Any, message: str) -> None:
         ({"retry": "3"}, "retry must be a Retry or an int"),
     ],
 )
-def test_bad_event_options(queue: SkunkQueue, options: dict[str, Any], message: str) -> None:
+def test_bad_event_options(queue: SkunkQueue, options: dict[str, Any], message: str | None) -> None:
+    if message is None:  # the control: these options are accepted
+        decorate(queue, routes=["r"], every=60, **options)
+        return
     with pytest.raises(ConfigurationError, match=message):
         decorate(queue, routes=["r"], every=60, **options)
     assert_not_registered(queue)
@@ -364,8 +378,8 @@ def test_unknown_queue_options(options: dict[str, Any]) -> None:
     [
         ({"queue_type": "fanout"}, "queue_type must be one of"),
         ({"serializer": "marshal"}, "serializer must be one of"),
-        ({"result_ttl": 0}, "result_ttl must be a positive number"),
-        ({"lease": -1}, "lease must be a positive number"),
+        ({"result_ttl": 0}, "result_ttl must be a positive, finite number"),
+        ({"lease": -1}, "lease must be a positive, finite number"),
         ({"max_deliveries": 0}, "max_deliveries must be a positive integer"),
         ({"backend": "cassandra"}, "unknown backend 'cassandra'"),
         ({"backend": "sqlite", "url": "memory://"}, "either url= or the seed keys"),
@@ -406,3 +420,20 @@ def test_an_unknown_state_filter_is_an_error_not_an_empty_list(
         main(["jobs", "-q", queue.name, "--url", queue.config.url, "--state", "bogus"])
     assert stopped.value.code == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["result_ttl", "lease", "leader_ttl", "heartbeat"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0, "5", True])
+def test_queue_times_must_be_positive_finite_seconds(name: str, value: Any) -> None:
+    with pytest.raises(
+        ConfigurationError, match=f"{name} must be a positive, finite number of seconds"
+    ):
+        SkunkQueue("times", url="memory://", **{name: value})
+
+
+def test_queue_times_accept_what_is_right() -> None:
+    queue = SkunkQueue(
+        "times", url="memory://", lease=0.5, heartbeat=1, leader_ttl=3, result_ttl=60
+    )
+    assert (queue.config.lease, queue.config.heartbeat) == (0.5, 1)
+    queue.close()

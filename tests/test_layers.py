@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "skunkqueue"
 #: Bottom to top; a module may import its own layer's modules and those below. A name
 #: ending in "." covers a whole package.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "serialization", "config", "retry"),
+    ("errors", "checks", "serialization", "config", "retry"),
     ("model",),
     ("persistence.", "testing."),
     ("registry", "broadcast", "cron"),

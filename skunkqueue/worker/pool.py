@@ -92,14 +92,24 @@ def stop_on_signals(signals: tuple[int, ...], stop: Any) -> None:
 
 
 def _worker_main(
-    config: QueueConfig, routes: list[str], worker_id: str, parent_pid: int, running: Any
+    config: QueueConfig,
+    routes: list[str],
+    worker_id: str,
+    parent_pid: int,
+    running: Any,
+    imports: tuple[str, ...],
 ) -> None:
     # Stop signals are blocked from before the fork until the handlers below exist: one
     # that arrives in between waits for them instead of hitting the supervisor's handler.
     _die_with_parent()
     _set_malloc_arenas(0)  # a job's own threads get glibc's usual arenas
     worker = Worker(
-        config, routes, worker_id=worker_id, parent_pid=parent_pid, running_slot=running
+        config,
+        routes,
+        worker_id=worker_id,
+        parent_pid=parent_pid,
+        running_slot=running,
+        imports=imports,
     )
 
     def interrupt(signum: int, frame: Any) -> None:
@@ -158,7 +168,8 @@ class WorkerPool:
         if isinstance(routes, str) or not routes:
             raise ValueError("routes must be a non-empty list, e.g. ['foo', 'foo', 'bar']")
         self.config = QueueConfig.from_kwargs(name, **cfg)
-        for module in imports:
+        self.imports = tuple(imports)
+        for module in self.imports:
             importlib.import_module(module)
         if concurrency is None:
             groups = [[route] for route in routes]
@@ -314,7 +325,11 @@ class WorkerPool:
         if not self._use_processes:
             # A store that lives in this process (memory://) can only be served by threads.
             slot.runner = Worker(
-                self.config, slot.routes, worker_id=slot.worker_id, running_slot=slot.running
+                self.config,
+                slot.routes,
+                worker_id=slot.worker_id,
+                running_slot=slot.running,
+                imports=self.imports,
             )
             slot.proc = threading.Thread(
                 target=slot.runner.run, name=f"skunq-worker-{slot.index}", daemon=True
@@ -324,7 +339,14 @@ class WorkerPool:
         ctx = multiprocessing.get_context("fork")
         slot.proc = ctx.Process(
             target=_worker_main,
-            args=(self.config, slot.routes, slot.worker_id, os.getpid(), slot.running),
+            args=(
+                self.config,
+                slot.routes,
+                slot.worker_id,
+                os.getpid(),
+                slot.running,
+                self.imports,
+            ),
             name=f"skunq-worker-{slot.index}",
         )
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

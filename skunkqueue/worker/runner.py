@@ -90,8 +90,13 @@ class Worker:
         worker_id: str | None = None,
         parent_pid: int | None = None,
         running_slot: RunningSlot | None = None,
+        imports: Sequence[str] = (),
     ) -> None:
         self.config = config
+        #: The modules this worker's process was told to import (--import, imports=).
+        #: Without any, it may import a top-level script of its working directory that
+        #: an unknown event names (the seed's `python demo.py` + `skunq work`).
+        self.imports = tuple(imports)
         self.routes = list(dict.fromkeys(routes))
         self.id = worker_id or new_worker_id()
         self.parent_pid = parent_pid
@@ -326,13 +331,14 @@ class Worker:
     def _run(self, job: JobRecord) -> Outcome:
         event = self._resolve(job)
         if event is None:
+            message = self._unknown_event(job)
+            log.warning("job %s fails: %s", job.id, message)
             return Outcome(
                 job.id,
                 JobState.ERROR,
                 error={
                     "type": "UnknownEvent",  # the name operators search for; no exception is raised
-                    "message": f"unknown event {job.event!r}: not registered on queue "
-                    f"{self.config.name!r} by any module this worker imported",
+                    "message": message,
                     "reason": "unknown event",
                 },
             )
@@ -385,21 +391,27 @@ class Worker:
         return Outcome(job.id, JobState.ERROR, error=error)
 
     def _resolve(self, job: JobRecord) -> Event | None:
-        """The registered event, importing the job's module only if it is a file in the
-        worker's working directory: a record can never make the worker import anything else."""
+        """The registered event. Only a worker told to import nothing may import more,
+        and then only a top-level ``.py`` file of its working directory that the event's
+        name starts with: a record can never make the worker import anything else (a
+        package, a file inside a folder, a module on the path)."""
         event = lookup_event(self.config.name, job.event)
-        if event is not None:
+        if event is not None or self.imports:
             return event
-        parts = job.event.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            module = ".".join(parts[:cut])
-            if module in self._imported or not _is_local_module(module):
-                continue
-            self._imported.add(module)
-            event = self._import_for(module, job.event)
-            if event is not None:
-                return event
-        return None
+        module = job.event.split(".", 1)[0]
+        if "." not in job.event or module in self._imported or not _is_local_script(module):
+            return None
+        self._imported.add(module)
+        return self._import_for(module, job.event)
+
+    def _unknown_event(self, job: JobRecord) -> str:
+        module = job.event.rpartition(".")[0] or job.event
+        told = ", ".join(self.imports) if self.imports else "nothing"
+        return (
+            f"unknown event {job.event!r}: not registered on queue {self.config.name!r} by "
+            f"the modules this worker imported ({told}; working directory {os.getcwd()}). "
+            f"Start the worker with --import for the module that defines it ({module}?)"
+        )
 
     def _import_for(self, module: str, event_name: str) -> Event | None:
         """Import ``module`` until it has registered ``event_name``.
@@ -549,6 +561,6 @@ class Worker:
             os._exit(EXIT_HARD_TIMEOUT)
 
 
-def _is_local_module(module: str) -> bool:
-    top = os.path.join(os.getcwd(), *module.split("."))
-    return os.path.isfile(top + ".py") or os.path.isfile(os.path.join(top, "__init__.py"))
+def _is_local_script(module: str) -> bool:
+    """A plain file ``<module>.py`` directly in the working directory."""
+    return module.isidentifier() and os.path.isfile(os.path.join(os.getcwd(), module + ".py"))

@@ -307,6 +307,20 @@ def test_unknown_events_are_refused_without_import_or_call(e2e: E2E) -> None:
         f"    Path({str(e2e.dir / 'sidemod.ran')!r}).write_text('ran')\n"
     )
     e2e.env["PYTHONPATH"] += os.pathsep + str(site)
+    # Files inside folders of the working directory: never imported for a record either,
+    # as a module of a package or as a package.
+    for folder in ("deploy/tools", "localpkg"):
+        (e2e.dir / folder).mkdir(parents=True)
+    planted = (
+        "from pathlib import Path\n"
+        f"Path({str(e2e.dir / 'planted.imported')!r}).write_text('imported')\n"
+        "def x(*args):\n"
+        "    pass\n"
+    )
+    (e2e.dir / "deploy" / "__init__.py").write_text("")
+    (e2e.dir / "deploy" / "tools" / "__init__.py").write_text("")
+    (e2e.dir / "deploy" / "tools" / "wipe.py").write_text(planted)
+    (e2e.dir / "localpkg" / "__init__.py").write_text(planted)
     e2e.worker("foo", extra=("--lease", "5"))
     e2e.wait_for_workers(1)
     pwned = e2e.dir / "pwned"
@@ -315,6 +329,8 @@ def test_unknown_events_are_refused_without_import_or_call(e2e: E2E) -> None:
         "os.system": put_record(e2e, "os.system", json.dumps([[f"touch {pwned}"], {}])),
         "sidemod.fn": put_record(e2e, "sidemod.fn", json.dumps([[], {}])),
         "nosuchmodule.fn": put_record(e2e, "nosuchmodule.fn", json.dumps([[], {}])),
+        "deploy.tools.wipe.x": put_record(e2e, "deploy.tools.wipe.x", json.dumps([[], {}])),
+        "localpkg.x": put_record(e2e, "localpkg.x", json.dumps([[], {}])),
         # A local module may be imported, but only its registered events run.
         "cli_tasks.danger": put_record(e2e, "cli_tasks.danger", json.dumps([["danger"], {}])),
     }
@@ -334,6 +350,7 @@ def test_unknown_events_are_refused_without_import_or_call(e2e: E2E) -> None:
         "a module outside the working directory was imported"
     )
     assert not (e2e.dir / "sidemod.ran").exists()
+    assert not (e2e.dir / "planted.imported").exists(), "a file inside a folder was imported"
     assert not (e2e.dir / "danger.ran").exists(), "a plain function of a local module was called"
 
     errors = e2e.cli("jobs", "--state", "error").stdout
@@ -375,3 +392,35 @@ def test_pickle_record_for_a_json_event_is_never_unpickled(e2e: E2E) -> None:
     assert tasks.mark.fire("json").wait(timeout=15) == "json"
     assert not marker.exists()
     assert not any(p.name.endswith(".ran") and p.name != "json.ran" for p in e2e.dir.iterdir())
+
+
+def test_a_worker_told_what_to_import_imports_nothing_else(e2e: E2E) -> None:
+    e2e.write_module("cli_tasks", TASKS)
+    # A top-level script of the working directory that does define the event: a worker
+    # started with --import must not import it for a record that names it.
+    e2e.write_module(
+        "other_tasks",
+        """
+        from pathlib import Path
+        from skunkqueue import SkunkQueue
+
+        Path(__file__).with_name('other_tasks.imported').write_text('imported')
+        queue = SkunkQueue('{queue}', url='{url}')
+
+        @queue.event(routes=['foo'])
+        def fn():
+            return 'ran'
+        """,
+    )
+    worker = e2e.worker("foo", extra=("--import", "cli_tasks"))
+    e2e.wait_for_workers(1)
+    job_id = put_record(e2e, "other_tasks.fn", json.dumps([[], {}]))
+    tasks = e2e.import_module("cli_tasks")
+    assert tasks.mark.fire("ok").wait(timeout=15) == "ok"
+    record = wait_until(lambda: finished(e2e, job_id), what="the other_tasks.fn record to finish")
+    assert (record.state, record.error["reason"]) == ("error", "unknown event")
+    message = record.error["message"]
+    assert "(cli_tasks;" in message and str(e2e.dir) in message and "--import" in message
+    assert "(other_tasks?)" in message
+    assert not (e2e.dir / "other_tasks.imported").exists()
+    worker.wait_for_output(f"job {job_id} fails: unknown event 'other_tasks.fn'")
