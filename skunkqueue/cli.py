@@ -17,6 +17,7 @@ from .errors import SkunkQueueError
 from .model import JobState
 from .persistence import Backend, open_backend
 from .persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX
+from .scheduler.ticks import schedule_problem
 
 QUEUE_ENV = "SKUNKQUEUE_QUEUE"
 
@@ -137,6 +138,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             "jobs, retries and cron ticks wait until one runs (`skunq work` runs one unless "
             "given --no-scheduler; or start `skunq scheduler`)"
         )
+    for schedule in backend.schedules():
+        problem = schedule_problem(schedule, now)
+        if problem is not None:
+            print(f"WARNING: schedule {schedule.name} is broken and never fires: {problem}")
     return 0
 
 
@@ -181,7 +186,12 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print(f"no schedule named {args.remove}", file=sys.stderr)
         return 1
     schedules = backend.schedules()
+    now = time.time()
     for schedule in schedules:
+        problem = schedule_problem(schedule, now)
+        if problem is not None:
+            print(f"{schedule.name}  BROKEN: {problem}  next={_when(schedule.next_fire)}")
+            continue
         spec = ScheduleSpec.from_dict(schedule.spec)
         print(
             f"{schedule.name}  {spec.describe()}  route={schedule.template.get('route')}  "

@@ -496,6 +496,59 @@ def test_scheduler_step_promotes_at_eta_and_fires_ticks(queue: SkunkQueue) -> No
         assert tick.wait(timeout=WAIT) == "tick"
 
 
+def test_a_schedule_this_host_cannot_decode_stops_nothing_else(
+    queue: SkunkQueue, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skunkqueue.cli import main
+    from skunkqueue.persistence import ScheduleRecord
+
+    @queue.event(routes=["foo"], every=timedelta(seconds=3600))
+    def hourly() -> str:
+        return "tick"
+
+    @queue.event(routes=["foo"])
+    def later(x: int) -> int:
+        return x
+
+    [good] = queue.backend.schedules()
+    tick_at = good.next_fire
+    # Stored by a host that knows a zone this one does not, and one whose template makes
+    # no valid job; both come due before the good one.
+    for name, spec, template in (
+        ("mars", {**good.spec, "timezone": "Mars/Olympus_Mons"}, good.template),
+        ("hostile", good.spec, {**good.template, "timeout": "soon"}),
+    ):
+        queue.backend.save_schedule(
+            ScheduleRecord(name, spec, template, tick_at - 60, tick_at - 3600), tick_at - 3600
+        )
+    run = later.fire_at(datetime.fromtimestamp(tick_at + 1, timezone.utc), 7)
+    scheduler = Scheduler(queue.name, url=queue.config.url)
+    try:
+        with caplog.at_level("WARNING", logger="skunkqueue.scheduler"):
+            wake = scheduler.step(tick_at - 30)
+            assert wake > tick_at - 30  # the broken schedules' past next_fire is no wake-up
+            scheduler.step(tick_at)
+            scheduler.step(tick_at + 1)
+        assert queue.get(tick_job_id(queue.name, hourly.name, tick_at)) is not None
+        assert run.state == "queued"  # promotion goes on
+        assert set(scheduler.broken) == {"mars", "hostile"}
+        warnings = [r.getMessage() for r in caplog.records if "cannot be fired" in r.getMessage()]
+        assert len(warnings) == 2, warnings  # once per schedule, not once per step
+        assert "Mars/Olympus_Mons" in scheduler.broken["mars"][1]
+        assert "timeout" in scheduler.broken["hostile"][1]
+    finally:
+        scheduler.election.resign()
+        scheduler.backend.close()
+    main(["schedules", "-q", queue.name, "--url", queue.config.url])
+    listing = capsys.readouterr().out
+    assert "mars  BROKEN: ConfigurationError: unknown time zone 'Mars/Olympus_Mons'" in listing
+    assert "hostile  BROKEN: " in listing and f"{hourly.name}  every" in listing
+    main(["status", "-q", queue.name, "--url", queue.config.url])
+    status = capsys.readouterr().out
+    assert "WARNING: schedule mars is broken and never fires" in status
+    assert "WARNING: schedule hostile is broken" in status
+
+
 def test_the_leading_scheduler_forgets_workers_that_ended_long_ago(queue: SkunkQueue) -> None:
     backend, now = queue.backend, time.time()
     prefix = WORKER_LEASE_PREFIX

@@ -57,6 +57,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._schedules: list[ScheduleRecord] = []
         self._schedules_read = float("-inf")
+        #: Schedules this host cannot fire: name -> (fingerprint of the record, reason).
+        self.broken: dict[str, tuple[str, str]] = {}
         self._next_campaign = float("-inf")
         self._next_sweep = float("-inf")
 
@@ -135,11 +137,12 @@ class Scheduler:
                 "%d jobs ended in error after losing max_deliveries deliveries", report.failed
             )
         if now - self._schedules_read >= SCHEDULE_RELOAD or (
-            self._schedules and (next_fire_time(self._schedules) or float("inf")) <= now
+            self._schedules
+            and (next_fire_time(self._schedules, self.broken) or float("inf")) <= now
         ):
             self._schedules = self.backend.schedules()
             self._schedules_read = now
-        fire_due(self.backend, self._schedules, now, fence)
+        fire_due(self.backend, self._schedules, now, fence, self.broken)
         if now >= self._next_sweep:
             self._sweep_broadcast(now)
             self.backend.forget_leases(WORKER_LEASE_PREFIX, now - FORGET_WORKERS_AFTER)
@@ -148,7 +151,7 @@ class Scheduler:
             return now
         candidates = [
             report.next_due,
-            next_fire_time(self._schedules),
+            next_fire_time(self._schedules, self.broken),
             self._schedules_read + SCHEDULE_RELOAD,
         ]
         return min(t for t in candidates if t is not None)
