@@ -85,6 +85,8 @@ log = logging.getLogger("skunkqueue.mongodb")
 
 JOBS, LEASES, SCHEDULES, COUNTERS = "sq_jobs", "sq_leases", "sq_schedules", "sq_counters"
 DEFAULT_DATABASE = "skunkqueue"
+#: How long one call waits for the server's reply, unless the URL sets socketTimeoutMS.
+SOCKET_TIMEOUT_MS = 10_000
 SEPARATOR = "\x1f"  # between queue name and id in _id
 #: Hint for queries by _id that also filter on other fields: the plan is the _id index
 #: whatever the planner guesses (the stand-in server's planner scans without it).
@@ -146,7 +148,13 @@ class MongoBackend(Backend):
         given = {part.split("=")[0].lower() for part in (urlsplit(url).query or "").split("&")}
         options = {
             name: value
-            for name, value in (("serverSelectionTimeoutMS", 10_000), ("connectTimeoutMS", 5_000))
+            for name, value in (
+                ("serverSelectionTimeoutMS", 10_000),
+                ("connectTimeoutMS", 5_000),
+                # A half-open connection must not block a call (a worker's heartbeat)
+                # for ever: a reply that does not come within this is BackendUnavailable.
+                ("socketTimeoutMS", SOCKET_TIMEOUT_MS),
+            )
             if name.lower() not in given
         }
         try:
