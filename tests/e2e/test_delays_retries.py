@@ -88,7 +88,8 @@ def start_pool(e2e: E2E, *routes: str, polling: bool = True) -> None:
     extra: tuple[str, ...] = ("--lease", "5")
     if not polling:
         e2e.write_module("no_polling", NO_POLLING)
-        extra += ("--import", "no_polling")
+        # A worker given --import imports nothing else: so the tasks module too.
+        extra += ("--import", "no_polling", "--import", "delay_tasks")
     e2e.worker(*routes, extra=extra, scheduler=True)
     e2e.wait_for_workers(len(routes))
     backend = e2e.queue().backend
