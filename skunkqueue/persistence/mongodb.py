@@ -246,7 +246,6 @@ class MongoBackend(Backend):
         BulkWriteError after the others are written. Ids that exist are refused, unless
         their record expired (then replaced)."""
         documents = [self._document(job) for job in jobs]
-        job_of = list(jobs)
         if not documents:
             return []
         counter = self._counters.find_one_and_update(
@@ -256,8 +255,8 @@ class MongoBackend(Backend):
             return_document=self._pymongo.ReturnDocument.AFTER,
         )
         first = counter["seq"] - len(documents)
-        for offset, document in enumerate(documents, 1):
-            document["state"] = state_on_put(job_of[offset - 1], now)
+        for offset, (job, document) in enumerate(zip(jobs, documents, strict=True), 1):
+            document["state"] = state_on_put(job, now)
             document["seq"] = first + offset
         answers = [True] * len(documents)
         try:

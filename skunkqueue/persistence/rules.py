@@ -10,10 +10,10 @@ Redis included, and compares them with the functions here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from ..checks import finite_number
 from ..errors import LeaseLost
 from ..model import CANCELLABLE, Fence, JobRecord, JobState, Lease, Outcome, as_state
 
@@ -54,11 +54,7 @@ def _check_job(job: JobRecord) -> None:
         value = getattr(job, name)
         if value is None and name in _OPTIONAL_TIMES:
             continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
+        if not finite_number(value):
             raise ValueError(f"job field {name} must be a finite number, not {value!r}")
     for name in _COUNTS:
         value = getattr(job, name)
@@ -82,11 +78,7 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
             raise TypeError(f"a result must be encoded text, not {type(o.result).__name__}")
         if o.error is not None and not isinstance(o.error, dict):
             raise TypeError(f"an error must be a dict, not {type(o.error).__name__}")
-        if o.eta is not None and (
-            isinstance(o.eta, bool)
-            or not isinstance(o.eta, (int, float))
-            or not math.isfinite(o.eta)
-        ):
+        if o.eta is not None and not finite_number(o.eta):
             raise ValueError(f"an outcome's eta must be a finite number, not {o.eta!r}")
 
 
@@ -112,12 +104,7 @@ def checked_count(name: str, value: int, minimum: int = 1) -> int:
 def check_positive(name: str, seconds: float) -> None:
     """A lease or ttl: a positive, finite number of seconds. (A worker's jobs are given up
     with ``release``, not with a zero lease.)"""
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not seconds > 0
-        or not math.isfinite(seconds)
-    ):
+    if not finite_number(seconds) or seconds <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
 
 
