@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,8 @@ from .persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX
 from .scheduler.ticks import schedule_problem
 
 QUEUE_ENV = "SKUNKQUEUE_QUEUE"
+#: A process whose own clock is this far from the store's has it said in ``skunq status``.
+CLOCK_NOTE_FROM = 0.05
 
 
 def _when(ts: float | None) -> str:
@@ -106,10 +107,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    now = time.time()
+    now = backend.now()
     stats = backend.stats(now)
     print(f"queue {backend.queue} on {redact(backend.url)}")
     print(f"wake-ups: {backend.wake_mode}")
+    print(f"clock: {backend.clock_source}")
     print("jobs:")
     if not stats.counts:
         print("  (none)")
@@ -121,14 +123,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(
             f"leader: {leader.owner} (host {leader.info.get('host')}, pid {leader.info.get('pid')}, "
-            f"token {leader.token}, lease until {_when(leader.until)})"
+            f"token {leader.token}, lease until {_when(leader.until)}){_clock_note(leader.info)}"
         )
     workers = backend.leases(WORKER_LEASE_PREFIX, now)
     print(f"workers: {len(workers)} live")
     for lease in workers:
         print(
             f"  {lease.owner}  routes={','.join(lease.info.get('routes', []))}  "
-            f"host={lease.info.get('host')} pid={lease.info.get('pid')}"
+            f"host={lease.info.get('host')} pid={lease.info.get('pid')}{_clock_note(lease.info)}"
         )
     print(f"next due: {_when(stats.next_due)}")
     if leader is None and stats.next_due is not None and stats.next_due <= now:
@@ -145,9 +147,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clock_note(info: dict[str, Any]) -> str:
+    """How far a process's own clock is from the store's, where that is worth saying: it
+    decides by the store's clock either way, but an operator wants to know."""
+    offset = info.get("clock_offset")
+    if not isinstance(offset, (int, float)) or abs(offset) < CLOCK_NOTE_FROM:
+        return ""
+    side = "behind" if offset > 0 else "ahead of"
+    return f"  clock {abs(offset):.3f} s {side} the store's"
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    jobs = backend.list_jobs(time.time(), state=args.state, route=args.route, limit=args.limit)
+    jobs = backend.list_jobs(backend.now(), state=args.state, route=args.route, limit=args.limit)
     for job in jobs:
         line = f"{job.id}  {job.state:<10} {job.event}  route={job.route}  eta={_when(job.eta)}  attempts={job.attempts}"
         if job.error:
@@ -163,13 +175,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     failed = 0
     for job_id, done in zip(
         args.job_ids,
-        backend.cancel(args.job_ids, time.time(), "cancelled from the CLI"),
+        backend.cancel(args.job_ids, backend.now(), "cancelled from the CLI"),
         strict=True,
     ):
         if done:
             print(f"cancelled {job_id}")
         else:
-            record = backend.get(job_id, time.time())
+            record = backend.get(job_id, backend.now())
             print(
                 f"not cancelled {job_id}: " + (f"it is {record.state}" if record else "no such job")
             )
@@ -186,7 +198,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print(f"no schedule named {args.remove}", file=sys.stderr)
         return 1
     schedules = backend.schedules()
-    now = time.time()
+    now = backend.now()
     for schedule in schedules:
         problem = schedule_problem(schedule, now)
         if problem is not None:
@@ -204,7 +216,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    now = time.time()
+    now = backend.now()
     purged = 0
     while True:
         jobs = backend.list_jobs(now, state="queued", route=args.route, limit=1000)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -119,7 +118,7 @@ class Event:
         route: str | None = None,
     ) -> JobHandle | BroadcastHandle:
         """The explicit form of ``fire``: one job, written once, idempotent by ``job_id``."""
-        now = time.time()
+        now = self.queue.backend.now()
         jobs = self.build_jobs(args, kwargs, eta_from(eta, now), now, job_id, route)
         self.queue.backend.put(jobs, now, checked=True)  # built from checked parts
         handle = handle_for(self.queue, job_id or jobs[0].parent or jobs[0].id, jobs)
@@ -132,7 +131,7 @@ class Event:
         """Queue many runs in one put: each item is an args tuple or a kwargs dict. (A store
         writes a large put in atomic units, see ``Backend.put``; to retry one that failed
         part-way without running a job twice, give each job an id with ``send(job_id=)``.)"""
-        now = time.time()
+        now = self.queue.backend.now()
         fields = self.job_fields()
         jobs: list[JobRecord] = []
         handles: list[JobHandle | BroadcastHandle] = []

@@ -35,7 +35,7 @@ class JobHandle:
     _cached: JobRecord | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> JobRecord | None:
-        self._cached = self.queue.backend.get(self.id, time.time())
+        self._cached = self.queue.backend.get(self.id, self.queue.backend.now())
         return self._cached
 
     @property

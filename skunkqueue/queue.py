@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, overload
@@ -158,7 +157,7 @@ class SkunkQueue:
             "queue_type": self.config.queue_type,
             **event.job_fields(),
         }
-        now = time.time()
+        now = self.backend.now()
         existing = next((s for s in self.backend.schedules() if s.name == event.name), None)
         if existing is not None and existing.spec == spec:
             if existing.template == template:
@@ -175,7 +174,7 @@ class SkunkQueue:
 
     def get(self, job_id: str) -> JobHandle | None:
         """A handle on a stored job, or ``None`` if there is none (or it expired)."""
-        if self.backend.get(job_id, time.time()) is None:
+        if self.backend.get(job_id, self.backend.now()) is None:
             return None
         return JobHandle(self, job_id)
 
@@ -183,11 +182,11 @@ class SkunkQueue:
         self, state: JobState | str | None = None, route: str | None = None, limit: int = 100
     ) -> list[JobRecord]:
         """Stored jobs (oldest eta first), optionally only those in ``state`` or on ``route``."""
-        return self.backend.list_jobs(time.time(), state=state, route=route, limit=limit)
+        return self.backend.list_jobs(self.backend.now(), state=state, route=route, limit=limit)
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
         """Cancel a job that has not started; ``False`` if it is running, finished or unknown."""
-        return self.backend.cancel([job_id], time.time(), reason)[0]
+        return self.backend.cancel([job_id], self.backend.now(), reason)[0]
 
     def decode_result(self, record: JobRecord) -> Any:
         if record.serializer == "pickle" and not self._accepts_pickle(record.event):

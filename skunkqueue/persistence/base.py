@@ -29,6 +29,7 @@ from ..model import (
     SweepReport,
 )
 from . import rules
+from .clock import StoreClock
 
 T = TypeVar("T")
 
@@ -74,9 +75,45 @@ class Backend(ABC):
     #: says what it means when a call fails part-way.
     put_unit: str
 
+    #: How this store tells the time (``skunq status`` and the README's "Clocks" say it).
+    clock_source: str = "this process's clock"
+    #: How far a reading of the store's clock may be off because of its precision: a
+    #: process's own clock is trusted while it agrees with the store's within this.
+    clock_tolerance: float = 0.0
+
     def __init__(self, url: str, queue: str) -> None:
         self.url = url
         self.queue = queue
+        self._clock: StoreClock | None = None
+
+    # -- the clock ----------------------------------------------------------------
+
+    def now(self) -> float:
+        """The time every decision about this queue is made by: the store's clock where
+        the store has one (Redis, MongoDB, the file system under SQLite), read now and
+        then and carried forward on this process's monotonic clock; else this process's
+        own. Callers pass it as ``now`` to the verbs below."""
+        return self._store_clock().now()
+
+    def clock_offset(self) -> float:
+        """Seconds this process's wall clock is behind the store's (negative: ahead), as
+        last measured; 0 where the store has no clock of its own."""
+        return self._store_clock().offset()
+
+    def _store_clock(self) -> StoreClock:
+        if getattr(self, "_clock", None) is None:
+            read = self._store_time if type(self)._store_time is not Backend._store_time else None
+            self._clock = StoreClock(
+                None if read is None else (lambda: self._calling(read)),
+                tolerance=self.clock_tolerance,
+            )
+        assert self._clock is not None
+        return self._clock
+
+    def _store_time(self) -> float:
+        """The store's current time in epoch seconds, for stores that have a clock;
+        backends without one leave this unimplemented."""
+        raise NotImplementedError
 
     def _calling(self, verb: Callable[..., T], *args: Any) -> T:
         """Run one store verb, translating the driver's "cannot reach it" errors."""

@@ -240,6 +240,11 @@ class FoundationDBBackend(Backend):
 
     store_name = "FoundationDB"
     put_unit = f"up to {PUT_BYTES / 1_000_000:g} MB of records"
+    clock_source = (
+        "each process's own (FoundationDB has no wall clock): keep hosts in step with NTP; "
+        "a process whose clock is d seconds ahead promotes jobs, ends leases and takes the "
+        "lead up to d seconds early"
+    )
 
     wake_mode = "FoundationDB watches on wake counters"
 

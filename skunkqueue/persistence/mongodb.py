@@ -129,6 +129,7 @@ class MongoBackend(Backend):
 
     store_name = "MongoDB"
     put_unit = "each job"
+    clock_source = "the MongoDB server's clock (hello's localTime, to the millisecond)"
 
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
@@ -633,6 +634,10 @@ class MongoBackend(Backend):
         return self._schedule_docs.delete_one({"_id": self._key(name)}).deleted_count == 1
 
     # -- waiting ------------------------------------------------------------------
+
+    def _store_time(self) -> float:
+        # Milliseconds, cut down: the reading is never ahead of the server.
+        return self._client.admin.command("hello")["localTime"].timestamp()
 
     def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         if timeout <= 0:

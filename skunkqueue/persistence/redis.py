@@ -94,6 +94,7 @@ class RedisBackend(Backend):
 
     store_name = "Redis"
     put_unit = f"{PUT_CHUNK} jobs"
+    clock_source = "the Redis server's clock (TIME, on the node of the queue's slot)"
 
     wake_mode = "BLPOP on the routes' wake lists; Pub/Sub for schedulers"
 
@@ -164,6 +165,10 @@ class RedisBackend(Backend):
                     f"{self.store_name} at {redact(self.url)!r} cannot take writes: {exc}"
                 ) from exc
             raise
+
+    def _store_time(self) -> float:
+        seconds, micros = self._run("time", [self._prefix], [])
+        return int(seconds) + int(micros) / 1e6
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}{name}"

@@ -168,6 +168,7 @@ OTHER_SCRIPTS = (
     "forget_leases",
     "save_schedule",
     "remove_schedule",
+    "time",
 )
 #: Scripts that check a lease (a fence, or who holds it) get _lease.lua prepended, after
 #: _common.lua where they have both.

@@ -37,7 +37,11 @@ class LeaderElection:
     def campaign(self, now: float) -> Fence | None:
         """Take or renew the lease; returns the fence while leading, else ``None``."""
         lease = self.backend.acquire_lease(
-            SCHEDULER_LEASE, self.owner, now, self.ttl, process_identity()
+            SCHEDULER_LEASE,
+            self.owner,
+            now,
+            self.ttl,
+            {**process_identity(), "clock_offset": round(self.backend.clock_offset(), 6)},
         )
         was_leading = self.fence is not None
         self.fence = Fence(lease.name, lease.owner, lease.token) if lease else None

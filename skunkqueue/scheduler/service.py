@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,11 +74,11 @@ class Scheduler:
         try:
             failures = 0
             while not self._stop.is_set():
-                turn_started = time.time()
+                turn_started = self.backend.now()
                 try:
                     wake_at = self.step(turn_started)
                     if wake_at > turn_started:
-                        self.backend.wait(min(wake_at - time.time(), MAX_SLEEP))
+                        self.backend.wait(min(wake_at - self.backend.now(), MAX_SLEEP))
                     failures = 0
                 except Exception:
                     failures += 1
@@ -92,7 +91,7 @@ class Scheduler:
                     self._stop.wait(delay)
                     continue
                 if wake_at > turn_started:
-                    self._stop.wait(max(0.0, min(MIN_SPACING, wake_at - time.time())))
+                    self._stop.wait(max(0.0, min(MIN_SPACING, wake_at - self.backend.now())))
         finally:
             try:
                 self.election.resign()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from ..config import QueueConfig
 from ..persistence import Backend, open_backend
@@ -100,7 +99,7 @@ class HandBacks:
 
     @staticmethod
     def _give_back(backend: Backend, worker_id: str, started: tuple[str, ...]) -> None:
-        states = backend.release(worker_id, time.time(), started)
+        states = backend.release(worker_id, backend.now(), started)
         if not states:
             return
         counts: dict[str, int] = {}

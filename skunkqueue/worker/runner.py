@@ -139,7 +139,7 @@ class Worker:
             target=self._heartbeat, name=f"heartbeat-{self.id}", daemon=True
         )
         try:
-            self._advertise(self.backend, time.time())
+            self._advertise(self.backend, self.backend.now())
         except Exception:
             log.warning("worker %s: advertising failed; the heartbeat retries", self.id)
         heartbeat.start()
@@ -192,7 +192,7 @@ class Worker:
         jobs = self.backend.claim(
             self.claim_routes,
             self.id,
-            time.time(),
+            self.backend.now(),
             self.config.lease,
             self._batch_size(),
             max_bytes=MAX_BATCH_BYTES,
@@ -251,7 +251,9 @@ class Worker:
         if not outcomes:
             return
         try:
-            answers = (backend or self.backend).finish(outcomes, self.id, time.time())
+            answers = (backend or self.backend).finish(
+                outcomes, self.id, (backend or self.backend).now()
+            )
         except BaseException:
             # Whatever interrupted the write (a store error, a signal), the outcomes stay
             # pending: dropping them would leave their jobs running until their leases lapse.
@@ -284,7 +286,9 @@ class Worker:
             outcomes, self._pending = self._pending, []
         for index, outcome in enumerate(outcomes):
             try:
-                self._report_lost([outcome], self.backend.finish([outcome], self.id, time.time()))
+                self._report_lost(
+                    [outcome], self.backend.finish([outcome], self.id, self.backend.now())
+                )
                 continue
             except BaseException as refused:
                 substitute = Outcome(
@@ -296,7 +300,7 @@ class Worker:
                     },
                 )
                 try:
-                    self.backend.finish([substitute], self.id, time.time())
+                    self.backend.finish([substitute], self.id, self.backend.now())
                 except BaseException:
                     with self._lock:
                         self._pending[:0] = outcomes[index:]
@@ -385,7 +389,7 @@ class Worker:
             delay = event.retry.delay_after(attempt)
             error["attempt"] = attempt
             log.info("job %s %s retrying in %.3f s", job.id, job.event, delay)
-            return Outcome(job.id, JobState.RETRYING, error=error, eta=time.time() + delay)
+            return Outcome(job.id, JobState.RETRYING, error=error, eta=self.backend.now() + delay)
         if event.retry is not None and isinstance(exc, event.retry.on):
             error["reason"] = f"retries exhausted after {attempt} attempts"
         return Outcome(job.id, JobState.ERROR, error=error)
@@ -448,7 +452,12 @@ class Worker:
     # -- the heartbeat thread ---------------------------------------------------------
 
     def _advertise(self, backend: Any, now: float) -> None:
-        info = {"routes": self.routes, "host": socket.gethostname(), "pid": os.getpid()}
+        info = {
+            "routes": self.routes,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "clock_offset": round(backend.clock_offset(), 6),
+        }
         backend.acquire_lease(
             WORKER_LEASE_PREFIX + self.id, self.id, now, self.config.heartbeat * 3, info
         )
@@ -517,7 +526,7 @@ class Worker:
         # redelivered, not be kept alive forever by a worker that never saw it.
         with self._lock:
             mine = set(self._held) | {o.job_id for o in self._pending}
-        now = time.time()
+        now = backend.now()
         held = backend.renew(self.id, now, self.config.lease, sorted(mine)) if mine else set()
         with self._lock:
             # Only what was asked about: jobs claimed since the snapshot were not renewed

@@ -26,6 +26,7 @@ import pytest
 
 from skunkqueue import SkunkQueue
 
+from ..clockshift import SHIFT_ENV
 from ..waiting import wait_until
 from .referee import Incident, unexpected
 
@@ -129,18 +130,22 @@ class E2E:
         self.queues.append(queue)
         return queue
 
-    def start(self, *args: str, name: str = "proc") -> Proc:
-        """Start ``python -m skunkqueue ARGS`` in the test directory, in its own session."""
+    def start(self, *args: str, name: str = "proc", clock_shift: float = 0.0) -> Proc:
+        """Start ``python -m skunkqueue ARGS`` in the test directory, in its own session;
+        with ``clock_shift``, its wall clock runs that many seconds ahead (or behind)."""
+        if clock_shift:
+            argv = [sys.executable, "-m", "tests.clockshift", "skunkqueue", *args]
+            return self.spawn(argv, name, {SHIFT_ENV: repr(clock_shift)})
         return self.spawn([sys.executable, "-m", "skunkqueue", *args], name)
 
-    def spawn(self, argv: list[str], name: str = "proc") -> Proc:
+    def spawn(self, argv: list[str], name: str = "proc", env: dict[str, str] | None = None) -> Proc:
         """Start any command in the test directory, in its own session."""
         log = self.dir / f"{name}-{len(self.procs)}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.dir,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -178,15 +183,20 @@ class E2E:
         return done
 
     def run_python(self, script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return self.run_python_argv([sys.executable, script], timeout=timeout)
+
+    def run_python_argv(
+        self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, script],
+            argv,
             cwd=self.dir,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-        self.one_shots.append((f"python {script}", done.stdout + done.stderr))
+        self.one_shots.append((f"python {' '.join(argv[1:])}", done.stdout + done.stderr))
         return done
 
     def wait_for_workers(self, count: int, timeout: float = 15.0) -> None:
