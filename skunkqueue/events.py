@@ -119,7 +119,9 @@ class Event:
     ) -> JobHandle | BroadcastHandle:
         """The explicit form of ``fire``: one job, written once, idempotent by ``job_id``."""
         now = self.queue.backend.now()
-        jobs = self.build_jobs(args, kwargs, eta_from(eta, now), now, job_id, route)
+        # A delay counts from the latest the store's clock can be: it is never cut short.
+        counted_from = self.queue.backend.latest() if isinstance(eta, timedelta) else now
+        jobs = self.build_jobs(args, kwargs, eta_from(eta, counted_from), now, job_id, route)
         self.queue.backend.put(jobs, now, checked=True)  # built from checked parts
         handle = handle_for(self.queue, job_id or jobs[0].parent or jobs[0].id, jobs)
         self.last = handle

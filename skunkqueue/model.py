@@ -105,7 +105,9 @@ class Outcome:
 
     ``state`` is ``complete``, ``error``, ``retrying`` (run again at ``eta``) or
     ``queued`` (handed back unrun or interrupted: the delivery is not counted). Any
-    other state is refused here, before a backend sees it.
+    other state is refused here, before a backend sees it. ``started_at``, when the
+    worker knows it, is the moment the job's code began, by the store's clock: it
+    replaces the claim's time in the record (a batch's later jobs start after their claim).
     """
 
     job_id: str
@@ -113,6 +115,7 @@ class Outcome:
     result: str | None = None
     error: dict[str, Any] | None = None
     eta: float | None = None
+    started_at: float | None = None
 
     def __post_init__(self) -> None:
         state = _BY_VALUE.get(self.state) if isinstance(self.state, str) else None

@@ -71,7 +71,7 @@ def test_a_store_without_a_clock_leaves_the_process_its_own() -> None:
 
 @pytest.mark.parametrize("shift", [-45.0, 45.0])
 def test_sqlite_tells_the_time_by_the_file_system(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shift: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shift: float, far_from_utc: None
 ) -> None:
     backend = open_backend(f"sqlite:///{tmp_path / 'jobs.db'}", "clock")
     shift_process_clock(monkeypatch, shift)
@@ -83,7 +83,9 @@ def test_sqlite_tells_the_time_by_the_file_system(
     backend.close()
 
 
-def test_redis_tells_the_time_by_the_server(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_tells_the_time_by_the_server(
+    redis_server, monkeypatch: pytest.MonkeyPatch, far_from_utc: None
+) -> None:
     backend = open_backend(redis_server.url, "clock")
     shift_process_clock(monkeypatch, -60.0)
     before = TRUE_TIME()
@@ -93,8 +95,18 @@ def test_redis_tells_the_time_by_the_server(redis_server, monkeypatch: pytest.Mo
     backend.close()
 
 
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch):
+    """A local time zone 10 hours from UTC: a time read as local instead of UTC shows."""
+    monkeypatch.setenv("TZ", "Pacific/Honolulu")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
 def test_mongodb_tells_the_time_by_the_server(
-    mongo_server, monkeypatch: pytest.MonkeyPatch
+    mongo_server, monkeypatch: pytest.MonkeyPatch, far_from_utc: None
 ) -> None:
     backend = open_backend(mongo_server.url, "clock")
     shift_process_clock(monkeypatch, 60.0)

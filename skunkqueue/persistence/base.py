@@ -80,6 +80,10 @@ class Backend(ABC):
     #: How far a reading of the store's clock may be off because of its precision: a
     #: process's own clock is trusted while it agrees with the store's within this.
     clock_tolerance: float = 0.0
+    #: How many readings a measurement may take, keeping the fastest round trip.
+    clock_attempts: int = 3
+    #: How coarsely the store tells the time (seconds): a reading may be this far behind.
+    clock_resolution: float = 0.0
 
     def __init__(self, url: str, queue: str) -> None:
         self.url = url
@@ -95,6 +99,13 @@ class Backend(ABC):
         own. Callers pass it as ``now`` to the verbs below."""
         return self._store_clock().now()
 
+    def latest(self) -> float:
+        """``now()`` plus the uncertainty of the reading behind it: never behind the
+        store's clock, as ``now()`` is never ahead of it. For recording a moment that has
+        passed (a job's start) and for counting a delay from now (an eta ``now + delay``,
+        a retry's backoff), so that neither comes out earlier than it was."""
+        return self._store_clock().latest()
+
     def clock_offset(self) -> float:
         """Seconds this process's wall clock is behind the store's (negative: ahead), as
         last measured; 0 where the store has no clock of its own."""
@@ -106,6 +117,8 @@ class Backend(ABC):
             self._clock = StoreClock(
                 None if read is None else (lambda: self._calling(read)),
                 tolerance=self.clock_tolerance,
+                attempts=self.clock_attempts,
+                resolution=self.clock_resolution,
             )
         assert self._clock is not None
         return self._clock
@@ -214,10 +227,9 @@ class Backend(ABC):
         """Atomically take up to ``limit`` queued jobs from ``routes`` for ``owner``.
 
         Jobs leave in (eta, seq) order across the given routes. Each taken job becomes
-        ``running`` with ``owner``, ``lease_until = now + lease``, ``started_at =
-        max(now, eta)`` and ``deliveries + 1``. No job is ever handed to two claimers.
-        (A claimer reads ``now`` before its call; a leader with a later clock may queue a
-        job in between, and the start is never recorded before the job's eta.) A backend
+        ``running`` with ``owner``, ``lease_until = now + lease``, ``started_at = now``
+        (the claim's time as it is: a job taken before its eta shows it) and
+        ``deliveries + 1``. No job is ever handed to two claimers. A backend
         may take fewer than ``limit`` per call to bound one call's work; the caller claims
         again for more.
 
@@ -274,7 +286,8 @@ class Backend(ABC):
         ``False``: the lease was lost and someone else may have the job). ``complete``
         and ``error`` store result/error, ``attempts + 1``, ``finished_at = now`` and
         ``expires_at = now + result_ttl``. ``retrying`` stores the error, ``attempts + 1``
-        and the new ``eta``. ``queued`` hands the job back unrun: ``deliveries - 1``,
+        and the new ``eta``. An outcome's ``started_at``, when given, replaces the claim's
+        in all three. ``queued`` hands the job back unrun: ``deliveries - 1``,
         eta unchanged, so it is taken again first. Owner and lease are cleared.
         """
         rules.check_outcomes(outcomes)

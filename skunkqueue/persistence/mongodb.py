@@ -130,6 +130,7 @@ class MongoBackend(Backend):
     store_name = "MongoDB"
     put_unit = "each job"
     clock_source = "the MongoDB server's clock (hello's localTime, to the millisecond)"
+    clock_resolution = 0.001
 
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
@@ -366,14 +367,6 @@ class MongoBackend(Backend):
                 },
                 hint=BY_ID,
             )
-            for early in (d for d in fitting if d["eta"] > now):
-                # Queued by a leader whose clock is ahead of ours: the start is
-                # never recorded before the eta (see Backend.claim).
-                self._jobs.update_one(
-                    {"_id": early["_id"], "claim": token},
-                    {"$set": {"started_at": early["eta"]}},
-                    hint=BY_ID,
-                )
             got = [
                 self._record(d)
                 for d in self._jobs.find(
@@ -636,8 +629,10 @@ class MongoBackend(Backend):
     # -- waiting ------------------------------------------------------------------
 
     def _store_time(self) -> float:
-        # Milliseconds, cut down: the reading is never ahead of the server.
-        return self._client.admin.command("hello")["localTime"].timestamp()
+        # Milliseconds, cut down: the reading is never ahead of the server. A command's
+        # reply is decoded without the client's tz_aware: the naive datetime is UTC.
+        local_time = self._client.admin.command("hello")["localTime"]
+        return local_time.replace(tzinfo=timezone.utc).timestamp()
 
     def _wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
         if timeout <= 0:

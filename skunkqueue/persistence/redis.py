@@ -355,6 +355,7 @@ class RedisBackend(Backend):
                 o.result or "",
                 "0" if o.error is None else "1",
                 "" if o.error is None else json.dumps(o.error),
+                "" if o.started_at is None else number(o.started_at),
             )
         keys = [*self._job_keys, self._key("held:", owner)]
         return [bool(a) for a in self._run("finish", keys, args)]

@@ -80,6 +80,10 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
             raise TypeError(f"an error must be a dict, not {type(o.error).__name__}")
         if o.eta is not None and not finite_number(o.eta):
             raise ValueError(f"an outcome's eta must be a finite number, not {o.eta!r}")
+        if o.started_at is not None and not finite_number(o.started_at):
+            raise ValueError(
+                f"an outcome's started_at must be a finite number, not {o.started_at!r}"
+            )
 
 
 def check_ids(job_ids: Sequence[str] | None) -> None:
@@ -126,11 +130,12 @@ def state_on_put(job: JobRecord, now: float) -> JobState:
 
 def take(r: JobRecord, owner: str, now: float, lease: float) -> None:
     """``claim``'s effect on a queued record: it runs for ``owner`` until ``now + lease``.
-    The start is never recorded before the eta (a leader's clock may run ahead)."""
+    The start is the claim's time as it is, never moved to the eta: a job that started
+    early must show it."""
     r.state = JobState.RUNNING
     r.owner = owner
     r.lease_until = now + lease
-    r.started_at = max(now, r.eta)
+    r.started_at = now
     r.deliveries += 1
 
 
@@ -187,6 +192,8 @@ def apply_outcome(r: JobRecord, outcome: Outcome, now: float) -> None:
         return
     r.attempts += 1
     r.error = outcome.error
+    if outcome.started_at is not None:
+        r.started_at = outcome.started_at
     if outcome.state == JobState.RETRYING:
         r.state = JobState.RETRYING
         r.eta = outcome.eta if outcome.eta is not None else now

@@ -112,6 +112,9 @@ WHERE sq_jobs.expires_at IS NOT NULL AND sq_jobs.expires_at <= ?
 RETURNING seq
 """
 
+#: The longest a reading of the file system's clock waits for its next tick (seconds).
+CLOCK_TICK_WAIT = 0.05
+
 #: The columns each verb's rule (rules.py) may change, written back by seq.
 TAKEN = ("state", "owner", "lease_until", "started_at", "deliveries")
 SETTLED = (
@@ -121,6 +124,7 @@ SETTLED = (
     "deliveries",
     "attempts",
     "eta",
+    "started_at",
     "result",
     "error",
     "finished_at",
@@ -226,6 +230,7 @@ class SQLiteBackend(Backend):
     clock_source = "the clock of the file system holding the database"
     # A file's timestamp is the kernel's coarse clock: a tick (1 to 10 ms) behind.
     clock_tolerance = 0.02
+    clock_attempts = 1  # a reading waits for a tick of the kernel's clock; once is enough
 
     def __init__(self, url: str, queue: str) -> None:
         super().__init__(url, queue)
@@ -255,13 +260,24 @@ class SQLiteBackend(Backend):
         self._data_version = self._version()
 
     def _store_time(self) -> float:
+        """The kernel's time, as it stamps a file it is told to touch. That clock is coarse
+        (it moves once a tick, 1 to 10 ms): touching until the stamp moves catches the
+        tick itself, so the reading is the time of that moment, microseconds old."""
         if self._clock_file is None:
             return time.time()
+        path = self._clock_file
         try:
-            with open(self._clock_file, "ab"):
+            with open(path, "ab"):
                 pass
-            os.utime(self._clock_file)
-            return os.stat(self._clock_file).st_mtime_ns / 1e9
+            os.utime(path)
+            first = os.stat(path).st_mtime_ns
+            give_up = time.monotonic() + CLOCK_TICK_WAIT
+            while time.monotonic() < give_up:
+                os.utime(path)
+                stamp = os.stat(path).st_mtime_ns
+                if stamp != first:
+                    return stamp / 1e9
+            return first / 1e9  # a stopped clock (a fake one): behind, never ahead
         except OSError:  # a folder this process may not write to: its own clock, then
             return time.time()
 

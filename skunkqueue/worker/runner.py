@@ -363,6 +363,7 @@ class Worker:
                 job.id, JobState.ERROR, error={**describe_error(exc), "reason": "bad payload"}
             )
         log.info("job %s %s started (delivery %d)", job.id, job.event, job.deliveries)
+        started_at = self.backend.latest()  # never recorded before it happened
         started = time.perf_counter()
         with self._lock:
             self._current = (job, event, time.monotonic())
@@ -378,6 +379,7 @@ class Worker:
         except BaseException as exc:  # a job's SystemExit is its failure, not the worker's
             outcome = self._failure(job, event, exc)
         seconds = time.perf_counter() - started
+        outcome.started_at = started_at
         self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * seconds
         log.info("job %s %s %s in %.4fs", job.id, job.event, outcome.state, seconds)
         return outcome
@@ -389,7 +391,9 @@ class Worker:
             delay = event.retry.delay_after(attempt)
             error["attempt"] = attempt
             log.info("job %s %s retrying in %.3f s", job.id, job.event, delay)
-            return Outcome(job.id, JobState.RETRYING, error=error, eta=self.backend.now() + delay)
+            return Outcome(
+                job.id, JobState.RETRYING, error=error, eta=self.backend.latest() + delay
+            )
         if event.retry is not None and isinstance(exc, event.retry.on):
             error["reason"] = f"retries exhausted after {attempt} attempts"
         return Outcome(job.id, JobState.ERROR, error=error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from skunkqueue.model import Outcome
 from skunkqueue.persistence.rules import MAX_BATCH
 
 from .support import T0, ids, job, lead
@@ -121,17 +122,33 @@ def test_promoted_job_keeps_its_put_order_among_equal_etas(backend):
     assert ids(backend.claim(["default"], "w", T0 + 20, lease=30, limit=2)) == ["waited", "direct"]
 
 
-def test_start_is_never_recorded_before_the_eta(backend):
-    """A worker reads its clock before it claims; a leader with a later clock may queue the
-    job in between. The recorded start is then the eta, never earlier."""
-    backend.put([job("racing", eta=T0 + 5), job("due", eta=T0 - 1)], now=T0)
+def test_the_start_is_recorded_as_it_was_even_before_the_eta(backend):
+    """A claim records its own time as the start. A job queued early (by a leader whose
+    idea of now ran ahead) and taken at once shows that it started before its eta: the
+    record must not hide it."""
+    backend.put([job("early", eta=T0 + 5), job("due", eta=T0 - 1)], now=T0)
     backend.sweep(T0 + 5, lead(backend, T0 + 5))
     claimed = {r.id: r for r in backend.claim(["default"], "w", T0 + 4.5, lease=30, limit=5)}
-    assert set(claimed) == {"racing", "due"}
-    assert claimed["racing"].started_at == T0 + 5
+    assert set(claimed) == {"early", "due"}
+    assert claimed["early"].started_at == T0 + 4.5
     assert claimed["due"].started_at == T0 + 4.5
-    stored = backend.get("racing", T0 + 5)
-    assert stored is not None and stored.started_at == T0 + 5
+    stored = backend.get("early", T0 + 5)
+    assert stored is not None and stored.started_at == T0 + 4.5
+
+
+def test_an_outcome_records_when_the_job_really_started(backend):
+    """A batch's later jobs start after their claim: the worker's outcome says when."""
+    backend.put([job(name) for name in ("ok", "failed", "again", "unrun")], now=T0)
+    backend.claim(["default"], "w", T0 + 1, lease=30, limit=4)
+    outcomes = [
+        Outcome("ok", "complete", result="1", started_at=T0 + 2),
+        Outcome("failed", "error", error={"type": "E"}, started_at=T0 + 3),
+        Outcome("again", "retrying", eta=T0 + 60, started_at=T0 + 4),
+        Outcome("unrun", "queued"),
+    ]
+    assert backend.finish(outcomes, "w", T0 + 5) == [True] * 4
+    starts = {name: backend.get(name, T0 + 5).started_at for name in ("ok", "failed", "again")}
+    assert starts == {"ok": T0 + 2, "failed": T0 + 3, "again": T0 + 4}
 
 
 # -- max_bytes ----------------------------------------------------------------------

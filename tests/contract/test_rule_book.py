@@ -135,7 +135,7 @@ def test_put_refuses_a_live_id_and_replaces_an_expired_one(backend):
 CLAIMS = {
     "due-long-ago": (NOW - 10, 0, 0),
     "due-at-claim": (NOW - 5, 1, 1),
-    # Queued by a leader whose clock is ahead of the claimer's: started_at is the eta.
+    # Queued by a leader whose clock is ahead of the claimer's: its start shows it.
     "due-after-claim": (NOW - 1, 2, 3),
     "due-at-put": (NOW, 0, 2),
 }
@@ -160,8 +160,8 @@ def test_claim_takes_each_job_as_the_rule_says(backend):
     assert {r.id: r.started_at for r in expected} == {
         "due-long-ago": at,
         "due-at-claim": at,
-        "due-after-claim": NOW - 1,
-        "due-at-put": NOW,
+        "due-after-claim": at,
+        "due-at-put": at,
     }
     assert backend.get("not-due", at).state == "scheduled"
 
@@ -175,6 +175,9 @@ ERR = {"type": "ValueError", "message": "bad", "traceback": "..."}
 FINISHES: dict[str, tuple[dict[str, Any], float]] = {
     "complete": ({"state": "complete", "result": '"r"'}, 33.3),  # now + 33.3 rounds
     "complete-no-result": ({"state": "complete"}, 86400.0),
+    "complete-started": ({"state": "complete", "started_at": NOW - 0.25}, 100.0),
+    "retrying-started": ({"state": "retrying", "eta": NOW + 2, "started_at": NOW - 0.5}, 100.0),
+    "queued-started": ({"state": "queued", "started_at": NOW - 0.75}, 100.0),
     "error": ({"state": "error", "error": ERR}, 100.0),
     "error-with-result": ({"state": "error", "result": '"part"', "error": ERR}, 86400.0),
     "retrying-at-eta": ({"state": "retrying", "error": ERR, "eta": NOW + 60}, 100.0),

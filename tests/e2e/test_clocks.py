@@ -101,7 +101,11 @@ def test_processes_with_skewed_clocks_agree_on_the_stores(e2e: E2E) -> None:
     common = ("--no-scheduler", "--lease", LEASE, "--import", "clock_tasks")
     e2e.start("work", "-r", "foo", "slow", *common, clock_shift=-20.0, name="slow-worker")
     e2e.start("work", "-r", "foo", *common, clock_shift=20.0, name="fast-worker")
-    wait_until(lambda: len(backend.leases(WORKER_LEASE_PREFIX, 0.0)) == 2, what="two workers")
+    wait_until(
+        lambda: len(backend.leases(WORKER_LEASE_PREFIX, 0.0)) == 3,  # one per route given
+        timeout=30,
+        what="three workers",
+    )
 
     count = max(10, round(100 * e2e.scale))
     e2e.write_module("producer", PRODUCER.replace("{count}", str(count)))

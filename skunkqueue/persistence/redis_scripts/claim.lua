@@ -47,9 +47,7 @@ for k = 1, math.min(limit, #candidates) do
     end
   end
   redis.call('ZREM', KEYS[7 + c[4]], c[3])
-  local started = now  -- never before the eta (see Backend.claim)
-  if c[1] > tonumber(now) then started = c[5] end
-  redis.call('HSET', key, 's', 'running', 'o', owner, 'l', lease_until, 'b', started)
+  redis.call('HSET', key, 's', 'running', 'o', owner, 'l', lease_until, 'b', now)
   redis.call('HINCRBY', key, 'd', 1)
   redis.call('ZADD', RUNNING, lease_until, id)
   redis.call('SADD', KEYS[7], id)

@@ -3,9 +3,10 @@
 --             j:<id> and ready:<route> are built from the prefix)
 -- KEYS[7]     held:<owner> (SET)
 -- ARGV[1] owner  [2] now  [3] the JobRecord default result_ttl  [4] number of outcomes,
--- then 7 strings per outcome:
+-- then 8 strings per outcome:
 --   id, state (complete / error / retrying / queued), eta ('' = now),
---   has_result ('1'/'0'), result, has_error ('1'/'0'), error JSON
+--   has_result ('1'/'0'), result, has_error ('1'/'0'), error JSON,
+--   started_at ('' = keep the claim's)
 -- Touches     j:<id>, running, held:<owner>, then by outcome: expiry (complete, error),
 --             scheduled (retrying), ready:<route> + wake:<route> (queued); counts;
 --             PUBLISH wake:scheduler when a retry eta is the new earliest.
@@ -27,6 +28,7 @@ for j = 1, tonumber(ARGV[4]) do
       hand_back(key, id, route, seq, rec[5])
     else
       redis.call('HINCRBY', key, 'a', 1)
+      if ARGV[i + 7] ~= '' then redis.call('HSET', key, 'b', ARGV[i + 7]) end
       if ARGV[i + 5] == '1' then
         redis.call('HSET', key, 'er', ARGV[i + 6])
       else
@@ -50,7 +52,7 @@ for j = 1, tonumber(ARGV[4]) do
     end
     answers[j] = 1
   end
-  i = i + 7
+  i = i + 8
 end
 flush()
 wake_scheduler()
