@@ -18,6 +18,7 @@ import pytest
 from skunkqueue.errors import LeaseLost
 from skunkqueue.jobs import JobRecord, Outcome
 from skunkqueue.persistence import Backend, Fence, ScheduleRecord, rules
+from skunkqueue.scheduler.ticks import fire_due, tick_job_id
 
 from .support import job, lead
 
@@ -203,3 +204,37 @@ def test_every_write_of_a_schedule_raises_its_revision(backend):
     backend.save_schedule(every_minute(), NOW, expected_revision=0)
     seen.append(read(backend).revision)
     assert seen == [1, 2, 3, 4, 5]
+
+
+# -- fire_due over the verb: the schedule's next_fire is the ledger of its ticks --------
+
+
+def test_a_tick_advanced_past_is_never_fired_again_even_once_its_record_is_gone(backend):
+    """A standby that read the schedule before the leader fired it, and leads once the
+    tick's record has run, expired and been deleted, does not fire the tick again."""
+    each_second = every_minute(result_ttl=1.0)
+    backend.save_schedule(replace(each_second, spec={"every": 1.0, "misfire": "all"}), NOW)
+    stale = backend.schedules()  # read before the leader fires
+    leader = lead(backend, NOW, owner="leader", ttl=2)
+    fired = fire_due(backend, backend.schedules(), NOW, leader)
+    assert (fired.ticks, fired.stale) == (1, False)
+    first = tick_job_id(backend.queue, "tests.beat", NOW)
+    [taken] = backend.claim(["beats"], "w", NOW, lease=30)
+    assert taken.id == first
+    backend.finish([Outcome(first, "complete", result="1")], "w", NOW)  # expires at once
+
+    later = NOW + 3
+    successor = lead(backend, later, owner="successor", ttl=10)
+    backend.sweep(later, successor)  # deletes the expired record
+    assert backend.get(first, later) is None
+    assert fire_due(backend, stale, later, successor).stale is True
+    assert backend.get(first, later) is None, "the tick was fired twice"
+
+    fired = fire_due(backend, backend.schedules(), later, successor)
+    assert fired.ticks == 3  # NOW + 1 .. NOW + 3, and not NOW
+    assert sorted(r.eta for r in backend.list_jobs(later, limit=10)) == [
+        NOW + 1,
+        NOW + 2,
+        NOW + 3,
+    ]
+    assert read(backend).next_fire == later + 1
