@@ -262,6 +262,50 @@ def test_a_leader_taken_over_between_its_fence_check_and_its_write_cannot_write(
     assert successor.get(tick.id, now + 31).state == "running"
 
 
+class PutFirst:
+    """The leader's jobs collection: just before the transaction's first insert, a producer
+    puts a job with one of the same ids (committed outside the transaction)."""
+
+    def __init__(self, collection: Any, put: Callable[[], None]) -> None:
+        self._collection = collection
+        self._put = put
+        self.done = False
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._collection, name)
+        if name != "insert_many" or self.done:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.done = True
+            self._put()
+            return real(*args, **kwargs)
+
+        return call
+
+
+def test_a_tick_put_by_another_writer_during_the_transaction_is_left_untouched(opened):
+    """Ids are looked up before the insert (a duplicate key would abort the transaction);
+    one stored after the look-up makes the insert a write conflict, and the transaction
+    runs again, finds it, and leaves it as it is."""
+    leader, producer = opened(), opened()
+    now = float(int(time.time())) + 86400.0
+    leader.save_schedule(ScheduleRecord("beat", {"every": 60}, {}, now, now), now)
+    [read] = leader.schedules()
+    lease = leader.acquire_lease(SCHEDULER_LEASE, "leader", now, ttl=30)
+    fence = Fence(lease.name, lease.owner, lease.token)
+    theirs = job("beat@1", eta=now, payload='"theirs"')
+    racing = PutFirst(leader._jobs, lambda: producer.put([theirs], now))
+    leader._jobs = racing
+    mine = [job("beat@1", eta=now, schedule="beat"), job("beat@2", eta=now, schedule="beat")]
+    assert leader.fire_schedule(read, mine, now + 60, now, fence) is True
+    assert racing.done
+    assert producer.get("beat@1", now).payload == '"theirs"'
+    assert producer.get("beat@2", now).schedule == "beat"
+    [after] = producer.schedules()
+    assert (after.next_fire, after.revision) == (now + 60, read.revision + 1)
+
+
 # -- opening --------------------------------------------------------------------------------
 
 

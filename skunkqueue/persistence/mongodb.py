@@ -700,7 +700,6 @@ class MongoBackend(Backend):
             "next_fire": schedule.next_fire,
             "updated_at": schedule.updated_at,
         }
-        duplicate = self._errors.DuplicateKeyError
         if fence is not None and self.transactions:
 
             def save(session: Any) -> bool:
@@ -711,13 +710,13 @@ class MongoBackend(Backend):
 
             try:
                 return self._transaction(save)
-            except (_Refused, duplicate):  # duplicate: inserted since the look-up
+            except _Refused:
                 return False
         if fence is not None:
             self._check_fence(fence, now)
         try:
             return self._write_schedule(None, fields, expected_revision)
-        except duplicate:
+        except self._errors.DuplicateKeyError:  # inserted by another writer since the look-up
             return False
 
     def _write_schedule(
@@ -772,16 +771,12 @@ class MongoBackend(Backend):
             self._schedule_docs.update_one(same, advance, session=session, hint=BY_ID)
             return True
 
-        for attempt in range(3):
-            try:
-                return self._transaction(fire)
-            except _Refused:
-                return False
-            except self._errors.DuplicateKeyError:
-                # A put of one of the ids committed after the look-up: look again.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            # A put of one of the ids committed since the transaction began makes its
+            # insert a write conflict, not a duplicate key: pymongo runs fire again.
+            return self._transaction(fire)
+        except _Refused:
+            return False
 
     def _fire_without_transaction(
         self,
