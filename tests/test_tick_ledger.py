@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from skunkqueue import SkunkQueue
+from skunkqueue.errors import SkunkQueueError
 from skunkqueue.jobs import JobRecord, Outcome
 from skunkqueue.persistence import Backend, ScheduleRecord, rules
 from skunkqueue.persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX, Fence
@@ -180,6 +181,38 @@ def test_registering_a_schedule_never_undoes_the_leaders_advance(url: str) -> No
         assert stored.template["route"] == "new"
         assert stored.next_fire == read.next_fire + 60, "registration undid the leader's advance"
         assert stored.revision == read.revision + 2
+    finally:
+        first.close()
+        second.close()
+
+
+def test_registering_gives_up_with_a_clear_error_on_a_schedule_that_keeps_changing(
+    url: str,
+) -> None:
+    name = f"q{uuid.uuid4().hex[:10]}"
+    first = SkunkQueue(name, url=url)
+
+    @first.event(routes=["old"], every=60)
+    def beat() -> None:
+        return None
+
+    [stored] = first.backend.schedules()
+
+    def someone_writes(name: str, args: tuple[Any, ...]) -> None:
+        if name == "schedules":
+            first.backend.save_schedule(stored, stored.updated_at)
+
+    second = SkunkQueue(name, url=url)
+    second._backend = Watched(second.backend, after=someone_writes)  # type: ignore[assignment]
+    try:
+        with pytest.raises(SkunkQueueError, match="changed under each of 5 attempts"):
+
+            @second.event(routes=["new"], every=60)
+            def beat() -> None:  # noqa: F811 - the same event, redeployed with another route
+                return None
+
+        [after] = first.backend.schedules()
+        assert after.template["route"] == "old" and after.revision == stored.revision + 5
     finally:
         first.close()
         second.close()
