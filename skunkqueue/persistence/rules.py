@@ -1,9 +1,10 @@
 """The rule book: every decision a backend makes about a record, written once.
 
 Backends call these inside their own atomic step (a lock, a transaction, a conditional
-update): which state a put takes, whether a fence holds, what a claim, an outcome, a
-recovery, a release and a cancel do to a record, how big one step may be, and which
-inputs are refused before any store sees them. The Redis scripts mirror these rules in
+update): which state a put takes, whether a fence holds, whether a schedule's revision
+is still the one a writer expects, what a claim, an outcome, a recovery, a release and a
+cancel do to a record, how big one step may be, and which inputs are refused before any
+store sees them. The Redis scripts mirror these rules in
 Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
 Redis included, and compares them with the functions here.
 """
