@@ -207,7 +207,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         spec = ScheduleSpec.from_dict(schedule.spec)
         print(
             f"{schedule.name}  {spec.describe()}  route={schedule.template.get('route')}  "
-            f"misfire={spec.misfire}  next={_when(schedule.next_fire)}"
+            f"misfire={spec.misfire}  revision={schedule.revision}  "
+            f"next={_when(schedule.next_fire)}"
         )
     if not schedules:
         print("(no schedules)")

@@ -156,7 +156,14 @@ class ScheduleRecord:
 
     ``spec`` holds ``cron``/``every``/``timezone``/``misfire``; ``template`` holds the job
     fields every tick copies (event, route, payload, serializer, retry, timeout, ...).
-    ``next_fire`` is the instant of the next tick not yet fired.
+    ``next_fire`` is the instant of the next tick not yet fired: every earlier tick was
+    fired in the same atomic step that moved ``next_fire`` past it.
+
+    ``revision`` counts the writes of this schedule's name. The backend sets it (one more
+    on every write, never reused for the name, even after a removal); what a caller puts
+    here is ignored. A record stored by a version without revisions reads as 0. Writes
+    that must not undo a change made since a read compare it (``fire_schedule``,
+    ``save_schedule(expected_revision=...)``).
     """
 
     name: str
@@ -164,6 +171,7 @@ class ScheduleRecord:
     template: dict[str, Any]
     next_fire: float
     updated_at: float = 0.0
+    revision: int = 0
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any, overload
 from . import serialization
 from .config import QueueConfig
 from .cron import ScheduleSpec
-from .errors import ConfigurationError, SerializationError
+from .errors import ConfigurationError, SerializationError, SkunkQueueError
 from .events import Event, validate_event_options
 from .handles import BroadcastHandle, JobHandle, handle_for
 from .model import JobRecord, JobState
@@ -20,6 +20,10 @@ from .registry import lookup_event, register_event
 from .retry import Retry
 
 __all__ = ["SkunkQueue", "lookup_event"]
+
+#: Reads and compare-and-set writes of a schedule before registering it gives up: each
+#: retry means someone else wrote it in between (a leader advances it once per tick).
+STORE_SCHEDULE_ATTEMPTS = 5
 
 
 class SkunkQueue:
@@ -148,6 +152,13 @@ class SkunkQueue:
     job = event
 
     def _store_schedule(self, event: Event) -> None:
+        """Store the event's schedule, unless it is stored as it is; an unchanged
+        expression keeps the stored ``next_fire`` (the leader's progress).
+
+        A read-compare-write on the schedule's revision: a leader that advanced the
+        schedule (or another process that stored it) between the read and the write makes
+        the write refuse, and it is read again, so registering never undoes an advance.
+        """
         assert event.schedule is not None
         spec = event.schedule.to_dict()
         template = {
@@ -157,15 +168,23 @@ class SkunkQueue:
             "queue_type": self.config.queue_type,
             **event.job_fields(),
         }
-        now = self.backend.now()
-        existing = next((s for s in self.backend.schedules() if s.name == event.name), None)
-        if existing is not None and existing.spec == spec:
-            if existing.template == template:
+        for _ in range(STORE_SCHEDULE_ATTEMPTS):
+            now = self.backend.now()
+            existing = next((s for s in self.backend.schedules() if s.name == event.name), None)
+            if existing is not None and existing.spec == spec:
+                if existing.template == template:
+                    return
+                next_fire = existing.next_fire
+            else:
+                next_fire = event.schedule.next_after(now)
+            record = ScheduleRecord(event.name, spec, template, next_fire, now)
+            seen = 0 if existing is None else existing.revision
+            if self.backend.save_schedule(record, now, expected_revision=seen):
                 return
-            next_fire = existing.next_fire
-        else:
-            next_fire = event.schedule.next_after(now)
-        self.backend.save_schedule(ScheduleRecord(event.name, spec, template, next_fire, now), now)
+        raise SkunkQueueError(
+            f"the stored schedule of {event.name!r} changed under each of "
+            f"{STORE_SCHEDULE_ATTEMPTS} attempts to store it; is something rewriting it?"
+        )
 
     # -- jobs by id -----------------------------------------------------------------
 

@@ -55,6 +55,15 @@ def mongo_server(
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def mongo_standalone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """A SecantusDB answering as a standalone MongoDB: no replica set, so no change streams
+    and no transactions (what a backend does without them is tested on it)."""
+    server = MongoServer(Path(tmp_path_factory.mktemp("standalone")), standalone=True).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh store on each embedded backend (a test module may override this)."""

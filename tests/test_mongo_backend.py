@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from skunkqueue.config import QueueConfig
-from skunkqueue.errors import BackendUnavailable, ConfigurationError
-from skunkqueue.persistence import open_backend
+from skunkqueue.errors import BackendUnavailable, ConfigurationError, LeaseLost
+from skunkqueue.persistence import Fence, ScheduleRecord, open_backend
+from skunkqueue.persistence.base import SCHEDULER_LEASE
 from skunkqueue.persistence.mongodb import INDEXES, JOBS, POLL_MAX, MongoBackend
 
 from .contract.support import T0, job
@@ -61,12 +63,10 @@ def test_a_replica_set_gives_change_stream_wake_ups(opened):
     assert opened().wake_mode == "change streams"
 
 
-@pytest.fixture(scope="module")
-def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture
+def standalone_url(mongo_standalone_server: MongoServer) -> str:
     """A stand-in server answering as a standalone MongoDB: no replica set, no change streams."""
-    server = MongoServer(Path(tmp_path_factory.mktemp("standalone")), standalone=True).start()
-    yield server.url
-    server.stop()
+    return mongo_standalone_server.url
 
 
 def test_a_standalone_server_is_polled_and_written_with_its_default_acknowledgement(
@@ -190,6 +190,120 @@ def test_a_job_the_server_refuses_stops_no_other_and_a_second_put_completes_the_
         backend.close()
         client.drop_database(database)
         client.close()
+
+
+# -- a leader stalled between its fence check and its write ---------------------------------
+
+
+class StallsAfterTheCheck:
+    """The leader's lease collection, stalled at the worst moment: a successor takes the
+    lease over (and fires the schedule) right after the leader's first read of the lease,
+    its fence check, or right before its first write to it, a fence carried in the
+    write: whichever comes first. Every call goes on to the real collection."""
+
+    def __init__(self, collection: Any, take_over: Callable[[], None]) -> None:
+        self._collection = collection
+        self._take_over = take_over
+        self.taken_over = False
+
+    def _stall(self) -> None:
+        if not self.taken_over:
+            self.taken_over = True
+            self._take_over()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._collection, name)
+        if not callable(real):
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name.startswith(("update", "replace", "insert", "delete")):
+                self._stall()
+            result = real(*args, **kwargs)
+            if name.startswith("find"):
+                self._stall()
+            return result
+
+        return call
+
+
+@pytest.mark.parametrize("verb", ["fire_schedule", "fenced save_schedule"])
+def test_a_leader_taken_over_between_its_fence_check_and_its_write_cannot_write(opened, verb):
+    """On a replica set the fence is in the write (the lease document, updated in the
+    write's transaction), so there is no moment between a check and a write: a leader
+    that stalled until a successor took over and fired the tick cannot overwrite the
+    schedule (regress its next_fire) nor store the tick again."""
+    leader, successor = opened(), opened()
+    assert leader.transactions
+    now = float(int(time.time())) + 86400.0
+    leader.save_schedule(ScheduleRecord("beat", {"every": 60}, {}, now, now), now)
+    [read] = leader.schedules()
+    lease = leader.acquire_lease(SCHEDULER_LEASE, "leader", now, ttl=30)
+    fence = Fence(lease.name, lease.owner, lease.token)
+    tick = job("beat@1", eta=now, schedule="beat")
+
+    def take_over() -> None:
+        taken = successor.acquire_lease(SCHEDULER_LEASE, "successor", now + 31, ttl=30)
+        assert taken is not None
+        mine = Fence(taken.name, taken.owner, taken.token)
+        assert successor.fire_schedule(read, [tick], now + 60, now + 31, mine) is True
+        successor.claim(["default"], "w", now + 31, lease=30)  # the tick runs
+
+    stalled = StallsAfterTheCheck(leader._lease_docs, take_over)
+    leader._lease_docs = stalled
+    with pytest.raises(LeaseLost):
+        if verb == "fire_schedule":
+            leader.fire_schedule(read, [tick], now + 60, now + 1, fence)
+        else:
+            leader.save_schedule(read, now + 1, fence)  # an advance as the old leaders wrote it
+    assert stalled.taken_over
+    [after] = successor.schedules()
+    assert (after.next_fire, after.revision) == (now + 60, read.revision + 1)
+    assert successor.get(tick.id, now + 31).state == "running"
+
+
+class PutFirst:
+    """The leader's jobs collection: just before the transaction's first insert, a producer
+    puts a job with one of the same ids (committed outside the transaction)."""
+
+    def __init__(self, collection: Any, put: Callable[[], None]) -> None:
+        self._collection = collection
+        self._put = put
+        self.done = False
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._collection, name)
+        if name != "insert_many" or self.done:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.done = True
+            self._put()
+            return real(*args, **kwargs)
+
+        return call
+
+
+def test_a_tick_put_by_another_writer_during_the_transaction_is_left_untouched(opened):
+    """Ids are looked up before the insert (a duplicate key would abort the transaction);
+    one stored after the look-up makes the insert a write conflict, and the transaction
+    runs again, finds it, and leaves it as it is."""
+    leader, producer = opened(), opened()
+    now = float(int(time.time())) + 86400.0
+    leader.save_schedule(ScheduleRecord("beat", {"every": 60}, {}, now, now), now)
+    [read] = leader.schedules()
+    lease = leader.acquire_lease(SCHEDULER_LEASE, "leader", now, ttl=30)
+    fence = Fence(lease.name, lease.owner, lease.token)
+    theirs = job("beat@1", eta=now, payload='"theirs"')
+    racing = PutFirst(leader._jobs, lambda: producer.put([theirs], now))
+    leader._jobs = racing
+    mine = [job("beat@1", eta=now, schedule="beat"), job("beat@2", eta=now, schedule="beat")]
+    assert leader.fire_schedule(read, mine, now + 60, now, fence) is True
+    assert racing.done
+    assert producer.get("beat@1", now).payload == '"theirs"'
+    assert producer.get("beat@2", now).schedule == "beat"
+    [after] = producer.schedules()
+    assert (after.next_fire, after.revision) == (now + 60, read.revision + 1)
 
 
 # -- opening --------------------------------------------------------------------------------

@@ -401,16 +401,89 @@ class Backend(ABC):
     # -- schedules ----------------------------------------------------------------
 
     def save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None:
-        """Insert or replace a schedule. With a ``fence``, raise ``LeaseLost`` (writing
-        nothing) unless it is the current, unexpired holder of its lease at ``now``."""
-        return self._calling(self._save_schedule, schedule, now, fence)
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None = None,
+        *,
+        expected_revision: int | None = None,
+    ) -> bool:
+        """Insert or replace a schedule; ``True`` when it was written.
+
+        Atomically: with a ``fence``, raise ``LeaseLost`` (writing nothing) unless it is
+        the current, unexpired holder of its lease at ``now``. With ``expected_revision``,
+        write only if the revision a reader would see now is that one, a schedule that
+        does not exist reading as 0 (``rules.expected_revision_holds``): 0 means "not
+        stored" (or stored by a version without revisions), so a read-compare-write loop
+        never undoes a change made since its read; otherwise write nothing and return
+        ``False``. Every write sets the stored ``revision`` to one more than the name's
+        last one (1 for a name never stored); ``schedule.revision`` is ignored, and the
+        caller's object is not changed.
+        """
+        rules.check_schedule(schedule)
+        rules.check_fence_given(fence, required=False)
+        if expected_revision is not None:
+            rules.checked_count("expected_revision", expected_revision, minimum=0)
+        return self._calling(self._save_schedule, schedule, now, fence, expected_revision)
 
     @abstractmethod
     def _save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None: ...
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None,
+        expected_revision: int | None,
+    ) -> bool: ...
+
+    def fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        """The leader fires ticks of schedule ``read`` (as it read it): their jobs are
+        stored and the schedule moves on to ``next_fire``, in ONE atomic step.
+
+        In that step: raise ``LeaseLost``, writing nothing, unless ``fence`` is the
+        current, unexpired holder of its lease at ``now``. If the stored schedule
+        ``read.name`` is gone, or its revision is no longer ``read.revision``
+        (``rules.unchanged_since``: a save, a removal, a redeploy's new expression or
+        template since the read), write nothing and return ``False``: a change the leader
+        did not make wins, and the leader reads the schedules again. Otherwise store
+        ``jobs`` exactly as ``put`` does (by id: an id whose record exists and has not
+        expired is left untouched; ``scheduled`` or ``queued`` by eta against ``now``),
+        set the schedule's ``next_fire`` and ``updated_at = now``, raise its revision to
+        ``read.revision + 1`` and return ``True``.
+
+        Because a tick's jobs and the advance past it are one write, the schedule's
+        ``next_fire`` is the ledger of its ticks: a tick it was advanced past is never
+        fired by that schedule again, whatever became of its job record (finished and
+        expired after ``result_ttl``, deleted by a sweep), and a tick it was not advanced
+        past was not fired. A leader that dies before the step fired nothing, and its
+        successor fires the tick; one that dies after it, fired the tick and moved on.
+
+        ``jobs`` may be empty (an advance past ticks the misfire policy skips); at most
+        ``rules.MAX_BATCH`` of them per call, so the caller fires a long catch-up in
+        several steps, each moving ``next_fire`` to the first tick it left out.
+        (MongoDB without transactions, a standalone server, cannot make this one step:
+        see ``MongoBackend``.)
+        """
+        rules.check_schedule(read)
+        rules.check_fire(jobs, next_fire)
+        rules.check_fence_given(fence, required=True)
+        return self._calling(self._fire_schedule, read, jobs, next_fire, now, fence)
+
+    @abstractmethod
+    def _fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool: ...
 
     def schedules(self) -> list[ScheduleRecord]:
         """All stored schedules of this queue, by name."""
@@ -422,7 +495,9 @@ class Backend(ABC):
     def _schedules(self) -> list[ScheduleRecord]: ...
 
     def remove_schedule(self, name: str) -> bool:
-        """Delete a schedule; ``False`` if there was none."""
+        """Delete a schedule; ``False`` if there was none. Its name's revision is kept, so
+        the name stored again gets a newer one: a leader that read the old schedule can
+        never take the new one for it."""
         return self._calling(self._remove_schedule, name)
 
     @abstractmethod

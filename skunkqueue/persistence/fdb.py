@@ -26,7 +26,9 @@ same bytes):
 * ``('u', lease_until, id)`` running jobs, by lease end; ``('o', owner, id)`` by holder;
 * ``('x', expires_at, id)`` records with an expiry, for the leader's cleanup;
 * ``('c', state, route)`` counts, changed by atomic add (no conflicts between writers);
-* ``('l', name)`` leases; ``('h', name)`` schedules;
+* ``('l', name)`` leases; ``('h', name)`` schedules (JSON); ``('hr', name)`` each schedule
+  name's revision, kept apart (so records of older versions read unchanged) and kept when
+  its schedule is removed (so the name stored again never reuses one);
 * ``('w', route)`` and ``('w*',)`` wake counters, bumped by atomic add, watched by waiters.
 
 Contention: claimers read the first ready keys with a snapshot read (no conflict on what
@@ -60,12 +62,14 @@ from .rules import (
     bytes_cut,
     cancel,
     check_fence,
+    expected_revision_holds,
     payload_size,
     recover,
     release_held,
     state_on_put,
     take,
     taken_lease,
+    unchanged_since,
 )
 
 default_cfg: dict[str, Any] = {"backend": "fdb", "conn_url": "", "dbname": None}
@@ -367,11 +371,7 @@ class FoundationDBBackend(Backend):
         """The unit is one transaction of whole jobs, at most PUT_BYTES of records: every
         record is encoded first, then the transactions commit in order; one that fails
         leaves those before it written and raises before the next begins."""
-        records = [JobRecord.from_dict(job.to_dict()) for job in jobs]
-        sizes = []
-        for r in records:
-            r.state = state_on_put(r, now)
-            sizes.append(len(self._encode(r)))
+        records, sizes = self._prepared(jobs, now)
         answers: list[bool] = []
         chunk: list[JobRecord] = []
         used = 0
@@ -384,6 +384,16 @@ class FoundationDBBackend(Backend):
         if chunk:
             answers += self._run(self._put_in, chunk, now)
         return answers
+
+    def _prepared(self, jobs: Sequence[JobRecord], now: float) -> tuple[list[JobRecord], list[int]]:
+        """Copies of ``jobs`` in the states a put gives them, and their encoded sizes:
+        a record too large for FoundationDB fails here, before any transaction."""
+        records = [JobRecord.from_dict(job.to_dict()) for job in jobs]
+        sizes = []
+        for r in records:
+            r.state = state_on_put(r, now)
+            sizes.append(len(self._encode(r)))
+        return records, sizes
 
     def _put_in(self, tr: Any, records: list[JobRecord], now: float) -> list[bool]:
         answers = []
@@ -741,38 +751,102 @@ class FoundationDBBackend(Backend):
     # -- schedules ----------------------------------------------------------------
 
     def _save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None:
-        data = json.dumps(
-            {
-                "spec": schedule.spec,
-                "template": schedule.template,
-                "next_fire": schedule.next_fire,
-                "updated_at": schedule.updated_at,
-            }
-        ).encode()
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None,
+        expected_revision: int | None,
+    ) -> bool:
+        data = {
+            "spec": schedule.spec,
+            "template": schedule.template,
+            "next_fire": schedule.next_fire,
+            "updated_at": schedule.updated_at,
+        }
+        encoded = json.dumps(data).encode()
 
-        def save(tr: Any) -> None:
+        def save(tr: Any) -> bool:
             if fence is not None:
                 self._check_fence(tr, fence, now)
-            tr.set(self._k("h", schedule.name), data)
+            stored = self._schedule_at(tr, schedule.name)
+            revision = None if stored is None else stored.revision
+            if not expected_revision_holds(revision, expected_revision):
+                return False
+            self._write_schedule(tr, schedule.name, encoded)
+            return True
 
-        self._run(save)
+        return self._run(save)
+
+    def _fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        # At most MAX_BATCH records (the base's cap), each under the value limit.
+        records, _ = self._prepared(jobs, now)
+
+        def fire(tr: Any) -> bool:
+            self._check_fence(tr, fence, now)
+            stored = self._schedule_at(tr, read.name)
+            if stored is None or not unchanged_since(stored.revision, read.revision):
+                return False
+            self._put_in(tr, records, now)
+            data = {
+                "spec": stored.spec,
+                "template": stored.template,
+                "next_fire": next_fire,
+                "updated_at": now,
+            }
+            self._write_schedule(tr, read.name, json.dumps(data).encode())
+            return True
+
+        return self._run(fire)
+
+    def _schedule_at(self, tr: Any, name: str) -> ScheduleRecord | None:
+        """The stored schedule ``name`` with its revision, read so that a change to either
+        before this transaction commits fails it."""
+        value = tr.get(self._k("h", name))
+        if not value.present():
+            return None
+        return self._schedule(name, bytes(value), self._revision_at(tr, name))
+
+    def _revision_at(self, tr: Any, name: str) -> int:
+        """The name's last revision; 0 for a name written only by older versions."""
+        value = tr.get(self._k("hr", name))
+        return int(bytes(value)) if value.present() else 0
+
+    @staticmethod
+    def _schedule(name: str, data: bytes, revision: int) -> ScheduleRecord:
+        return ScheduleRecord(name=name, **json.loads(data), revision=revision)
+
+    def _write_schedule(self, tr: Any, name: str, data: bytes) -> None:
+        """Store a schedule's JSON under its name's next revision (read in this
+        transaction: a concurrent write of the name conflicts)."""
+        tr.set(self._k("h", name), data)
+        tr.set(self._k("hr", name), str(self._revision_at(tr, name) + 1).encode())
 
     def _schedules(self) -> list[ScheduleRecord]:
         def read(tr: Any) -> list[ScheduleRecord]:
+            begin, end = self._range("hr")
+            revisions = {
+                self._unpack(kv.key)[1]: int(bytes(kv.value))
+                for kv in tr.snapshot.get_range(begin, end)
+            }
             begin, end = self._range("h")
-            found = []
-            for kv in tr.snapshot.get_range(begin, end):
-                data = json.loads(bytes(kv.value))
-                found.append(ScheduleRecord(name=self._unpack(kv.key)[1], **data))
-            return found
+            return [
+                self._schedule(name, bytes(kv.value), revisions.get(name, 0))
+                for kv in tr.snapshot.get_range(begin, end)
+                for name in [self._unpack(kv.key)[1]]
+            ]
 
         return sorted(self._run(read), key=lambda s: s.name)
 
     def _remove_schedule(self, name: str) -> bool:
         def remove(tr: Any) -> bool:
-            key = self._k("h", name)
+            key = self._k("h", name)  # ('hr', name) stays: the name's revisions go on
             found = tr.get(key).present()
             tr.clear(key)
             return found

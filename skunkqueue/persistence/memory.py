@@ -21,6 +21,7 @@ from .rules import (
     bytes_cut,
     cancel,
     check_fence,
+    expected_revision_holds,
     lapsed,
     payload_size,
     recover,
@@ -28,6 +29,7 @@ from .rules import (
     state_on_put,
     take,
     taken_lease,
+    unchanged_since,
 )
 
 default_cfg: dict[str, Any] = {"backend": "memory", "conn_url": "", "dbname": None}
@@ -39,6 +41,8 @@ class _Store:
         self.jobs: dict[str, JobRecord] = {}
         self.leases: dict[str, Lease] = {}
         self.schedules: dict[str, ScheduleRecord] = {}
+        #: Every name's last revision, kept when its schedule is removed.
+        self.revisions: dict[str, int] = {}
         self.seq = itertools.count(1)
         self.version = 0
 
@@ -79,20 +83,25 @@ class MemoryBackend(Backend):
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         """The whole call is one unit: every record is copied, then all are stored under
         the store's lock."""
-        answers = []
         with self._locked():
-            jobs_by_id = self._store.jobs
-            # Copy all first: a job that cannot be copied fails the call before any is stored.
-            for stored in [copy.deepcopy(job) for job in jobs]:
-                existing = jobs_by_id.get(stored.id)
-                if existing is not None and self._alive(existing, now):
-                    answers.append(False)
-                    continue
-                stored.state = state_on_put(stored, now)
-                stored.seq = next(self._store.seq)
-                jobs_by_id[stored.id] = stored
-                answers.append(True)
+            answers = self._store_jobs(jobs, now)
             self._touch()
+        return answers
+
+    def _store_jobs(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
+        """``put``'s writes, for a caller holding the lock."""
+        answers = []
+        jobs_by_id = self._store.jobs
+        # Copy all first: a job that cannot be copied fails the call before any is stored.
+        for stored in [copy.deepcopy(job) for job in jobs]:
+            existing = jobs_by_id.get(stored.id)
+            if existing is not None and self._alive(existing, now):
+                answers.append(False)
+                continue
+            stored.state = state_on_put(stored, now)
+            stored.seq = next(self._store.seq)
+            jobs_by_id[stored.id] = stored
+            answers.append(True)
         return answers
 
     def _get(self, job_id: str, now: float) -> JobRecord | None:
@@ -292,13 +301,48 @@ class MemoryBackend(Backend):
     # -- schedules ----------------------------------------------------------------
 
     def _save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None:
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None,
+        expected_revision: int | None,
+    ) -> bool:
         with self._locked():
             if fence is not None:
                 check_fence(self._store.leases.get(fence.name), fence, now)
-            self._store.schedules[schedule.name] = copy.deepcopy(schedule)
+            current = self._store.schedules.get(schedule.name)
+            if not expected_revision_holds(_revision(current), expected_revision):
+                return False
+            stored = copy.deepcopy(schedule)
+            self._store_schedule(stored)
             self._touch()
+            return True
+
+    def _store_schedule(self, schedule: ScheduleRecord) -> None:
+        """Store ``schedule`` (changed in place) under its name's next revision."""
+        schedule.revision = self._store.revisions.get(schedule.name, 0) + 1
+        self._store.revisions[schedule.name] = schedule.revision
+        self._store.schedules[schedule.name] = schedule
+
+    def _fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        with self._locked():
+            check_fence(self._store.leases.get(fence.name), fence, now)
+            current = self._store.schedules.get(read.name)
+            if current is None or not unchanged_since(current.revision, read.revision):
+                return False
+            self._store_jobs(jobs, now)
+            advanced = copy.deepcopy(current)
+            advanced.next_fire, advanced.updated_at = next_fire, now
+            self._store_schedule(advanced)
+            self._touch()
+            return True
 
     def _schedules(self) -> list[ScheduleRecord]:
         with self._locked():
@@ -316,3 +360,7 @@ class MemoryBackend(Backend):
                 self._began_waiting()
                 self._store.changed.wait(timeout)
             self._seen_version = self._store.version
+
+
+def _revision(schedule: ScheduleRecord | None) -> int | None:
+    return None if schedule is None else schedule.revision

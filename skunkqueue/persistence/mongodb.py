@@ -17,7 +17,7 @@ queue name may not contain) and the job id (or lease or schedule name):
   0) so that MongoDB removes expired records by itself as well. Its TTL monitor runs
   about once a minute, so every reader also treats a record past ``expires_at`` as gone.
 * ``sq_leases`` leader and worker leases (owner, token, until, info);
-* ``sq_schedules`` stored cron and interval schedules;
+* ``sq_schedules`` stored cron and interval schedules, each with its ``revision``;
 * ``sq_counters`` one ``seq`` counter per queue.
 
 Atomic steps. Each verb is one atomic document operation or a bounded batch of them,
@@ -25,10 +25,28 @@ each filtered on the state (and owner) it expects, so no read-then-write race ca
 job out twice or overwrite a newer change: a claim marks up to ``limit`` queued jobs
 with its own token in one ``update_many`` and reads back what it got; ``finish``,
 ``cancel`` and lease recovery replace a record only where it still has the state,
-owner and delivery count they read. A fenced write (``sweep``, ``save_schedule``)
-checks the lease first; a leader deposed between that check and its write can only
-repeat a transition its successor would make too (promotion, recovery, expiry are all
-idempotent), which is why the writes carry no transaction.
+owner and delivery count they read. ``sweep`` checks the leader's lease first and then
+writes without a transaction: a leader deposed between that check and its writes can
+only repeat a transition its successor would make too (promotion, recovery and expiry
+are idempotent).
+
+Schedules are different: firing a tick and moving the schedule past it must be one step,
+and a deposed leader must not overwrite its successor's schedule. Where the deployment
+has transactions (a replica set or sharded cluster), ``fire_schedule`` and a fenced
+``save_schedule`` run in one multi-document transaction that puts the fence in a write:
+it updates the lease document filtered on the fence's owner, token and ``until >= now``
+(no match: ``LeaseLost``). A takeover committed first makes that write fail (a write
+conflict, retried by pymongo, then no match); one that comes later waits for the
+transaction to end. A fence that is only read would let a concurrent takeover through
+(write skew). On a standalone server, without transactions, ``fire_schedule`` checks the
+fence, checks the revision, puts the jobs and then moves the schedule on with a
+compare-and-set on its revision: a leader that dies between the put and the
+compare-and-set leaves ``next_fire`` behind, and its successor fires the tick again,
+stored once only while the first job's record exists (it is gone after ``result_ttl``);
+a leader deposed or overtaken between its checks and its writes may store the tick's jobs
+(from the template it read), though it cannot move the schedule. A schedule's
+``revision`` is a field of its document; a removed schedule's document stays, without
+``q`` (so no listing sees it), to keep its name's revision.
 
 Durability. On a replica set (or sharded cluster) writes use majority write concern,
 unless the URL sets ``w=``, and retryable writes stay on (pymongo's default), so a
@@ -53,9 +71,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..config import redact
@@ -68,12 +86,16 @@ from .rules import (
     bytes_cut,
     cancel,
     check_fence,
+    expected_revision_holds,
     payload_size,
     recover,
     release_held,
     state_on_put,
     taken_lease,
+    unchanged_since,
 )
+
+T = TypeVar("T")
 
 default_cfg: dict[str, Any] = {
     "backend": "mongodb",
@@ -182,6 +204,9 @@ class MongoBackend(Backend):
         self._schedule_docs = database[SCHEDULES]
         self._counters = database[COUNTERS]
         self._calling(self._ensure_indexes)
+        #: Whether fire_schedule and fenced saves run in multi-document transactions:
+        #: where the deployment has them (a replica set or sharded cluster).
+        self.transactions = replicated
         self._watcher: _ChangeWatcher | None = None
         self.wake_mode = "polling (10-500 ms)"
         if replicated:
@@ -239,6 +264,31 @@ class MongoBackend(Backend):
         document = self._lease_docs.find_one({"_id": self._key(fence.name)})
         check_fence(None if document is None else self._lease(document), fence, now)
 
+    def _fence_in(self, session: Any, fence: Fence, now: float) -> None:
+        """Raise ``LeaseLost`` unless ``fence`` holds at ``now`` (rules.fence_holds, as a
+        filter), by a write: inside a transaction, a takeover that commits before it makes
+        it conflict, and one that comes after it waits for the transaction to end."""
+        held = self._lease_docs.update_one(
+            {
+                "_id": self._key(fence.name),
+                "owner": fence.owner,
+                "token": fence.token,
+                "until": {"$gte": now},
+            },
+            # A write that changed nothing would conflict with nothing: count the writes.
+            {"$inc": {"fenced_writes": 1}},
+            session=session,
+            hint=BY_ID,
+        )
+        if held.matched_count != 1:
+            check_fence(None, fence, now)  # raises LeaseLost, worded as everywhere
+
+    def _transaction(self, body: Callable[[Any], T]) -> T:
+        """``body(session)`` in one multi-document transaction; pymongo retries it after a
+        write conflict (from a fresh snapshot) and commits it."""
+        with self._client.start_session() as session:
+            return session.with_transaction(body, write_concern=self._db.write_concern)
+
     # -- jobs ---------------------------------------------------------------------
 
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
@@ -247,6 +297,11 @@ class MongoBackend(Backend):
         its place; a document refused for another reason than an existing id raises
         BulkWriteError after the others are written. Ids that exist are refused, unless
         their record expired (then replaced)."""
+        return self._insert(self._numbered(jobs, now), now)
+
+    def _numbered(self, jobs: Sequence[JobRecord], now: float) -> list[dict[str, Any]]:
+        """The documents of ``jobs`` as a put stores them: states decided, seqs taken from
+        the queue's counter (one increment for all; a job not stored leaves a gap)."""
         documents = [self._document(job) for job in jobs]
         if not documents:
             return []
@@ -260,6 +315,11 @@ class MongoBackend(Backend):
         for offset, (job, document) in enumerate(zip(jobs, documents, strict=True), 1):
             document["state"] = state_on_put(job, now)
             document["seq"] = first + offset
+        return documents
+
+    def _insert(self, documents: list[dict[str, Any]], now: float) -> list[bool]:
+        if not documents:
+            return []
         answers = [True] * len(documents)
         try:
             self._jobs.insert_many(documents, ordered=False)
@@ -275,6 +335,31 @@ class MongoBackend(Backend):
                 )
                 answers[index] = replaced.modified_count == 1
         return answers
+
+    def _insert_in(self, session: Any, documents: list[dict[str, Any]], now: float) -> None:
+        """``put``'s writes inside a transaction, where a duplicate key would abort the
+        whole transaction: look the ids up first, then insert only new ones and replace
+        expired ones (an unexpired record is left untouched)."""
+        keys = [d["_id"] for d in documents]
+        found = self._jobs.find(
+            {"_id": {"$in": keys}}, projection={"expires_at": 1}, session=session, hint=BY_ID
+        )
+        expiry: dict[str, float | None] = {d["_id"]: d.get("expires_at") for d in found}
+        fresh = []
+        for document in documents:
+            key = document["_id"]
+            if key in expiry:
+                ends = expiry[key]
+                if ends is None or ends > now:
+                    continue
+                self._jobs.replace_one(
+                    {"_id": key, "expires_at": {"$lte": now}}, document, session=session, hint=BY_ID
+                )
+            else:
+                fresh.append(document)
+            expiry[key] = document.get("expires_at")  # the id's second copy finds it stored
+        if fresh:
+            self._jobs.insert_many(fresh, session=session)
 
     def _get(self, job_id: str, now: float) -> JobRecord | None:
         document = self._jobs.find_one({"_id": self._key(job_id)})
@@ -595,10 +680,13 @@ class MongoBackend(Backend):
     # -- schedules ----------------------------------------------------------------
 
     def _save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None:
-        document = {
-            "_id": self._key(schedule.name),
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None,
+        expected_revision: int | None,
+    ) -> bool:
+        fields = {
             "q": self.queue,
             "name": schedule.name,
             "spec": schedule.spec,
@@ -606,9 +694,101 @@ class MongoBackend(Backend):
             "next_fire": schedule.next_fire,
             "updated_at": schedule.updated_at,
         }
+        if fence is not None and self.transactions:
+
+            def save(session: Any) -> bool:
+                self._fence_in(session, fence, now)
+                if not self._write_schedule(session, fields, expected_revision):
+                    raise _Refused
+                return True
+
+            try:
+                return self._transaction(save)
+            except _Refused:
+                return False
         if fence is not None:
             self._check_fence(fence, now)
-        self._schedule_docs.replace_one({"_id": document["_id"]}, document, upsert=True)
+        try:
+            return self._write_schedule(None, fields, expected_revision)
+        except self._errors.DuplicateKeyError:  # inserted by another writer since the look-up
+            return False
+
+    def _write_schedule(
+        self, session: Any, fields: dict[str, Any], expected_revision: int | None
+    ) -> bool:
+        """Store a schedule's fields with its name's revision raised by one, if the
+        expected revision holds: one atomic write, a compare-and-set on what was read."""
+        key = self._key(fields["name"])
+        update = {"$set": fields, "$inc": {"revision": 1}}
+        if expected_revision is None:
+            self._schedule_docs.update_one({"_id": key}, update, upsert=True, session=session)
+            return True
+        found = self._schedule_docs.find_one({"_id": key}, session=session, hint=BY_ID)
+        live = found is not None and "q" in found
+        stored = found.get("revision", 0) if live else None  # type: ignore[union-attr]
+        if not expected_revision_holds(stored, expected_revision):
+            return False
+        if found is None:
+            self._schedule_docs.insert_one({"_id": key, **fields, "revision": 1}, session=session)
+            return True
+        unchanged = {
+            "_id": key,
+            "q": found["q"] if live else {"$exists": False},
+            **_revision_is(found.get("revision", 0)),
+        }
+        written = self._schedule_docs.update_one(unchanged, update, session=session, hint=BY_ID)
+        return written.matched_count == 1
+
+    def _fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        # Seqs are taken outside the transaction, so producers' puts never conflict with it.
+        documents = self._numbered(jobs, now)
+        same = {"_id": self._key(read.name), "q": self.queue, **_revision_is(read.revision)}
+        advance = {"$set": {"next_fire": next_fire, "updated_at": now}, "$inc": {"revision": 1}}
+        if not self.transactions:
+            return self._fire_without_transaction(read, documents, same, advance, now, fence)
+
+        def fire(session: Any) -> bool:
+            self._fence_in(session, fence, now)
+            stored = self._schedule_docs.find_one(
+                {"_id": same["_id"], "q": self.queue}, session=session, hint=BY_ID
+            )
+            if stored is None or not unchanged_since(stored.get("revision", 0), read.revision):
+                raise _Refused
+            self._insert_in(session, documents, now)
+            self._schedule_docs.update_one(same, advance, session=session, hint=BY_ID)
+            return True
+
+        try:
+            # A put of one of the ids committed since the transaction began makes its
+            # insert a write conflict, not a duplicate key: pymongo runs fire again.
+            return self._transaction(fire)
+        except _Refused:
+            return False
+
+    def _fire_without_transaction(
+        self,
+        read: ScheduleRecord,
+        documents: list[dict[str, Any]],
+        same: dict[str, Any],
+        advance: dict[str, Any],
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        """A standalone server has no transactions: check, put, then compare-and-set the
+        schedule (see the module docstring for what that does not guarantee)."""
+        self._check_fence(fence, now)
+        stored = self._schedule_docs.find_one({"_id": same["_id"], "q": self.queue}, hint=BY_ID)
+        if stored is None or not unchanged_since(stored.get("revision", 0), read.revision):
+            return False
+        self._insert(documents, now)
+        return self._schedule_docs.update_one(same, advance, hint=BY_ID).matched_count == 1
 
     def _schedules(self) -> list[ScheduleRecord]:
         found = self._schedule_docs.find({"q": self.queue}).sort("name", 1)
@@ -619,12 +799,19 @@ class MongoBackend(Backend):
                 template=d["template"],
                 next_fire=d["next_fire"],
                 updated_at=d.get("updated_at", 0.0),
+                revision=d.get("revision", 0),
             )
             for d in found
         ]
 
     def _remove_schedule(self, name: str) -> bool:
-        return self._schedule_docs.delete_one({"_id": self._key(name)}).deleted_count == 1
+        # The document stays, without q (so no listing finds it), to keep the name's revision.
+        removed = self._schedule_docs.update_one(
+            {"_id": self._key(name), "q": self.queue},
+            {"$unset": {"q": "", "spec": "", "template": ""}},
+            hint=BY_ID,
+        )
+        return removed.matched_count == 1
 
     # -- waiting ------------------------------------------------------------------
 
@@ -663,6 +850,16 @@ class MongoBackend(Backend):
         if self._watcher is not None:
             self._watcher.close()
         self._client.close()
+
+
+class _Refused(Exception):
+    """Ends a transaction that must write nothing: the schedule changed since it was read."""
+
+
+def _revision_is(revision: int) -> dict[str, Any]:
+    """A filter on a schedule document's revision; documents written by versions without
+    revisions have none, and read as 0."""
+    return {"revision": revision} if revision else {"revision": {"$in": [0, None]}}
 
 
 class _ChangeWatcher:

@@ -15,7 +15,9 @@ defaults are not stored), ``scheduled`` ZSET (scheduled and retrying, by eta),
 ``ready:<route>`` ZSET (queued, by eta then put order), ``running`` ZSET (by lease end),
 ``expiry`` ZSET (records with an expiry), ``held:<owner>`` SET, ``counts`` HASH per
 (state, route), ``seq``, ``wake:<route>`` LIST (one token), ``lease:<name>`` HASH plus
-the ``leases`` ZSET of names, and ``schedules`` HASH (name -> JSON).
+the ``leases`` ZSET of names, ``schedules`` HASH (name -> JSON) and ``schedrev`` HASH
+(name -> revision; kept when a schedule is removed, and apart from its JSON, which no
+script decodes).
 
 Waiting without polling. A script that makes a job ready on a route leaves a token on
 ``wake:<route>``; an idle worker blocks in BLPOP on its routes' tokens (in a background
@@ -432,31 +434,67 @@ class RedisBackend(Backend):
     # -- schedules ----------------------------------------------------------------
 
     def _save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None:
-        document = json.dumps(
-            {
-                "spec": schedule.spec,
-                "template": schedule.template,
-                "next_fire": schedule.next_fire,
-                "updated_at": schedule.updated_at,
-            }
-        )
-        keys = [self._key("schedules")]
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None,
+        expected_revision: int | None,
+    ) -> bool:
+        document = _schedule_json(schedule, schedule.next_fire, schedule.updated_at)
+        keys = [self._key("schedules"), self._key("schedrev")]
+        expected = "" if expected_revision is None else str(expected_revision)
         if fence is None:
-            args = [schedule.name, document, number(now), "", "", self._key("wake:scheduler")]
+            channel = self._key("wake:scheduler")
+            args = [schedule.name, document, number(now), "", "", channel, expected]
         else:
             keys.append(self._key("lease:", fence.name))
             args = [schedule.name, document, number(now), fence.owner, str(fence.token), ""]
-        self._run("save_schedule", keys, args)
+            args.append(expected)
+        return bool(self._run("save_schedule", keys, args))
+
+    def _fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        keys = [
+            *self._job_keys,
+            self._key("lease:", fence.name),
+            self._key("schedules"),
+            self._key("schedrev"),
+        ]
+        args = [
+            number(now),
+            fence.owner,
+            str(fence.token),
+            read.name,
+            str(read.revision),
+            _schedule_json(read, next_fire, now),
+            *self._put_args(jobs, now)[1:],  # the put's arguments after its own now
+        ]
+        return bool(self._run("fire_schedule", keys, args))
 
     def _schedules(self) -> list[ScheduleRecord]:
-        rows = self._client.hgetall(self._key("schedules"))
+        documents, revisions = self._run(
+            "schedules", [self._key("schedules"), self._key("schedrev")], []
+        )
+        rows = dict(zip(documents[::2], documents[1::2], strict=True))
+        revision = dict(zip(revisions[::2], revisions[1::2], strict=True))
         found = []
         for name in sorted(rows):
             d = json.loads(rows[name])
             found.append(
-                ScheduleRecord(name, d["spec"], d["template"], d["next_fire"], d["updated_at"])
+                ScheduleRecord(
+                    name,
+                    d["spec"],
+                    d["template"],
+                    d["next_fire"],
+                    d["updated_at"],
+                    int(revision.get(name, 0)),
+                )
             )
         return found
 
@@ -503,3 +541,15 @@ class RedisBackend(Backend):
         if self._lane is not None:
             self._lane.close()
         self._client.close()
+
+
+def _schedule_json(schedule: ScheduleRecord, next_fire: float, updated_at: float) -> str:
+    """What the ``schedules`` hash holds for a schedule (its revision is kept apart)."""
+    return json.dumps(
+        {
+            "spec": schedule.spec,
+            "template": schedule.template,
+            "next_fire": next_fire,
+            "updated_at": updated_at,
+        }
+    )

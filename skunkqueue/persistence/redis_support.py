@@ -161,18 +161,29 @@ def decode_record(job_id: str, fields: Sequence[str] | dict[str, str]) -> JobRec
 # -- scripts ------------------------------------------------------------------------
 
 #: Scripts that run on a queue's job indexes get _common.lua prepended.
-JOB_SCRIPTS = ("put", "claim", "renew", "finish", "cancel", "sweep", "release", "stats")
+JOB_SCRIPTS = (
+    "put",
+    "fire_schedule",
+    "claim",
+    "renew",
+    "finish",
+    "cancel",
+    "sweep",
+    "release",
+    "stats",
+)
 OTHER_SCRIPTS = (
     "acquire_lease",
     "release_lease",
     "forget_leases",
     "save_schedule",
+    "schedules",
     "remove_schedule",
     "time",
 )
 #: Scripts that check a lease (a fence, or who holds it) get _lease.lua prepended, after
 #: _common.lua where they have both.
-LEASE_SCRIPTS = ("sweep", "save_schedule", "acquire_lease")
+LEASE_SCRIPTS = ("sweep", "fire_schedule", "save_schedule", "acquire_lease")
 
 
 def script_text(name: str) -> str:

@@ -1,21 +1,32 @@
 """The rule book: every decision a backend makes about a record, written once.
 
 Backends call these inside their own atomic step (a lock, a transaction, a conditional
-update): which state a put takes, whether a fence holds, what a claim, an outcome, a
-recovery, a release and a cancel do to a record, how big one step may be, and which
-inputs are refused before any store sees them. The Redis scripts mirror these rules in
+update): which state a put takes, whether a fence holds, whether a schedule's revision
+is still the one a writer expects, what a claim, an outcome, a recovery, a release and a
+cancel do to a record, how big one step may be, and which inputs are refused before any
+store sees them. The Redis scripts mirror these rules in
 Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
 Redis included, and compares them with the functions here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from ..checks import finite_number
 from ..errors import LeaseLost
-from ..model import CANCELLABLE, Fence, JobRecord, JobState, Lease, Outcome, as_state
+from ..model import (
+    CANCELLABLE,
+    Fence,
+    JobRecord,
+    JobState,
+    Lease,
+    Outcome,
+    ScheduleRecord,
+    as_state,
+)
 
 #: Records one atomic step touches at most, whatever the caller asks: a claim, each part
 #: of a sweep (due, lapsed, expired), a release or a forget round. The store serves other
@@ -84,6 +95,49 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
             raise ValueError(
                 f"an outcome's started_at must be a finite number, not {o.started_at!r}"
             )
+
+
+def check_schedule(schedule: ScheduleRecord) -> None:
+    """A schedule has a name, JSON objects for spec and template (what every store keeps,
+    so none refuses what another takes) and finite times."""
+    if not isinstance(schedule, ScheduleRecord):
+        raise TypeError(f"schedules are ScheduleRecords, not {type(schedule).__name__}")
+    if not isinstance(schedule.name, str) or not schedule.name:
+        raise TypeError(f"a schedule's name must be a non-empty string, not {schedule.name!r}")
+    for name in ("spec", "template"):
+        value = getattr(schedule, name)
+        if not isinstance(value, dict):
+            raise TypeError(f"schedule {schedule.name!r}: {name} must be a dict, not {value!r}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"schedule {schedule.name!r}: {name} is not JSON: {exc}") from None
+    for name in ("next_fire", "updated_at"):
+        value = getattr(schedule, name)
+        if not finite_number(value):
+            raise ValueError(
+                f"schedule {schedule.name!r}: {name} must be a finite number, not {value!r}"
+            )
+    checked_count("revision", schedule.revision, minimum=0)
+
+
+def check_fence_given(fence: Fence | None, required: bool) -> None:
+    """A fenced verb gets a ``Fence`` (a leader's proof), not something that looks like one."""
+    if (fence is not None or required) and not isinstance(fence, Fence):
+        raise TypeError(f"fence must be a Fence, not {fence!r}")
+
+
+def check_fire(jobs: Sequence[JobRecord], next_fire: float) -> None:
+    """One ``fire_schedule`` step: checked jobs, at most ``MAX_BATCH`` of them (the caller
+    fires more ticks in later steps), and a finite ``next_fire``."""
+    check_jobs(jobs)
+    if len(jobs) > MAX_BATCH:
+        raise ValueError(
+            f"fire_schedule stores at most {MAX_BATCH} jobs in one step, not {len(jobs)}: "
+            "fire the remaining ticks in a later step"
+        )
+    if not finite_number(next_fire):
+        raise ValueError(f"next_fire must be a finite number, not {next_fire!r}")
 
 
 def check_ids(job_ids: Sequence[str] | None) -> None:
@@ -171,6 +225,20 @@ def check_fence(current: Lease | None, fence: Fence, now: float) -> None:
     """Raise ``LeaseLost`` unless ``fence_holds``."""
     if not fence_holds(current, fence, now):
         raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.owner}")
+
+
+def unchanged_since(stored: int | None, read: int) -> bool:
+    """``fire_schedule``'s rule: the schedule still exists (``stored`` is its revision, or
+    ``None`` when there is none) and no write changed it since it was read at ``read``."""
+    return stored is not None and stored == read
+
+
+def expected_revision_holds(stored: int | None, expected: int | None) -> bool:
+    """``save_schedule``'s rule for ``expected_revision``: with none, always; else the
+    revision a reader would see now (``stored``, a schedule that does not exist reading as
+    0) must be ``expected``. So 0 means "not stored", or stored by a version without
+    revisions, whose records read as 0 too."""
+    return expected is None or (0 if stored is None else stored) == expected
 
 
 def lost_deliveries_error(lost: int, max_deliveries: int) -> dict[str, Any]:

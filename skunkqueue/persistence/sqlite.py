@@ -32,11 +32,13 @@ from .rules import (
     bytes_cut,
     cancel,
     check_fence,
+    expected_revision_holds,
     recover,
     release_held,
     state_on_put,
     take,
     taken_lease,
+    unchanged_since,
 )
 
 default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
@@ -91,6 +93,16 @@ CREATE TABLE IF NOT EXISTS sq_schedules (
     template TEXT NOT NULL,
     next_fire REAL NOT NULL,
     updated_at REAL NOT NULL,
+    PRIMARY KEY (queue, name)
+);
+-- Each schedule name's last revision, kept apart from the schedule. A removed schedule's
+-- revision stays, so its name stored again never reuses one. sq_schedules keeps the
+-- shape older versions read and write (their rows read as revision 0).
+-- (SCHEMA is split on semicolons: none may appear in these comments.)
+CREATE TABLE IF NOT EXISTS sq_schedule_revisions (
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    revision INTEGER NOT NULL,
     PRIMARY KEY (queue, name)
 );
 """
@@ -311,17 +323,23 @@ class SQLiteBackend(Backend):
     def _put(self, jobs: Sequence[JobRecord], now: float) -> list[bool]:
         """The whole call is one unit: one write transaction, rolled back on any error
         (a full disk, a record that cannot be encoded)."""
-        answers = []
         with self._write() as db:
-            for job in jobs:
-                data = job.to_dict()
-                data["state"] = state_on_put(job, now)
-                for column in JSON_COLUMNS:
-                    if data[column] is not None:
-                        data[column] = json.dumps(data[column])
-                data["queue"] = self.queue
-                params = [data[c] for c in INSERT_COLUMNS] + [now]
-                answers.append(db.execute(INSERT_JOB, params).fetchone() is not None)
+            return self._insert_jobs(db, jobs, now)
+
+    def _insert_jobs(
+        self, db: sqlite3.Connection, jobs: Sequence[JobRecord], now: float
+    ) -> list[bool]:
+        """``put``'s writes, inside the caller's write transaction."""
+        answers = []
+        for job in jobs:
+            data = job.to_dict()
+            data["state"] = state_on_put(job, now)
+            for column in JSON_COLUMNS:
+                if data[column] is not None:
+                    data[column] = json.dumps(data[column])
+            data["queue"] = self.queue
+            params = [data[c] for c in INSERT_COLUMNS] + [now]
+            answers.append(db.execute(INSERT_JOB, params).fetchone() is not None)
         return answers
 
     def _get(self, job_id: str, now: float) -> JobRecord | None:
@@ -592,11 +610,19 @@ class SQLiteBackend(Backend):
     # -- schedules ----------------------------------------------------------------
 
     def _save_schedule(
-        self, schedule: ScheduleRecord, now: float, fence: Fence | None = None
-    ) -> None:
+        self,
+        schedule: ScheduleRecord,
+        now: float,
+        fence: Fence | None,
+        expected_revision: int | None,
+    ) -> bool:
         with self._write() as db:
             if fence is not None:
                 self._check_fence(db, fence, now)
+            if not expected_revision_holds(
+                self._stored_revision(db, schedule.name), expected_revision
+            ):
+                return False
             db.execute(
                 "INSERT OR REPLACE INTO sq_schedules (queue, name, spec, template, next_fire, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -609,14 +635,55 @@ class SQLiteBackend(Backend):
                     schedule.updated_at,
                 ),
             )
+            self._next_revision(db, schedule.name)
+        return True
+
+    def _fire_schedule(
+        self,
+        read: ScheduleRecord,
+        jobs: Sequence[JobRecord],
+        next_fire: float,
+        now: float,
+        fence: Fence,
+    ) -> bool:
+        with self._write() as db:
+            self._check_fence(db, fence, now)
+            if not unchanged_since(self._stored_revision(db, read.name), read.revision):
+                return False
+            self._insert_jobs(db, jobs, now)
+            db.execute(
+                "UPDATE sq_schedules SET next_fire = ?, updated_at = ? WHERE queue = ? AND name = ?",
+                (next_fire, now, self.queue, read.name),
+            )
+            self._next_revision(db, read.name)
+        return True
+
+    def _stored_revision(self, db: sqlite3.Connection, name: str) -> int | None:
+        """The revision of the stored schedule ``name``, or ``None`` if there is none."""
+        row = db.execute(
+            "SELECT COALESCE(r.revision, 0) FROM sq_schedules s LEFT JOIN sq_schedule_revisions r "
+            "ON r.queue = s.queue AND r.name = s.name WHERE s.queue = ? AND s.name = ?",
+            (self.queue, name),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def _next_revision(self, db: sqlite3.Connection, name: str) -> None:
+        db.execute(
+            "INSERT INTO sq_schedule_revisions (queue, name, revision) VALUES (?, ?, 1) "
+            "ON CONFLICT (queue, name) DO UPDATE SET revision = revision + 1",
+            (self.queue, name),
+        )
 
     def _schedules(self) -> list[ScheduleRecord]:
         rows = self._read(
-            "SELECT name, spec, template, next_fire, updated_at FROM sq_schedules "
-            "WHERE queue = ? ORDER BY name",
+            "SELECT s.name, s.spec, s.template, s.next_fire, s.updated_at, "
+            "COALESCE(r.revision, 0) FROM sq_schedules s LEFT JOIN sq_schedule_revisions r "
+            "ON r.queue = s.queue AND r.name = s.name WHERE s.queue = ? ORDER BY s.name",
             (self.queue,),
         )
-        return [ScheduleRecord(n, json.loads(s), json.loads(t), f, u) for n, s, t, f, u in rows]
+        return [
+            ScheduleRecord(n, json.loads(s), json.loads(t), f, u, v) for n, s, t, f, u, v in rows
+        ]
 
     def _remove_schedule(self, name: str) -> bool:
         with self._write() as db:

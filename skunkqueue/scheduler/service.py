@@ -139,9 +139,12 @@ class Scheduler:
             self._schedules
             and (next_fire_time(self._schedules, self.broken) or float("inf")) <= now
         ):
-            self._schedules = self.backend.schedules()
-            self._schedules_read = now
-        fire_due(self.backend, self._schedules, now, fence, self.broken)
+            self._read_schedules(now)
+        if fire_due(self.backend, self._schedules, now, fence, self.broken).stale:
+            # A change this leader did not make (a redeploy, a removal) beat its write:
+            # read the schedules now, not a reload period later, so the turns that follow
+            # fire them as they are and wake for their real next ticks.
+            self._read_schedules(now)
         if now >= self._next_sweep:
             self._sweep_broadcast(now)
             self.backend.forget_leases(WORKER_LEASE_PREFIX, now - FORGET_WORKERS_AFTER)
@@ -154,6 +157,10 @@ class Scheduler:
             self._schedules_read + SCHEDULE_RELOAD,
         ]
         return min(t for t in candidates if t is not None)
+
+    def _read_schedules(self, now: float) -> None:
+        self._schedules = self.backend.schedules()
+        self._schedules_read = now
 
     def _sweep_broadcast(self, now: float) -> None:
         """Cancel broadcast copies still queued for workers that died before taking them."""

@@ -1,18 +1,32 @@
 """Turning stored schedules into tick jobs, exactly once per tick.
 
-A tick's job id is derived from (queue, event, tick instant), so however many leaders
-fire the same tick, ``put`` stores it once. Advancing ``next_fire`` afterwards only
-saves work; it is not what makes firing correct.
+A schedule's ``next_fire`` is the ledger of its ticks. The backend's ``fire_schedule``
+stores a tick's jobs and moves ``next_fire`` past the tick in one atomic step, so a tick
+the schedule was advanced past is never fired by it again, whatever became of its job
+record (run, expired after ``result_ttl`` and deleted), and a tick it was not advanced
+past was not fired at all: a leader that dies before the step leaves the tick to its
+successor, one that dies after it leaves nothing to repeat. The step is a compare-and-set
+on the schedule's revision, so a change the leader did not make since it read the
+schedule (a redeploy's new expression or template, a removal) wins: the step writes
+nothing and the leader reads the schedules again.
+
+A tick's job id is still derived from (queue, event, tick instant), so two schedules of
+one event, or a MongoDB standalone server (which cannot make the step atomic), store a
+tick once while its record exists. A long catch-up (``misfire='all'``) is fired in steps
+of at most ``rules.MAX_BATCH`` jobs, each moving ``next_fire`` to the first tick it left
+out; the leader fires the next step on its next turn.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..broadcast import broadcast_copies
 from ..cron import ScheduleSpec
+from ..errors import BackendUnavailable, LeaseLost
 from ..model import JobRecord
 from ..persistence import rules
 from ..persistence.base import Backend, Fence, ScheduleRecord
@@ -68,19 +82,32 @@ def fingerprint(schedule: ScheduleRecord) -> str:
     return json.dumps([schedule.spec, schedule.template], sort_keys=True, default=repr)
 
 
+@dataclass
+class Fired:
+    """What one ``fire_due`` did: ticks fired (and moved past), their jobs, and whether a
+    schedule had changed under the leader (then its list of schedules is stale)."""
+
+    ticks: int = 0
+    jobs: int = 0
+    stale: bool = False
+
+
 def fire_due(
     backend: Backend,
     schedules: list[ScheduleRecord],
     now: float,
     fence: Fence,
     broken: dict[str, tuple[str, str]] | None = None,
-) -> int:
-    """Fire every due tick of ``schedules`` and advance them; returns jobs stored.
+) -> Fired:
+    """Fire the due ticks of ``schedules``, each schedule's in one atomic step with its
+    advance (at most ``rules.MAX_BATCH`` jobs a step); a schedule fired is updated in
+    place (``next_fire``, ``updated_at``, ``revision``), as stored.
 
     A schedule this host cannot decode is skipped, so every other one still fires: it is
     logged once per change and kept in ``broken`` (name -> (fingerprint, reason)) until
-    its stored record changes."""
-    stored = 0
+    its stored record changes. A schedule changed since it was read is not fired
+    (``Fired.stale``): the caller reads the schedules again."""
+    fired = Fired()
     broken = {} if broken is None else broken
     for schedule in schedules:
         if schedule.next_fire > now:
@@ -91,9 +118,11 @@ def fire_due(
         try:
             spec = ScheduleSpec.from_dict(schedule.spec)
             ticks = spec.due_ticks(schedule.next_fire, now)
-            jobs = [job for tick in ticks for job in tick_jobs(backend, schedule, tick, now)]
+            step, jobs = one_step(backend, schedule, ticks, now)
             rules.check_jobs(jobs)
-            next_fire = spec.next_after(now)
+            next_fire = ticks[len(step)] if len(step) < len(ticks) else spec.next_after(now)
+        except (BackendUnavailable, LeaseLost):
+            raise  # the store, not the record: the scheduler backs off and tries again
         except Exception as exc:  # noqa: BLE001 - a stored record must not stop the others
             broken[schedule.name] = (fingerprint(schedule), f"{type(exc).__name__}: {exc}")
             log.warning(
@@ -103,20 +132,44 @@ def fire_due(
             )
             continue
         broken.pop(schedule.name, None)
-        if jobs:
-            stored += sum(backend.put(jobs, now))
-        missed = "" if len(ticks) <= 1 else f" ({len(ticks)} ticks, misfire={spec.misfire})"
-        for tick in ticks:
+        # A tick with more broadcast copies than one step takes: the rest are put first,
+        # stored once by id, and the step fires the tick with the copies it takes.
+        overflow = jobs[rules.MAX_BATCH :]
+        if overflow:
+            backend.put(overflow, now)
+        if not backend.fire_schedule(schedule, jobs[: rules.MAX_BATCH], next_fire, now, fence):
+            log.info("schedule %s changed since it was read: reading it again", schedule.name)
+            fired.stale = True
+            continue
+        missed = "" if len(ticks) <= 1 else f" ({len(ticks)} ticks due, misfire={spec.misfire})"
+        for tick in step:
             log.info(
                 "cron %s fired tick %s%s",
                 schedule.name,
                 tick_job_id(backend.queue, schedule.name, tick),
                 missed,
             )
-        schedule.next_fire = next_fire
-        schedule.updated_at = now
-        backend.save_schedule(schedule, now, fence)
-    return stored
+        schedule.next_fire, schedule.updated_at = next_fire, now
+        schedule.revision += 1  # what fire_schedule stored
+        fired.ticks += len(step)
+        fired.jobs += len(jobs)
+    return fired
+
+
+def one_step(
+    backend: Backend, schedule: ScheduleRecord, ticks: list[float], now: float
+) -> tuple[list[float], list[JobRecord]]:
+    """The first of ``ticks`` whose jobs one ``fire_schedule`` takes (``rules.MAX_BATCH``
+    jobs; always at least one tick, whose jobs may be more), and their jobs."""
+    step: list[float] = []
+    jobs: list[JobRecord] = []
+    for tick in ticks:
+        more = tick_jobs(backend, schedule, tick, now)
+        if step and len(jobs) + len(more) > rules.MAX_BATCH:
+            break
+        step.append(tick)
+        jobs += more
+    return step, jobs
 
 
 def next_fire_time(

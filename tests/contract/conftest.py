@@ -38,6 +38,9 @@ class BackendSpec:
     fixture: str | None = None
     #: Jobs the claim-contention tests (test_exclusivity.py) put and drain.
     contention_jobs: int = 400
+    #: Set for a variant that only some tests run on: those marked with it. The rest are
+    #: deselected on it (not skipped: a skip is for what could not run).
+    only_marked: str | None = None
 
 
 BACKENDS = [
@@ -48,6 +51,15 @@ BACKENDS = [
     # SecantusDB (the stand-in server) runs tens of claims per second: the contention
     # tests use fewer jobs there, the same number against a real MongoDB.
     BackendSpec("mongodb", server=True, fixture="mongo_server", contention_jobs=120),
+    # The stand-in answering as a standalone server: no transactions, so fire_schedule and
+    # fenced saves take their fallback path (MongoBackend docs). Only the schedule tests
+    # (marked "schedules") run on it: every other verb is the same on both.
+    BackendSpec(
+        "mongodb-standalone",
+        server=True,
+        fixture="mongo_standalone_server",
+        only_marked="schedules",
+    ),
     # FoundationDB through the simulator (skunkqueue/testing/fdb_sim.py): in-process,
     # and served to several processes; a real cluster, where one runs, is "fdb".
     BackendSpec("fdbsim", lambda tmp, unique: f"fdbsim://{unique}"),
@@ -101,6 +113,19 @@ class Opened:
         backend = _open_checked(self.spec, self.url, queue or self.queue)
         self._opened.append(backend)
         return backend
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A backend variant with ``only_marked`` runs only the tests marked with it."""
+    dropped = []
+    for item in items:
+        spec = getattr(getattr(item, "callspec", None), "params", {}).get("store")
+        marker = getattr(spec, "only_marked", None)
+        if marker is not None and item.get_closest_marker(marker) is None:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda spec: spec.id)

@@ -427,7 +427,90 @@ def test_fenced_save_schedule_is_fenced_as_the_rule_says(backend):
         else:
             with pytest.raises(LeaseLost):
                 backend.save_schedule(schedule, now, fence=fence)
-    assert backend.schedules() == sorted(saved, key=lambda s: s.name)
+    assert backend.schedules() == sorted(
+        (replace(s, revision=1) for s in saved), key=lambda s: s.name
+    )
+
+
+def test_fire_schedule_is_fenced_as_the_rule_says(backend):
+    current, fences = _fence_cases(backend)
+    for case, (fence, now) in fences.items():
+        backend.save_schedule(ScheduleRecord(case, {"every": 5}, {}, now, now), now)
+        [schedule] = [s for s in backend.schedules() if s.name == case]
+        tick = job(f"tick-{case}", eta=now, schedule=case)
+        if rules.fence_holds(current.get(fence.name), fence, now):
+            assert backend.fire_schedule(schedule, [tick], now + 5, now, fence) is True, case
+            assert backend.get(tick.id, now) is not None, case
+        else:
+            with pytest.raises(LeaseLost):
+                backend.fire_schedule(schedule, [tick], now + 5, now, fence)
+            assert backend.get(tick.id, now) is None, case
+            assert schedule in backend.schedules(), case
+
+
+# -- schedule revisions: rules.expected_revision_holds, rules.unchanged_since -----------
+
+# case: the writes a schedule's name had before the verb ("save" or "remove"), in order.
+HISTORIES: dict[str, list[str]] = {
+    "never-stored": [],
+    "stored-once": ["save"],
+    "stored-twice": ["save", "save"],
+    "removed": ["save", "save", "remove"],
+    "stored-again": ["save", "remove", "save"],
+}
+
+
+def _histories(backend: Backend) -> dict[str, int | None]:
+    """Give each case's name its history; return the revision a reader sees (None: none)."""
+    for name, history in HISTORIES.items():
+        for step in history:
+            if step == "save":
+                backend.save_schedule(ScheduleRecord(name, {"every": 5}, {}, NOW, NOW), NOW)
+            else:
+                assert backend.remove_schedule(name)
+    seen = {s.name: s.revision for s in backend.schedules()}
+    assert seen == {"stored-once": 1, "stored-twice": 2, "stored-again": 2}
+    return {name: seen.get(name) for name in HISTORIES}
+
+
+def test_save_schedule_compares_revisions_as_the_rule_says(store):
+    holds = set()
+    for expected in range(4):  # 3: ahead of every name's revision
+        backend = store.open(queue=f"{store.queue}-{expected}")
+        revisions = _histories(backend)
+        for name, revision in revisions.items():
+            sent = ScheduleRecord(name, {"every": 7}, {"by": expected}, NOW + 7, NOW)
+            written = backend.save_schedule(sent, NOW, expected_revision=expected)
+            rule = rules.expected_revision_holds(revision, expected)
+            assert written is rule, (name, expected)
+            [after] = [s for s in backend.schedules() if s.name == name] or [None]
+            if rule:
+                holds.add((name, expected))
+                assert after is not None and after.template == {"by": expected}, name
+                # One more than the name's last revision, a removed schedule's included.
+                assert after.revision == HISTORIES[name].count("save") + 1, name
+            else:
+                assert after is None or after.revision == revision, (name, expected)
+    assert 0 < len(holds) < 4 * len(HISTORIES), "every case had the same outcome"
+
+
+def test_fire_schedule_compares_revisions_as_the_rule_says(backend):
+    revisions = _histories(backend)
+    fence = lead(backend, NOW)
+    answers = set()
+    for name, revision in revisions.items():
+        for read in range(4):
+            schedule = ScheduleRecord(name, {"every": 5}, {}, NOW, NOW, revision=read)
+            tick = job(f"{name}-{read}", eta=NOW, schedule=name)
+            fired = backend.fire_schedule(schedule, [tick], NOW + 5, NOW, fence)
+            rule = rules.unchanged_since(revision, read)
+            assert fired is rule, (name, read)
+            assert (backend.get(tick.id, NOW) is not None) is rule, (name, read)
+            answers.add(fired)
+            if fired:
+                revision = read + 1
+                assert [s.revision for s in backend.schedules() if s.name == name] == [revision]
+    assert answers == {True, False}
 
 
 # -- acquire_lease: rules.taken_lease -------------------------------------------------
@@ -516,8 +599,13 @@ def _everything(backend: Backend, names: list[str], now: float) -> Any:
 def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
     _claimed(backend, [job("held"), job("held-2")], "w", NOW, 30)
     backend.put([job("waiting")], NOW)
+    backend.save_schedule(ScheduleRecord("beat", {"every": 5}, {}, NOW), NOW)
+    [beat] = backend.schedules()
+    fence = lead(backend, NOW)
     names = ["held", "held-2", "waiting", "fresh"]
     before = _everything(backend, names, NOW)
+    nameless = ScheduleRecord("", {"every": 5}, {}, NOW)
+    too_many = [job(f"fresh-{i}") for i in range(rules.MAX_BATCH + 1)]
     nan_job = job("nan", eta=math.nan)
     bad_id = job(7)
     bad_result = [
@@ -537,7 +625,14 @@ def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
         (rules.check_outcomes, (bad_id_outcome,), backend.finish, (bad_id_outcome, "w", NOW)),
         (rules.check_ids, (["held", 7],), backend.renew, ("w", NOW, 30, ["held", 7])),
         (rules.check_ids, ([7],), backend.cancel, ([7], NOW, "no")),
-    ]
+        (rules.check_schedule, (nameless,), backend.save_schedule, (nameless, NOW)),
+        (rules.check_fire, ([job("fresh")], math.nan), backend.fire_schedule,
+            (beat, [job("fresh")], math.nan, NOW, fence)),
+        (rules.check_fire, (too_many, NOW + 5), backend.fire_schedule,
+            (beat, too_many, NOW + 5, NOW, fence)),
+        (rules.check_fire, ([job("fresh"), nan_job], NOW + 5), backend.fire_schedule,
+            (beat, [job("fresh"), nan_job], NOW + 5, NOW, fence)),
+    ]  # fmt: skip
     for rule, rule_args, verb, verb_args in cases:
         expected = _raised(rule, *rule_args)
         assert expected is not None, (rule.__name__, rule_args)

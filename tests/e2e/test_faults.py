@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -71,6 +72,65 @@ def nap(seconds):
 @queue.event(routes=['foo'])
 def whoami():
     return os.getpid()
+"""
+
+
+TICKS_ONCE = """
+from skunkqueue import SkunkQueue
+
+queue = SkunkQueue('{queue}', url='{url}')
+
+
+@queue.event(routes=['tick'], every=1, misfire='all', result_ttl=1)
+def tick():
+    return None
+"""
+
+# A scheduler process that SIGKILLs itself just before, or just after, its Nth backend
+# call that stores tick jobs (put or fire_schedule, whichever the scheduler sends them
+# with): the crash windows of firing a tick, hit every time instead of by luck.
+DYING_LEADER = """
+import os
+import signal
+import sys
+
+from skunkqueue import cli, persistence
+from skunkqueue.jobs import JobRecord
+from skunkqueue.scheduler import service
+
+KILL_ON, WHEN, TTL = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+class DiesAroundATickStep:
+    def __init__(self, inner):
+        self._inner = inner
+        self._steps = 0
+
+    def __getattr__(self, name):
+        real = getattr(self._inner, name)
+        if not callable(real) or name.startswith('_'):
+            return real
+
+        def call(*args, **kwargs):
+            ticks = any(
+                isinstance(a, list) and any(isinstance(j, JobRecord) and j.schedule for j in a)
+                for a in args
+            )
+            self._steps += ticks
+            dies = ticks and self._steps == KILL_ON
+            if dies and WHEN == 'before':
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(*args, **kwargs)
+            if dies:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        return call
+
+
+real_open = persistence.open_backend
+service.open_backend = lambda url, queue: DiesAroundATickStep(real_open(url, queue))
+sys.exit(cli.main(['scheduler', '--import', 'ticks_once', '--leader-ttl', TTL]))
 """
 
 
@@ -194,6 +254,64 @@ def test_cron_fires_every_tick_exactly_once_across_a_leader_sigkill(e2e: E2E) ->
     assert {(j.attempts, j.deliveries) for j in ticks} == {(1, 1)}
     starts = Counter(re.findall(r"job (\S+) ticks\.tick started", worker.output()))
     assert starts == Counter({j.id: 1 for j in ticks})
+
+
+def test_leaders_killed_around_the_tick_step_deliver_each_tick_exactly_once(e2e: E2E) -> None:
+    """Interval ticks every second, whose records expire a second after they ran
+    (``result_ttl=1``), ``misfire='all'``; leaders SIGKILLed just after the step that
+    fired a tick (and just before one). Each successor takes over once the killed
+    leader's lease lapsed, long after the last tick's record expired: it must fire every
+    tick its predecessor did not, and none that it did. (Before fire_schedule, a leader
+    killed between storing a tick's job and saving the advanced schedule left the tick
+    to its successor, which stored and ran it again.)"""
+    e2e.write_module("ticks_once", TICKS_ONCE)
+    e2e.write_module("dying_leader", DYING_LEADER)
+    e2e.import_module("ticks_once")  # stores the schedule: its first tick is the first to run
+    backend = e2e.queue().backend
+    [schedule] = backend.schedules()
+    first = schedule.next_fire
+    worker = e2e.worker("tick", extra=("--import", "ticks_once", "--lease", str(LEASE)))
+
+    def leads(proc: Proc) -> bool:
+        lease = leader_lease(backend)
+        return lease is not None and lease.info.get("pid") == proc.pid
+
+    def dying(when: str) -> Proc:
+        argv = [sys.executable, "dying_leader.py", "2", when, str(TTL)]
+        return e2e.spawn(argv, name=f"leader-dies-{when}")
+
+    leader = dying("after")
+    wait_until(lambda: leads(leader), 20, what="the first leader")
+    # One standby at a time, started once the leader before it leads: it takes over.
+    for standby in (
+        lambda: dying("before"),
+        lambda: e2e.scheduler("--import", "ticks_once", "--leader-ttl", str(TTL)),
+    ):
+        successor = standby()
+        assert leader.wait(20) == -signal.SIGKILL
+        wait_until(lambda s=successor: leads(s), TTL + RENEW + 10, what="the standby to lead")
+        leader = successor
+    took_over = time.time()
+    wait_until(
+        lambda: backend.schedules()[0].next_fire > took_over + 2,
+        15,
+        what="two ticks fired by the last leader",
+    )
+    leader.signal(signal.SIGTERM)
+    assert leader.wait() == 0
+
+    last = int(backend.schedules()[0].next_fire) - 1
+    expected = {
+        tick_job_id(e2e.queue_name, "ticks_once.tick", float(t))
+        for t in range(int(first), last + 1)
+    }
+
+    def started() -> Counter[str]:
+        return Counter(re.findall(r"job (\S+) ticks_once\.tick started", worker.output()))
+
+    wait_until(lambda: set(started()) >= expected, 20, what="every fired tick to run")
+    assert started() == Counter(dict.fromkeys(expected, 1)), "a tick ran twice, or never"
+    assert len(expected) >= 2 * TTL, "the ticks span both takeovers"
 
 
 def test_status_names_the_leader_and_a_stopped_leader_resigns(e2e: E2E) -> None:

@@ -1,7 +1,7 @@
 -- _common.lua: helpers shared by the job scripts. redis_support.py prepends this file to
--- put, claim, renew, finish, cancel, sweep, release and stats, so Redis loads (and caches by
--- SHA) each of those as one text: this file followed by the script's own (sweep has
--- _lease.lua in between).
+-- put, fire_schedule, claim, renew, finish, cancel, sweep, release and stats, so Redis loads
+-- (and caches by SHA) each of those as one text: this file followed by the script's own
+-- (sweep and fire_schedule have _lease.lua in between).
 --
 -- The fixed keys of a queue, KEYS[1..6] in every job script, all under the queue's
 -- hash tag '{<queue>}' so that every script runs unchanged on Redis Cluster:
@@ -173,4 +173,44 @@ local function recover(key, id, route, seq, eta, deliveries, attempts, max_deliv
   redis.call('HSET', key, 's', 'queued')
   index(id, 'queued', route, seq, eta)
   return 'queued'
+end
+
+-- put's writes (put.lua, and fire_schedule.lua for a tick's jobs): store the `count` jobs
+-- given in ARGV from position i on, each as: id, expires_at ('' for none), n, then n
+-- strings: field, value, ... (the record without q), which begin with 's' state, 't' eta,
+-- 'r' route. Python chose each state (scheduled / queued / retrying / cancelled) with its
+-- own float comparison of eta and now. An id whose record exists and has not expired is
+-- left untouched (0); an expired one that sweep has not deleted yet is replaced (1).
+-- Returns one 1/0 per job; the caller then calls flush() and wake_scheduler().
+local function put_jobs(now, count, i)
+  local answers = {}
+  if count == 0 then return answers end
+  -- One INCRBY reserves a seq for every job of the call (a refused job leaves a gap).
+  local first_seq = redis.call('INCRBY', SEQ, count) - count
+  for j = 1, count do
+    local id, expires, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local state, eta, route = ARGV[i + 4], ARGV[i + 6], ARGV[i + 8]
+    local key = job_key(id)
+    local old = nil
+    if redis.call('EXISTS', key) == 1 then old = redis.call('HMGET', key, 's', 'r', 'q', 'o', 'x') end
+    if old and not (old[5] and tonumber(old[5]) <= now) then
+      answers[j] = 0
+    else
+      if old then
+        unlink(id, old[1], old[2], old[3], old[4])
+        redis.call('DEL', key)
+      end
+      local seq = string.format('%d', first_seq + j)
+      redis.call('HSET', key, 'q', seq, unpack(ARGV, i + 3, i + 2 + n))
+      index(id, state, route, seq, eta)
+      if expires ~= '' then
+        redis.call('ZADD', EXPIRY, expires, id)
+      elseif state == 'cancelled' then
+        redis.call('ZADD', EXPIRY, '+inf', id)
+      end
+      answers[j] = 1
+    end
+    i = i + 3 + n
+  end
+  return answers
 end

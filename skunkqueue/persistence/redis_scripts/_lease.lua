@@ -1,6 +1,7 @@
 -- _lease.lua: the lease rules of rules.py that scripts check. redis_support.py prepends
--- this file to sweep, save_schedule and acquire_lease (after _common.lua where a script
--- has both), so each rule below is written once in Lua, as it is once in Python.
+-- this file to sweep, fire_schedule, save_schedule and acquire_lease (after _common.lua
+-- where a script has both), so each rule below is written once in Lua, as it is once in
+-- Python.
 --
 -- A lease is a HASH  lease:<name>  o owner ('' once released), n token, u until,
 -- i info JSON; a released one keeps its token and holds until 0. A lease is held through
