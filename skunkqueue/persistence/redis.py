@@ -66,6 +66,8 @@ from .redis_support import (
     encode_record,
     number,
     script_text,
+    server_version,
+    takes_script_flags,
 )
 from .rules import MAX_BATCH, state_on_put
 
@@ -125,10 +127,18 @@ class RedisBackend(Backend):
             raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
         p = self._prefix = f"sq:{{{queue}}}:"
         self._job_keys = [p, p + "counts", p + "scheduled", p + "running", p + "expiry", p + "seq"]
+        # Each script declares its flags ('#!lua flags=...'), which Redis 7 reads once at the
+        # start of a call: a writing script is refused whole while Redis is out of memory.
+        # An older server cannot parse the line, so its scripts go without it.
+        try:
+            flags = takes_script_flags(server_version(self._client, p))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self._client.close()
+            raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
         # register_script sends nothing: EVALSHA first, SCRIPT LOAD on NOSCRIPT (a fresh
         # or restarted server, SCRIPT FLUSH), then EVALSHA again.
         self._scripts = {
-            name: self._client.register_script(script_text(name))
+            name: self._client.register_script(script_text(name, flags))
             for name in JOB_SCRIPTS + OTHER_SCRIPTS
         }
         # A cluster client routes each call by key itself; on one server, the lane.

@@ -1,7 +1,7 @@
 -- _common.lua: helpers shared by the job scripts. redis_support.py prepends this file to
 -- put, claim, renew, finish, cancel, sweep, release and stats, so Redis loads (and caches by
--- SHA) each of those as one text: this file followed by the script's own (sweep has
--- _lease.lua in between).
+-- SHA) each of those as one text: the script's '#!lua flags=' line, this file, then the
+-- rest of the script's own (sweep has _lease.lua in between).
 --
 -- The fixed keys of a queue, KEYS[1..6] in every job script, all under the queue's
 -- hash tag '{<queue>}' so that every script runs unchanged on Redis Cluster:

@@ -1,3 +1,4 @@
+#!lua flags=
 -- acquire_lease.lua: take or renew a named lease (Backend.acquire_lease).
 -- KEYS[1]  lease:<name>  HASH  o owner ('' once released), n token, u until, i info JSON
 -- KEYS[2]  leases        ZSET  every lease name, score 0 (prefix listing by ZRANGEBYLEX)

@@ -1,3 +1,4 @@
+#!lua flags=
 -- cancel.lua: cancel jobs that have not started (Backend.cancel).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id> and ready:<route> are built from the prefix)

@@ -1,3 +1,4 @@
+#!lua flags=
 -- claim.lua: take up to limit queued jobs from the given routes (Backend.claim).
 -- KEYS[1..6]         prefix, counts, scheduled, running, expiry, seq (see _common.lua;
 --                    the job keys j:<id> are built from the prefix: ids are found here)

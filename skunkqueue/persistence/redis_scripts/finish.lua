@@ -1,3 +1,4 @@
+#!lua flags=
 -- finish.lua: record the outcomes of jobs an owner holds (Backend.finish).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id> and ready:<route> are built from the prefix)

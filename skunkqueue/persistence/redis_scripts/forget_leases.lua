@@ -1,3 +1,4 @@
+#!lua flags=
 -- forget_leases.lua: delete leases that ended (Backend.forget_leases).
 -- KEYS[1]  prefix  'sq:{<queue>}:', to build each lease:<name> key (same hash tag)
 -- KEYS[2]  leases  ZSET  every lease name, score 0

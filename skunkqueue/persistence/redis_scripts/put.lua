@@ -1,3 +1,4 @@
+#!lua flags=
 -- put.lua: store new jobs (Backend.put), all of one call in one script run.
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job
 --             keys j:<id> and ready:<route> are built from the prefix)

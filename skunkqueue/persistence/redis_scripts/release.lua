@@ -1,3 +1,4 @@
+#!lua flags=
 -- release.lua: hand back the running jobs of an owner known dead (Backend.release).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id>, ready:<route> and wake:<route> are built from the prefix)

@@ -1,3 +1,4 @@
+#!lua flags=
 -- release_lease.lua: give up a lease its owner holds (Backend.release_lease).
 -- KEYS[1]  lease:<name>  HASH  o owner, n token (kept), u until, i info
 -- ARGV[1]  owner

@@ -1,3 +1,4 @@
+#!lua flags=
 -- renew.lua: extend the leases of running jobs an owner holds (Backend.renew).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id> are built from the prefix)

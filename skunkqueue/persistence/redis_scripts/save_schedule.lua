@@ -1,3 +1,4 @@
+#!lua flags=
 -- save_schedule.lua: insert or replace a stored schedule (Backend.save_schedule).
 -- KEYS[1]  schedules  HASH  name -> JSON {spec, template, next_fire, updated_at}
 -- KEYS[2]  lease:<fence name> (HASH o owner, n token, u until), only with a fence

@@ -1,6 +1,7 @@
+#!lua flags=no-writes
 -- stats.lua: counts of unexpired jobs per (state, route) and the earliest waiting eta
--- (Backend.stats). Read-only; a script so that the counts, the expired records not yet
--- deleted and the eta come from one instant.
+-- (Backend.stats). Read-only (so it runs even when Redis is out of memory); a script so
+-- that the counts, the expired records not yet deleted and the eta come from one instant.
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id> are built from the prefix)
 -- ARGV[1]     now

@@ -1,3 +1,4 @@
+#!lua flags=
 -- sweep.lua: the leader's fenced step (Backend.sweep): promote due jobs, recover lapsed leases, expire records, bounded by limit per kind.
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id>, ready:<route>, wake:<route> and held:<owner> are built from the
