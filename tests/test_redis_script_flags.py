@@ -1,6 +1,7 @@
 """How the Redis scripts are declared and loaded: each one's ``#!lua flags=`` line, the
 text Redis 7 loads (the line first) and the text an older server loads (the line turned
-into a comment), and what the flags change when Redis is out of memory. Runs against real redis-servers (Redis 7 here;
+into a comment), the Lua table of record fields against the Python codec, and what the
+flags change when Redis is out of memory. Runs against real redis-servers (Redis 7 here;
 no Redis 6 is installed, so the older server's text is run on Redis 7 without its flags).
 """
 
@@ -13,9 +14,11 @@ from importlib import resources
 import pytest
 
 from skunkqueue.errors import BackendUnavailable
-from skunkqueue.jobs import Outcome
-from skunkqueue.persistence import Backend, open_backend, redis_support
+from skunkqueue.jobs import JobState, Outcome
+from skunkqueue.persistence import Backend, open_backend, redis_support, rules
 from skunkqueue.persistence.redis_support import (
+    ALWAYS_STORED,
+    FIELDS,
     JOB_SCRIPTS,
     OTHER_SCRIPTS,
     script_text,
@@ -29,7 +32,7 @@ from .servers import RedisServer
 redis = require("redis")
 
 SCRIPTS = JOB_SCRIPTS + OTHER_SCRIPTS
-SNIPPETS = ("_common", "_lease")
+SNIPPETS = ("_checks", "_common", "_lease")
 #: Every flag Redis 7 knows for scripts.
 REDIS_FLAGS = {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
 #: The scripts that write nothing.
@@ -119,6 +122,42 @@ def test_an_older_server_loads_the_script_without_its_declaration(name, redis_se
         client.script_load(plain)  # plain Lua, as Redis 6 takes it
     finally:
         client.close()
+
+
+# -- the Lua record checks mirror the Python codec -------------------------------------------
+
+LUA_KINDS = {"str": {"name", "text", "state"}, "float": {"number"}, "int": {"count"}}
+
+
+def lua_tables(client) -> tuple[dict[str, str], set[str], set[str]]:
+    """KIND, REQUIRED and STATES as _common.lua defines them, read back from Redis."""
+    body = (
+        "local kinds, required, states = {}, {}, {}\n"
+        "for f, kind in pairs(KIND) do kinds[#kinds + 1] = f; kinds[#kinds + 1] = kind end\n"
+        "for f in pairs(REQUIRED) do required[#required + 1] = f end\n"
+        "for s in pairs(STATES) do states[#states + 1] = s end\n"
+        "return {kinds, required, states}"
+    )
+    text = "\n".join([source("_checks"), source("_common"), body])
+    kinds, required, states = client.eval(text, 6, *(f"sq:{{mirror}}:{i}" for i in range(6)))
+    return dict(zip(kinds[::2], kinds[1::2], strict=True)), set(required), set(states)
+
+
+def test_the_lua_field_table_mirrors_the_python_codec(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        kinds, required, states = lua_tables(client)
+    finally:
+        client.close()
+    python = {code: kind for code, kind in FIELDS.values()}
+    assert set(kinds) == set(python)
+    for code, kind in python.items():
+        assert kinds[code] in LUA_KINDS.get(kind, {kind}), (code, kind, kinds[code])
+    by_name = {name: code for name, (code, _) in FIELDS.items()}
+    assert {n for n, c in by_name.items() if kinds[c] == "name"} == set(rules._TEXT) - {"id"}
+    assert kinds[by_name["state"]] == "state"
+    assert required == {by_name[n] for n in ALWAYS_STORED} | {by_name["seq"]}
+    assert states == {state.value for state in JobState}
 
 
 # -- out of memory -------------------------------------------------------------------------

@@ -15,7 +15,8 @@ defaults are not stored), ``scheduled`` ZSET (scheduled and retrying, by eta),
 ``ready:<route>`` ZSET (queued, by eta then put order), ``running`` ZSET (by lease end),
 ``expiry`` ZSET (records with an expiry), ``held:<owner>`` SET, ``counts`` HASH per
 (state, route), ``seq``, ``wake:<route>`` LIST (one token), ``lease:<name>`` HASH plus
-the ``leases`` ZSET of names, and ``schedules`` HASH (name -> JSON).
+the ``leases`` ZSET of names, ``schedules`` HASH (name -> JSON), and ``quarantine`` ZSET
+(records a script found malformed and set aside, never writing them: see _common.lua).
 
 Waiting without polling. A script that makes a job ready on a route leaves a token on
 ``wake:<route>``; an idle worker blocks in BLPOP on its routes' tokens (in a background
@@ -41,6 +42,7 @@ tells where one goes, and resharding moves a queue with its slot.
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import threading
@@ -71,6 +73,8 @@ from .redis_support import (
 )
 from .rules import MAX_BATCH, state_on_put
 
+log = logging.getLogger("skunkqueue.redis")
+
 default_cfg: dict[str, Any] = {"backend": "redis", "conn_url": "localhost:6379", "dbname": 0}
 
 #: Jobs per put script call (about 1 ms of Redis time). A larger batch is written in
@@ -81,6 +85,8 @@ PUT_CHUNK = 100
 PAGE = 200
 #: States with an index of their own; list_jobs reads the expiry index for the others.
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
+#: Records a warning about passed-over records names at most.
+NAMED_IN_WARNING = 20
 
 
 def names_with_prefix(prefix: str) -> tuple[bytes, bytes]:
@@ -178,6 +184,27 @@ class RedisBackend(Backend):
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}{name}"
 
+    def _passed_over(self, verb: str, names_and_reasons: Sequence[str]) -> int:
+        """Log at WARNING what a script could not act on (a record missing or malformed,
+        named by its key under the queue's prefix, with the reason); how many. The scripts
+        never write such a record, and keep malformed ones in ``quarantine``."""
+        pairs = list(zip(names_and_reasons[::2], names_and_reasons[1::2], strict=True))
+        if pairs:
+            named = "; ".join(f"{name}: {why}" for name, why in pairs[:NAMED_IN_WARNING])
+            log.warning(
+                "Redis %s on queue %r passed over %d record(s) it could not act on, "
+                "writing none of them (malformed ones are listed in %squarantine): %s%s",
+                verb,
+                self.queue,
+                len(pairs),
+                self._prefix,
+                named,
+                f"; and {len(pairs) - NAMED_IN_WARNING} more"
+                if len(pairs) > NAMED_IN_WARNING
+                else "",
+            )
+        return len(pairs)
+
     def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
         """Records by id, in order, leaving out ids that have no record (deleted)."""
         if not ids:
@@ -203,7 +230,11 @@ class RedisBackend(Backend):
             (script, keys, self._put_args(jobs[start : start + PUT_CHUNK], now))
             for start in range(0, len(jobs), PUT_CHUNK)
         )
-        return [bool(a) for reply in self._run_many(calls) for a in reply]
+        answers: list[bool] = []
+        for reply, passed in self._run_many(calls):
+            self._passed_over("put", passed)
+            answers += map(bool, reply)
+        return answers
 
     @staticmethod
     def _put_args(chunk: Sequence[JobRecord], now: float) -> list[str]:
@@ -285,17 +316,23 @@ class RedisBackend(Backend):
         return [f.split("|", 1)[1] for f in fields if f.split("|", 1)[0] == state]
 
     def _stats(self, now: float) -> Stats:
-        rows, stale, waiting = self._run("stats", self._job_keys, [number(now)])
+        rows, stale, waiting, quarantined, passed = self._run(
+            "stats", self._job_keys, [number(now)]
+        )
+        self._passed_over("stats", passed)
         counts: dict[tuple[str, str], int] = {}
         for field, n in zip(rows[::2], rows[1::2], strict=True):
             state, route = field.split("|", 1)
             counts[(state, route)] = int(n)
         for field in stale:  # expired, not yet deleted by promote: already invisible
             state, route = field.split("|", 1)
-            counts[(state, route)] -= 1
-            if not counts[(state, route)]:
-                del counts[(state, route)]
-        return Stats(counts=counts, next_due=float(waiting) if waiting else None)
+            if (state, route) in counts:  # (a record's fields may have been changed)
+                counts[(state, route)] -= 1
+                if not counts[(state, route)]:
+                    del counts[(state, route)]
+        return Stats(
+            counts=counts, next_due=float(waiting) if waiting else None, quarantined=quarantined
+        )
 
     def _claim(
         self,
@@ -318,7 +355,9 @@ class RedisBackend(Backend):
         bound = "" if max_bytes is None else str(operator.index(max_bytes))
         args = [owner, number(now), number(now + lease), str(limit), bound, str(len(routes))]
         args += routes
-        return [decode_record(row[0], row[1:]) for row in self._run("claim", keys, args)]
+        taken, passed = self._run("claim", keys, args)
+        self._passed_over("claim", passed)
+        return [decode_record(row[0], row[1:]) for row in taken]
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Script calls that each look at up to MAX_BATCH ids of the owner's held set
@@ -334,7 +373,8 @@ class RedisBackend(Backend):
         ]
         released: dict[str, str] = {}
         while True:
-            more, *pairs = self._run("release", keys, args)
+            more, pairs, passed = self._run("release", keys, args)
+            self._passed_over("release", passed)
             released.update(zip(pairs[::2], pairs[1::2], strict=True))
             if not more:
                 return released
@@ -345,7 +385,9 @@ class RedisBackend(Backend):
         if job_ids is not None and not job_ids:
             return set()
         args = [owner, number(now + lease), "0" if job_ids is None else "1", *(job_ids or ())]
-        return set(self._run("renew", [*self._job_keys, self._key("held:", owner)], args))
+        held, passed = self._run("renew", [*self._job_keys, self._key("held:", owner)], args)
+        self._passed_over("renew", passed)
+        return set(held)
 
     def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         if not outcomes:
@@ -362,13 +404,17 @@ class RedisBackend(Backend):
                 "" if o.error is None else json.dumps(o.error),
             )
         keys = [*self._job_keys, self._key("held:", owner)]
-        return [bool(a) for a in self._run("finish", keys, args)]
+        answers, passed = self._run("finish", keys, args)
+        self._passed_over("finish", passed)
+        return [bool(a) for a in answers]
 
     def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         if not job_ids:
             return []
         args = [number(now), json.dumps({"reason": reason}), number(DEFAULTS["result_ttl"])]
-        return [bool(a) for a in self._run("cancel", self._job_keys, [*args, *job_ids])]
+        answers, passed = self._run("cancel", self._job_keys, [*args, *job_ids])
+        self._passed_over("cancel", passed)
+        return [bool(a) for a in answers]
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         keys = [*self._job_keys, self._key("lease:", fence.name)]
@@ -380,7 +426,7 @@ class RedisBackend(Backend):
             str(DEFAULTS["max_deliveries"]),
             number(DEFAULTS["result_ttl"]),
         ]
-        promoted, recovered, failed, expired, more, waiting, running = self._run(
+        promoted, recovered, failed, expired, more, waiting, running, passed = self._run(
             "sweep", keys, args
         )
         pending = [float(t) for t in (waiting, running) if t]
@@ -391,6 +437,7 @@ class RedisBackend(Backend):
             expired=expired,
             next_due=min(pending) if pending else None,
             more=bool(more),
+            skipped=self._passed_over("sweep", passed),
         )
 
     # -- leases -------------------------------------------------------------------
@@ -416,22 +463,30 @@ class RedisBackend(Backend):
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self._key("lease:", name))
-        rows = pipe.execute() if names else []
-        return [
-            Lease(name, row["o"], int(row["n"]), float(row["u"]), json.loads(row["i"]))
-            for name, row in zip(names, rows, strict=True)
-            if row and row["o"] and float(row["u"]) >= now
-        ]
+        # A key that is not a lease is passed over (and named), so one broken lease does not
+        # hide the others: forget_leases sets it aside.
+        rows = pipe.execute(raise_on_error=False) if names else []
+        found = []
+        for name, row in zip(names, rows, strict=True):
+            try:
+                lease = Lease(name, row["o"], int(row["n"]), float(row["u"]), json.loads(row["i"]))
+            except (TypeError, KeyError, ValueError):
+                if row:  # (an empty row: the lease was just forgotten)
+                    self._passed_over("leases", [f"lease:{name}", "not a lease"])
+                continue
+            if lease.owner and lease.until >= now:
+                found.append(lease)
+        return found
 
     def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         low, high = names_with_prefix(prefix)
-        return int(
-            self._run(
-                "forget_leases",
-                [self._prefix, self._key("leases")],
-                [low, high, number(before), str(limit)],
-            )
+        forgotten, passed = self._run(
+            "forget_leases",
+            [self._prefix, self._key("leases")],
+            [low, high, number(before), str(limit)],
         )
+        self._passed_over("forget_leases", passed)
+        return int(forgotten)
 
     # -- schedules ----------------------------------------------------------------
 

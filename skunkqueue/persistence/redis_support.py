@@ -170,9 +170,9 @@ OTHER_SCRIPTS = (
     "save_schedule",
     "remove_schedule",
 )
-#: Scripts that check a lease (a fence, or who holds it) get _lease.lua prepended, after
-#: _common.lua where they have both.
-LEASE_SCRIPTS = ("sweep", "save_schedule", "acquire_lease")
+#: Scripts that read a lease (a fence, who holds it, whether it ended) get _lease.lua
+#: prepended, after _common.lua where they have both.
+LEASE_SCRIPTS = ("sweep", "save_schedule", "acquire_lease", "release_lease", "forget_leases")
 #: The first Redis version that reads a script's ``#!lua flags=`` line; before it the
 #: line is a Lua syntax error.
 FLAGS_SINCE = (7, 0)
@@ -180,14 +180,15 @@ FLAGS_SINCE = (7, 0)
 
 def script_text(name: str, flags: bool = True) -> str:
     """A script as Redis loads it: its ``#!lua flags=`` line (Redis reads flags only on
-    the first line of the text it loads), its shared snippets, then the rest of its own
-    file. Without ``flags`` (a server older than Redis 7) that line is turned into a
-    comment, so line numbers in error replies stay the same."""
+    the first line of the text it loads), _checks.lua, its other shared snippets, then the
+    rest of its own file. Without ``flags`` (a server older than Redis 7) that line is
+    turned into a comment, so line numbers in error replies stay the same."""
     folder = resources.files(__package__).joinpath("redis_scripts")
     declaration, _, own = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8").partition("\n")
     if not declaration.startswith("#!lua flags="):
         raise ValueError(f"redis_scripts/{name}.lua must begin with its '#!lua flags=' line")
     parts = [
+        "_checks",
         *(["_common"] if name in JOB_SCRIPTS else []),
         *(["_lease"] if name in LEASE_SCRIPTS else []),
     ]
