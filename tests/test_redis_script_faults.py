@@ -620,3 +620,17 @@ def test_remove_schedule_removes_a_schedule_whatever_its_stored_text(store):
 
     assert store.backend.remove_schedule("garbled") is True
     assert store.raw("schedules") == ("none", None)
+
+
+def test_status_warns_of_quarantined_records(store, redis_server, capsys):
+    from skunkqueue.cli import main
+
+    store.backend.put([job("bad"), job("good")], T0)
+    store.break_job("bad", {"t": "soon"})
+    store.backend.claim(["default"], "w", T0, 30)
+    queue = store.prefix[len("sq:{") : -len("}:")]
+
+    assert main(["status", "-q", queue, "--url", redis_server.url]) == 0
+
+    out = capsys.readouterr().out
+    assert "WARNING: quarantined records: 1 (malformed" in out
