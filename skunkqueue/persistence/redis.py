@@ -85,7 +85,7 @@ PUT_CHUNK = 100
 PAGE = 200
 #: States with an index of their own; list_jobs reads the expiry index for the others.
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
-#: Records a warning about passed-over records names at most.
+#: How many passed-over records one warning names; it counts the rest.
 NAMED_IN_WARNING = 20
 
 
