@@ -133,6 +133,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"host={lease.info.get('host')} pid={lease.info.get('pid')}{_clock_note(lease.info)}"
         )
     print(f"next due: {_when(stats.next_due)}")
+    if stats.quarantined:
+        print(
+            f"WARNING: quarantined records: {stats.quarantined} (malformed: no step acts on "
+            "them, and they stay in the counts above; the backend's WARNING log lines name "
+            "each one and why)"
+        )
     if leader is None and stats.next_due is not None and stats.next_due <= now:
         overdue = now - stats.next_due
         print(

@@ -182,7 +182,10 @@ class SweepReport:
     whose lease lapsed, queued again; ``failed``: lapsed jobs that had lost
     ``max_deliveries`` deliveries and ended in ``error``; ``expired``: finished records
     deleted. ``more`` says a part hit its batch limit; ``next_due`` is the earliest eta or
-    lease expiry still pending.
+    lease expiry still pending. ``skipped``: records the sweep came to but could not act
+    on, and left as they were (a store that can tell, Redis: an index entry whose record
+    is missing, or a malformed record, which it sets aside); 0 where a store has no such
+    notion.
     """
 
     promoted: int = 0
@@ -191,11 +194,17 @@ class SweepReport:
     expired: int = 0
     next_due: float | None = None
     more: bool = False
+    skipped: int = 0
 
 
 @dataclass
 class Stats:
-    """Counts of unexpired jobs per (state, route), and the earliest pending eta."""
+    """Counts of unexpired jobs per (state, route), and the earliest pending eta.
+
+    ``quarantined``: records set aside as malformed, which no verb acts on (Redis keeps
+    them in a set of their own; 0 where a store has no such notion).
+    """
 
     counts: dict[tuple[str, str], int]
     next_due: float | None
+    quarantined: int = 0

@@ -15,9 +15,10 @@ defaults are not stored), ``scheduled`` ZSET (scheduled and retrying, by eta),
 ``ready:<route>`` ZSET (queued, by eta then put order), ``running`` ZSET (by lease end),
 ``expiry`` ZSET (records with an expiry), ``held:<owner>`` SET, ``counts`` HASH per
 (state, route), ``seq``, ``wake:<route>`` LIST (one token), ``lease:<name>`` HASH plus
-the ``leases`` ZSET of names, ``schedules`` HASH (name -> JSON) and ``schedrev`` HASH
+the ``leases`` ZSET of names, ``schedules`` HASH (name -> JSON), ``schedrev`` HASH
 (name -> revision; kept when a schedule is removed, and apart from its JSON, which no
-script decodes).
+script decodes) and ``quarantine`` ZSET (records a script found malformed and set aside,
+never writing them: see _common.lua).
 
 Waiting without polling. A script that makes a job ready on a route leaves a token on
 ``wake:<route>``; an idle worker blocks in BLPOP on its routes' tokens (in a background
@@ -43,6 +44,7 @@ tells where one goes, and resharding moves a queue with its slot.
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import threading
@@ -68,8 +70,12 @@ from .redis_support import (
     encode_record,
     number,
     script_text,
+    server_version,
+    takes_script_flags,
 )
 from .rules import MAX_BATCH, state_on_put
+
+log = logging.getLogger("skunkqueue.redis")
 
 default_cfg: dict[str, Any] = {"backend": "redis", "conn_url": "localhost:6379", "dbname": 0}
 
@@ -81,6 +87,8 @@ PUT_CHUNK = 100
 PAGE = 200
 #: States with an index of their own; list_jobs reads the expiry index for the others.
 INDEXED_BY_STATE = ("scheduled", "retrying", "queued", "running")
+#: How many passed-over records one warning names; it counts the rest.
+NAMED_IN_WARNING = 20
 
 
 def names_with_prefix(prefix: str) -> tuple[bytes, bytes]:
@@ -128,10 +136,18 @@ class RedisBackend(Backend):
             raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
         p = self._prefix = f"sq:{{{queue}}}:"
         self._job_keys = [p, p + "counts", p + "scheduled", p + "running", p + "expiry", p + "seq"]
+        # Each script declares its flags ('#!lua flags=...'), which Redis 7 reads once at the
+        # start of a call: a writing script is refused whole while Redis is out of memory.
+        # An older server cannot parse the line, so its scripts go without it.
+        try:
+            flags = takes_script_flags(server_version(self._client, p))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self._client.close()
+            raise BackendUnavailable(f"cannot reach Redis at {redact(url)!r}: {exc}") from exc
         # register_script sends nothing: EVALSHA first, SCRIPT LOAD on NOSCRIPT (a fresh
         # or restarted server, SCRIPT FLUSH), then EVALSHA again.
         self._scripts = {
-            name: self._client.register_script(script_text(name))
+            name: self._client.register_script(script_text(name, flags))
             for name in JOB_SCRIPTS + OTHER_SCRIPTS
         }
         # A cluster client routes each call by key itself; on one server, the lane.
@@ -175,6 +191,27 @@ class RedisBackend(Backend):
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}{name}"
 
+    def _passed_over(self, verb: str, names_and_reasons: Sequence[str]) -> int:
+        """Log at WARNING what a script could not act on (a record missing or malformed,
+        named by its key under the queue's prefix, with the reason); how many. The scripts
+        never write such a record, and keep malformed ones in ``quarantine``."""
+        pairs = list(zip(names_and_reasons[::2], names_and_reasons[1::2], strict=True))
+        if pairs:
+            named = "; ".join(f"{name}: {why}" for name, why in pairs[:NAMED_IN_WARNING])
+            log.warning(
+                "Redis %s on queue %r passed over %d record(s) it could not act on, "
+                "writing none of them (malformed ones are listed in %squarantine): %s%s",
+                verb,
+                self.queue,
+                len(pairs),
+                self._prefix,
+                named,
+                f"; and {len(pairs) - NAMED_IN_WARNING} more"
+                if len(pairs) > NAMED_IN_WARNING
+                else "",
+            )
+        return len(pairs)
+
     def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
         """Records by id, in order, leaving out ids that have no record (deleted)."""
         if not ids:
@@ -200,7 +237,11 @@ class RedisBackend(Backend):
             (script, keys, self._put_args(jobs[start : start + PUT_CHUNK], now))
             for start in range(0, len(jobs), PUT_CHUNK)
         )
-        return [bool(a) for reply in self._run_many(calls) for a in reply]
+        answers: list[bool] = []
+        for reply, passed in self._run_many(calls):
+            self._passed_over("put", passed)
+            answers += map(bool, reply)
+        return answers
 
     @staticmethod
     def _put_args(chunk: Sequence[JobRecord], now: float) -> list[str]:
@@ -282,17 +323,23 @@ class RedisBackend(Backend):
         return [f.split("|", 1)[1] for f in fields if f.split("|", 1)[0] == state]
 
     def _stats(self, now: float) -> Stats:
-        rows, stale, waiting = self._run("stats", self._job_keys, [number(now)])
+        rows, stale, waiting, quarantined, passed = self._run(
+            "stats", self._job_keys, [number(now)]
+        )
+        self._passed_over("stats", passed)
         counts: dict[tuple[str, str], int] = {}
         for field, n in zip(rows[::2], rows[1::2], strict=True):
             state, route = field.split("|", 1)
             counts[(state, route)] = int(n)
         for field in stale:  # expired, not yet deleted by promote: already invisible
             state, route = field.split("|", 1)
-            counts[(state, route)] -= 1
-            if not counts[(state, route)]:
-                del counts[(state, route)]
-        return Stats(counts=counts, next_due=float(waiting) if waiting else None)
+            if (state, route) in counts:  # (a record's fields may have been changed)
+                counts[(state, route)] -= 1
+                if not counts[(state, route)]:
+                    del counts[(state, route)]
+        return Stats(
+            counts=counts, next_due=float(waiting) if waiting else None, quarantined=quarantined
+        )
 
     def _claim(
         self,
@@ -315,7 +362,9 @@ class RedisBackend(Backend):
         bound = "" if max_bytes is None else str(operator.index(max_bytes))
         args = [owner, number(now), number(now + lease), str(limit), bound, str(len(routes))]
         args += routes
-        return [decode_record(row[0], row[1:]) for row in self._run("claim", keys, args)]
+        taken, passed = self._run("claim", keys, args)
+        self._passed_over("claim", passed)
+        return [decode_record(row[0], row[1:]) for row in taken]
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
         """Script calls that each look at up to MAX_BATCH ids of the owner's held set
@@ -331,7 +380,8 @@ class RedisBackend(Backend):
         ]
         released: dict[str, str] = {}
         while True:
-            more, *pairs = self._run("release", keys, args)
+            more, pairs, passed = self._run("release", keys, args)
+            self._passed_over("release", passed)
             released.update(zip(pairs[::2], pairs[1::2], strict=True))
             if not more:
                 return released
@@ -342,7 +392,9 @@ class RedisBackend(Backend):
         if job_ids is not None and not job_ids:
             return set()
         args = [owner, number(now + lease), "0" if job_ids is None else "1", *(job_ids or ())]
-        return set(self._run("renew", [*self._job_keys, self._key("held:", owner)], args))
+        held, passed = self._run("renew", [*self._job_keys, self._key("held:", owner)], args)
+        self._passed_over("renew", passed)
+        return set(held)
 
     def _finish(self, outcomes: Sequence[Outcome], owner: str, now: float) -> list[bool]:
         if not outcomes:
@@ -360,13 +412,17 @@ class RedisBackend(Backend):
                 "" if o.started_at is None else number(o.started_at),
             )
         keys = [*self._job_keys, self._key("held:", owner)]
-        return [bool(a) for a in self._run("finish", keys, args)]
+        answers, passed = self._run("finish", keys, args)
+        self._passed_over("finish", passed)
+        return [bool(a) for a in answers]
 
     def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
         if not job_ids:
             return []
         args = [number(now), json.dumps({"reason": reason}), number(DEFAULTS["result_ttl"])]
-        return [bool(a) for a in self._run("cancel", self._job_keys, [*args, *job_ids])]
+        answers, passed = self._run("cancel", self._job_keys, [*args, *job_ids])
+        self._passed_over("cancel", passed)
+        return [bool(a) for a in answers]
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         keys = [*self._job_keys, self._key("lease:", fence.name)]
@@ -378,7 +434,7 @@ class RedisBackend(Backend):
             str(DEFAULTS["max_deliveries"]),
             number(DEFAULTS["result_ttl"]),
         ]
-        promoted, recovered, failed, expired, more, waiting, running = self._run(
+        promoted, recovered, failed, expired, more, waiting, running, passed = self._run(
             "sweep", keys, args
         )
         pending = [float(t) for t in (waiting, running) if t]
@@ -389,6 +445,7 @@ class RedisBackend(Backend):
             expired=expired,
             next_due=min(pending) if pending else None,
             more=bool(more),
+            skipped=self._passed_over("sweep", passed),
         )
 
     # -- leases -------------------------------------------------------------------
@@ -414,22 +471,30 @@ class RedisBackend(Backend):
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self._key("lease:", name))
-        rows = pipe.execute() if names else []
-        return [
-            Lease(name, row["o"], int(row["n"]), float(row["u"]), json.loads(row["i"]))
-            for name, row in zip(names, rows, strict=True)
-            if row and row["o"] and float(row["u"]) >= now
-        ]
+        # A key that is not a lease is passed over (and named), so one broken lease does not
+        # hide the others: forget_leases sets it aside.
+        rows = pipe.execute(raise_on_error=False) if names else []
+        found = []
+        for name, row in zip(names, rows, strict=True):
+            try:
+                lease = Lease(name, row["o"], int(row["n"]), float(row["u"]), json.loads(row["i"]))
+            except (TypeError, KeyError, ValueError):
+                if row:  # (an empty row: the lease was just forgotten)
+                    self._passed_over("leases", [f"lease:{name}", "not a lease"])
+                continue
+            if lease.owner and lease.until >= now:
+                found.append(lease)
+        return found
 
     def _forget_leases(self, prefix: str, before: float, limit: int = 500) -> int:
         low, high = names_with_prefix(prefix)
-        return int(
-            self._run(
-                "forget_leases",
-                [self._prefix, self._key("leases")],
-                [low, high, number(before), str(limit)],
-            )
+        forgotten, passed = self._run(
+            "forget_leases",
+            [self._prefix, self._key("leases")],
+            [low, high, number(before), str(limit)],
         )
+        self._passed_over("forget_leases", passed)
+        return int(forgotten)
 
     # -- schedules ----------------------------------------------------------------
 
@@ -475,7 +540,9 @@ class RedisBackend(Backend):
             _schedule_json(read, next_fire, now),
             *self._put_args(jobs, now)[1:],  # the put's arguments after its own now
         ]
-        return bool(self._run("fire_schedule", keys, args))
+        fired, passed = self._run("fire_schedule", keys, args)
+        self._passed_over("fire_schedule", passed)
+        return bool(fired)
 
     def _schedules(self) -> list[ScheduleRecord]:
         documents, revisions = self._run(

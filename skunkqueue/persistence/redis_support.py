@@ -11,6 +11,7 @@ import json
 import logging
 import operator
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -181,20 +182,53 @@ OTHER_SCRIPTS = (
     "remove_schedule",
     "time",
 )
-#: Scripts that check a lease (a fence, or who holds it) get _lease.lua prepended, after
-#: _common.lua where they have both.
-LEASE_SCRIPTS = ("sweep", "fire_schedule", "save_schedule", "acquire_lease")
+#: Scripts that read a lease (a fence, who holds it, whether it ended) get _lease.lua
+#: prepended, after _common.lua where they have both.
+LEASE_SCRIPTS = (
+    "sweep",
+    "fire_schedule",
+    "save_schedule",
+    "acquire_lease",
+    "release_lease",
+    "forget_leases",
+)
+#: The first Redis version that reads a script's ``#!lua flags=`` line; before it the
+#: line is a Lua syntax error.
+FLAGS_SINCE = (7, 0)
 
 
-def script_text(name: str) -> str:
-    """A script as Redis loads it: its shared snippets, then its own text."""
+def script_text(name: str, flags: bool = True) -> str:
+    """A script as Redis loads it: its ``#!lua flags=`` line (Redis reads flags only on
+    the first line of the text it loads), _checks.lua, its other shared snippets, then the
+    rest of its own file. Without ``flags`` (a server older than Redis 7) that line is
+    turned into a comment, so line numbers in error replies stay the same."""
     folder = resources.files(__package__).joinpath("redis_scripts")
+    declaration, _, own = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8").partition("\n")
+    if not declaration.startswith("#!lua flags="):
+        raise ValueError(f"redis_scripts/{name}.lua must begin with its '#!lua flags=' line")
     parts = [
+        "_checks",
         *(["_common"] if name in JOB_SCRIPTS else []),
         *(["_lease"] if name in LEASE_SCRIPTS else []),
-        name,
     ]
-    return "\n".join(folder.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts)
+    first = declaration if flags else f"-- {declaration} (not read before Redis 7)"
+    snippets = (folder.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts)
+    return "\n".join([first, *snippets, own])
+
+
+def takes_script_flags(version: str) -> bool:
+    """Whether a server reporting this ``redis_version`` (INFO server) reads ``#!lua``
+    lines: Redis 7 and later, and Valkey (which reports 7.2.4)."""
+    numbers = tuple(int(re.match(r"\d*", part).group() or 0) for part in version.split(".")[:2])
+    return numbers >= FLAGS_SINCE
+
+
+def server_version(client: Redis | RedisCluster, key: str) -> str:
+    """``redis_version`` of the server that holds ``key`` (on a cluster, the node that
+    serves its slot: where the scripts that name it run)."""
+    if hasattr(client, "get_node_from_key"):
+        client = client.get_node_from_key(key).redis_connection
+    return str(client.info("server")["redis_version"])
 
 
 # -- the direct lane ----------------------------------------------------------------

@@ -249,3 +249,29 @@ def test_expiry_in_bounded_batches(backend):
     second = backend.sweep(T0 + 5, fence, limit=2)
     assert (second.expired, second.more) == (1, False)
     assert backend.sweep(T0 + 5, fence, limit=2).expired == 0
+
+
+def test_one_sweep_expires_what_its_other_parts_just_moved(backend):
+    """Expiry is judged on each record as the sweep's other parts leave it: a job promoted
+    past its expiry is deleted; one whose lapsed lease ends it in error gets a new expiry,
+    which decides (a result_ttl of 0 expires it at once); one queued again keeps its old
+    expiry. (The Redis sweep reads all its batches before writing anything.)"""
+    backend.put(
+        [
+            job("due-expired", eta=T0 + 5, expires_at=T0 + 5),
+            job("lapsed-ttl-0", max_deliveries=1, result_ttl=0),
+            job("lapsed-to-error", max_deliveries=1, result_ttl=100, expires_at=T0 + 2),
+            job("lapsed-to-queue", result_ttl=100, expires_at=T0 + 2),
+        ],
+        now=T0,
+    )
+    taken = backend.claim(["default"], "w", T0, lease=1, limit=5)
+    assert sorted(ids(taken)) == ["lapsed-to-error", "lapsed-to-queue", "lapsed-ttl-0"]
+    report = backend.sweep(T0 + 10, lead(backend, T0 + 10))
+    assert (report.promoted, report.recovered, report.failed, report.expired) == (1, 1, 2, 3)
+    kept = backend.get("lapsed-to-error", T0 + 10)
+    assert (kept.state, kept.expires_at) == ("error", T0 + 110)
+    for gone in ("due-expired", "lapsed-ttl-0", "lapsed-to-queue"):
+        assert backend.get(gone, T0 + 10) is None
+    assert backend.stats(T0 + 10).counts == {("error", "default"): 1}
+    assert backend.sweep(T0 + 10, lead(backend, T0 + 10)).expired == 0

@@ -1,7 +1,7 @@
 -- _common.lua: helpers shared by the job scripts. redis_support.py prepends this file to
--- put, fire_schedule, claim, renew, finish, cancel, sweep, release and stats, so Redis loads
--- (and caches by SHA) each of those as one text: this file followed by the script's own
--- (sweep and fire_schedule have _lease.lua in between).
+-- put, claim, renew, finish, cancel, sweep, release and stats, so Redis loads (and caches by
+-- SHA) each of those as one text: the script's '#!lua flags=' line, _checks.lua, this
+-- file, then the script's own text (sweep has _lease.lua in between).
 --
 -- The fixed keys of a queue, KEYS[1..6] in every job script, all under the queue's
 -- hash tag '{<queue>}' so that every script runs unchanged on Redis Cluster:
@@ -19,6 +19,8 @@
 --   prefix .. 'ready:' .. route  ZSET  member(seq, id) -> eta, for state queued
 --   prefix .. 'wake:' .. route   LIST  at most one token: "a job became ready here"
 --   prefix .. 'held:' .. owner   SET   ids of the running jobs that owner holds
+--   prefix .. 'quarantine'       ZSET  'j:<id>' or 'lease:<name>' -> when (TIME) a script
+--                                      set that malformed record aside (see below)
 -- A channel, not a key: PUBLISH prefix .. 'wake:scheduler' when the scheduler's next due
 -- time moves earlier (every scheduler subscribes, so a standby never swallows the
 -- leader's wake-up the way a popped list token would).
@@ -32,8 +34,27 @@
 -- Times cross as strings: Python's repr() in, '%.17g' out. Lua numbers are doubles, so
 -- tonumber() of such a string is exact and '%.17g' round-trips, while tostring() would
 -- round to 14 digits. Scores handed to ZADD are the strings themselves.
+--
+-- Read, check, then write. Redis does not roll a script back: a command that fails (a
+-- key of another type, a field that is not a number) or a Lua error leaves every write
+-- before it applied. So a script first reads and checks everything it will act on, and
+-- only records its writes (write, zadd_later, ... below); commit() then checks the type
+-- of every key they touch and the counts they change, and only then writes, when no
+-- command can fail any more. What a script finds wrong:
+--   * an index entry whose record is missing is stale: the entry is removed (leaving it
+--     would meet every later call) and no record is created;
+--   * a record that exists but is malformed (not a hash, an unknown state, a field that
+--     does not parse) is never written or deleted; when an index led the script to it,
+--     its id leaves that index for the quarantine set, so it blocks nothing (the head of
+--     a queue, sweep's 'more') and stays there to be counted (stats) and looked at;
+--   * an entry whose well-formed record is not in the state, route or place that index
+--     stands for is stale too, and removed; the record stays as it is;
+--   * a fixed key of the wrong type, or a count that is not an integer, is an error
+--     reply ('SQ_CORRUPT ...') before the first write.
+-- Each script returns what it skipped (name, reason, ...), which redis.py logs.
 
 local P, COUNTS, SCHEDULED, RUNNING, EXPIRY, SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local QUARANTINE = P .. 'quarantine'
 
 local function job_key(id) return P .. 'j:' .. id end
 local function ready_key(route) return P .. 'ready:' .. route end
@@ -46,53 +67,241 @@ local function plus(a, b) return fmt(tonumber(a) + tonumber(b)) end
 -- score sort by bytes, which this encoding makes the order of seq (put order) at any
 -- length; no zero padding, so short seqs cost no memory.
 local function member(seq, id) return string.char(48 + #seq) .. seq .. '|' .. id end
-local function member_id(m) return string.sub(m, string.byte(m) - 45) end
-local function member_seq(m) return tonumber(string.sub(m, 2, string.byte(m) - 47)) end
+-- A member's id and seq (a string), or nil for a member that is not one.
+local function parse_member(m)
+  local digits = (string.byte(m) or 0) - 48
+  if digits < 1 or digits > 19 or #m < digits + 3 then return nil end
+  local seq = string.sub(m, 2, 1 + digits)
+  if string.find(seq, '%D') or string.sub(m, 2 + digits, 2 + digits) ~= '|' then return nil end
+  return string.sub(m, 3 + digits), seq
+end
 
--- Count changes are summed per (state, route), and index additions grouped per key;
--- flush() writes both once at the end of the script (one ZADD per key, not per job).
-local deltas, additions = {}, {}
+-- -- checking what was read ------------------------------------------------------------
+
+local STATES = {
+  scheduled = true, queued = true, running = true, retrying = true,
+  complete = true, error = true, cancelled = true,
+}
+-- What each record field holds: redis_support.FIELDS, mirrored (a test compares them).
+-- name: non-empty text; count: an integer; number: a finite decimal number.
+local KIND = {
+  e = 'name', r = 'name', p = 'text', z = 'name', s = 'state', t = 'number', c = 'number',
+  q = 'count', a = 'count', d = 'count', m = 'count', o = 'text', l = 'number', b = 'number',
+  f = 'number', x = 'number', k = 'number', tm = 'number', rt = 'json', rs = 'text',
+  er = 'json', sc = 'text', pa = 'text',
+}
+-- Fields every record has (put writes them; redis_support.ALWAYS_STORED and seq).
+local REQUIRED = {e = true, r = true, p = true, s = true, t = true, q = true}
+
+local WHAT = {
+  name = 'empty', state = 'not a state', number = 'not a number', count = 'not an integer',
+  json = 'not JSON',
+}
+
+-- Why v cannot be field f of a record, or nil when it can.
+local function field_problem(f, v)
+  local kind = KIND[f]
+  if kind == 'text' then return nil
+  elseif kind == nil then return 'unknown field ' .. f
+  elseif kind == 'number' then if is_number(v) then return nil end
+  elseif kind == 'count' then if is_count(v) then return nil end
+  elseif kind == 'name' then if v ~= '' then return nil end
+  elseif kind == 'state' then if STATES[v] then return nil end
+  elseif is_json(v) then return nil
+  end
+  return 'field ' .. f .. ' is ' .. WHAT[kind]
+end
+
+local MISSING = 'missing'
+local known = {}  -- keys read as hashes (or absent): commit() need not check their type
+
+-- The fields `names` (the first one 's') of job id's record, checked: a table field ->
+-- value (absent fields left out), or nil and why: MISSING when there is no record.
+local function read_job(id, names)
+  local key = job_key(id)
+  local got = redis.pcall('HMGET', key, unpack(names))
+  if got.err then return nil, 'not a hash' end
+  if not got[1] and redis.call('EXISTS', key) == 0 then return nil, MISSING end
+  known[key] = true
+  local rec = {}
+  for i, f in ipairs(names) do
+    local v = got[i]
+    if v then
+      local problem = field_problem(f, v)
+      if problem then return nil, problem end
+      rec[f] = v
+    elseif REQUIRED[f] then
+      return nil, 'no field ' .. f
+    end
+  end
+  return rec
+end
+
+-- The whole record of job id, every field checked (claim hands it to Python, which
+-- decodes every field): a table field -> value, or nil and why (MISSING: no record).
+local function read_whole_job(id)
+  local key = job_key(id)
+  local got = redis.pcall('HGETALL', key)
+  if got.err then return nil, 'not a hash' end
+  if #got == 0 then return nil, MISSING end
+  known[key] = true
+  local rec = {}
+  for i = 1, #got, 2 do
+    local problem = field_problem(got[i], got[i + 1])
+    if problem then return nil, problem end
+    rec[got[i]] = got[i + 1]
+  end
+  for f in pairs(REQUIRED) do
+    if not rec[f] then return nil, 'no field ' .. f end
+  end
+  return rec
+end
+
+-- -- recorded writes ------------------------------------------------------------------
+
+-- Commands on hashes (and seq), in order; and member changes of sets and sorted sets,
+-- grouped per key (one ZADD per key, not per job), removals before additions. barrier()
+-- ends a stage: its member changes are made before any command recorded after it.
+local TYPE_OF = {HSET = 'hash', HDEL = 'hash', HINCRBY = 'hash', INCRBY = 'string'}
+local writes, needs = {}, {}
+local function new_stage() return {zrem = {}, srem = {}, zadd = {}, sadd = {}} end
+local stage = new_stage()
+
+local function need(key, kind)
+  if not known[key] then needs[key] = kind end
+end
+local function write(...)
+  local command = {...}
+  need(command[2], TYPE_OF[command[1]])
+  writes[#writes + 1] = command
+end
+local function group(name, kind, key)
+  local list = stage[name][key]
+  if not list then
+    need(key, kind)
+    list = {}
+    stage[name][key] = list
+  end
+  return list
+end
+local function zadd_later(key, score, m)
+  local list = group('zadd', 'zset', key)
+  list[#list + 1] = score
+  list[#list + 1] = m
+end
+local function zrem_later(key, m)
+  local list = group('zrem', 'zset', key)
+  list[#list + 1] = m
+end
+local function sadd_later(key, m)
+  local list = group('sadd', 'set', key)
+  list[#list + 1] = m
+end
+local function srem_later(key, m)
+  local list = group('srem', 'set', key)
+  list[#list + 1] = m
+end
+local function barrier()
+  writes[#writes + 1] = stage
+  stage = new_stage()
+end
+
+-- Count changes are summed per (state, route) and written once, at the end.
+local deltas = {}
 local function count(state, route, n)
   local field = state .. '|' .. route
   deltas[field] = (deltas[field] or 0) + n
 end
-local function add_later(key, score, m)
-  local list = additions[key]
-  if not list then list = {}; additions[key] = list end
-  list[#list + 1] = score
-  list[#list + 1] = m
-end
-local function flush()
-  for key, list in pairs(additions) do redis.call('ZADD', key, unpack(list)) end
-  for field, n in pairs(deltas) do
-    if n ~= 0 and redis.call('HINCRBY', COUNTS, field, n) <= 0 then
-      redis.call('HDEL', COUNTS, field)
-    end
-  end
-  deltas, additions = {}, {}
-end
 
 -- One token per route at most: it means "look", not "one job", and a worker's claim
--- passes it on while jobs remain.
-local woken = {}
+-- passes it on while jobs remain. A token is a hint, so a wake list of another type
+-- (whose BLPOP fails anyway) is passed over rather than failing the script.
+local woken, to_wake = {}, {}
 local function wake_key(key)
-  if redis.call('LLEN', key) == 0 then redis.call('RPUSH', key, '1') end
+  local length = redis.pcall('LLEN', key)
+  if length == 0 then redis.pcall('RPUSH', key, '1') end
 end
 local function wake(route)
   if not woken[route] then
     woken[route] = true
-    wake_key(P .. 'wake:' .. route)
+    to_wake[#to_wake + 1] = P .. 'wake:' .. route
   end
+end
+
+-- What a script skipped, returned to Python as name, reason, ... (name: the record's key
+-- under the prefix). Quarantined records are also listed in the quarantine set.
+local skipped = {}
+local function skip(name, reason)
+  skipped[#skipped + 1] = name
+  skipped[#skipped + 1] = reason
+end
+local clock
+local function quarantine(name, reason)
+  clock = clock or clock_text()
+  zadd_later(QUARANTINE, clock, name)
+  skip(name, reason)
+end
+-- What to do with the entry m of index key whose record, job id, read_job could not
+-- return (why): a missing record's entry is dropped, a malformed record quarantined.
+-- (A record set aside from two indexes in one call is named once.)
+local aside = {}
+local function set_aside(key, m, id, why, in_set)
+  if in_set then srem_later(key, m) else zrem_later(key, m) end
+  if aside[id] then return end
+  aside[id] = true
+  if why == MISSING then skip('j:' .. id, MISSING) else quarantine('j:' .. id, why) end
+end
+
+local function apply_stage(s)
+  for key, list in pairs(s.zrem) do redis.call('ZREM', key, unpack(list)) end
+  for key, list in pairs(s.srem) do redis.call('SREM', key, unpack(list)) end
+  for key, list in pairs(s.zadd) do redis.call('ZADD', key, unpack(list)) end
+  for key, list in pairs(s.sadd) do redis.call('SADD', key, unpack(list)) end
+end
+
+-- Write everything recorded, once nothing can fail: every key's type is checked and every
+-- count changed is an integer. Returns nil, or the error text having written nothing.
+local function commit()
+  for key, kind in pairs(needs) do
+    local problem = type_problem(key, kind)
+    if problem then return problem end
+  end
+  local fields = {}
+  for field, n in pairs(deltas) do
+    if n ~= 0 then fields[#fields + 1] = field end
+  end
+  if #fields > 0 then
+    local got = redis.pcall('HMGET', COUNTS, unpack(fields))
+    if got.err then return type_problem(COUNTS, 'hash') end
+    for i, v in ipairs(got) do
+      if v and not is_count(v) then
+        return 'SQ_CORRUPT ' .. COUNTS .. ' field ' .. fields[i] .. ' is not an integer; '
+          .. 'nothing was written'
+      end
+    end
+  end
+  for _, w in ipairs(writes) do
+    if w.zadd then apply_stage(w) else redis.call(unpack(w)) end
+  end
+  apply_stage(stage)
+  for _, field in ipairs(fields) do
+    if redis.call('HINCRBY', COUNTS, field, deltas[field]) <= 0 then
+      redis.call('HDEL', COUNTS, field)
+    end
+  end
+  for _, key in ipairs(to_wake) do wake_key(key) end
+  return nil
 end
 
 -- The scheduler sleeps until the earliest waiting eta or running lease end. A script
 -- calls due_at(t) before it adds time t to scheduled or running (the first call reads
--- the earliest time so far), and wake_scheduler() at the end, which publishes if some
--- t is earlier. Removals made before the first due_at only make that time later, so
--- they can cause a spare wake-up, never a missed one.
+-- the earliest time so far), and wake_scheduler() after commit(), which publishes if
+-- some t is earlier. Removals only make that time later, so they can cause a spare
+-- wake-up, never a missed one. (A key of another type reads as empty here: commit()
+-- refuses to write to it.)
 local function head_score(key)
-  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if head[2] then return tonumber(head[2]) end
+  local head = redis.pcall('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if not head.err and head[2] then return tonumber(head[2]) end
   return math.huge
 end
 local before, soonest = nil, math.huge
@@ -106,27 +315,29 @@ local function wake_scheduler()
   end
 end
 
+-- -- what verbs do to a checked record ---------------------------------------------------
+
 -- Take a record out of whichever index its state puts it in, and out of the counts.
 local function unlink(id, state, route, seq, owner)
   if state == 'scheduled' or state == 'retrying' then
-    redis.call('ZREM', SCHEDULED, member(seq, id))
+    zrem_later(SCHEDULED, member(seq, id))
   elseif state == 'queued' then
-    redis.call('ZREM', ready_key(route), member(seq, id))
+    zrem_later(ready_key(route), member(seq, id))
   elseif state == 'running' then
-    redis.call('ZREM', RUNNING, id)
-    if owner then redis.call('SREM', held_key(owner), id) end
+    zrem_later(RUNNING, id)
+    if owner then srem_later(held_key(owner), id) end
   end
-  redis.call('ZREM', EXPIRY, id)
+  zrem_later(EXPIRY, id)
   count(state, route, -1)
 end
 
--- Where a stored record waits, given its state (written by flush()).
+-- Where a stored record waits, given its state.
 local function index(id, state, route, seq, eta)
   if state == 'scheduled' or state == 'retrying' then
     due_at(tonumber(eta))
-    add_later(SCHEDULED, eta, member(seq, id))
+    zadd_later(SCHEDULED, eta, member(seq, id))
   elseif state == 'queued' then
-    add_later(ready_key(route), eta, member(seq, id))
+    zadd_later(ready_key(route), eta, member(seq, id))
     wake(route)
   end
   count(state, route, 1)
@@ -136,24 +347,25 @@ end
 -- index, its owner's held set (held: that key, or nil) and the running count; owner and
 -- lease cleared. The caller then gives it its new state.
 local function let_go(key, id, route, held)
-  redis.call('ZREM', RUNNING, id)
-  if held then redis.call('SREM', held, id) end
-  redis.call('HDEL', key, 'o', 'l')
+  zrem_later(RUNNING, id)
+  if held then srem_later(held, id) end
+  write('HDEL', key, 'o', 'l')
   count('running', route, -1)
 end
 
 -- Handed back unrun (a 'queued' outcome, a released job that never started): the
 -- delivery does not count, and the eta and seq keep its place at the head of its queue.
-local function hand_back(key, id, route, seq, eta)
-  redis.call('HSET', key, 's', 'queued')
-  redis.call('HINCRBY', key, 'd', -1)
+-- deliveries as stored (nil: 0).
+local function hand_back(key, id, route, seq, eta, deliveries)
+  write('HSET', key, 's', 'queued', 'd', string.format('%d', tonumber(deliveries or '0') - 1))
   index(id, 'queued', route, seq, eta)
 end
 
 -- A lost delivery (a lapsed lease, a worker known dead): back on the queue, or 'error'
 -- once max_deliveries deliveries were lost (rules.recover and lost_deliveries_error,
 -- field for field). deliveries and attempts as stored (nil: 0); max_deliveries and
--- result_ttl with the defaults already filled in. Returns the new state.
+-- result_ttl with the defaults already filled in; all of them checked. Returns the new
+-- state and, for 'error', when the record expires.
 local function recover(key, id, route, seq, eta, deliveries, attempts, max_deliveries, ttl, now)
   local lost = tonumber(deliveries or '0') - tonumber(attempts or '0')
   local most = tonumber(max_deliveries)
@@ -165,50 +377,67 @@ local function recover(key, id, route, seq, eta, deliveries, attempts, max_deliv
       reason = 'lost deliveries',
     })
     local expires = plus(now, ttl)
-    redis.call('HSET', key, 's', 'error', 'er', error_json, 'f', now, 'x', expires)
-    redis.call('ZADD', EXPIRY, expires, id)
+    write('HSET', key, 's', 'error', 'er', error_json, 'f', now, 'x', expires)
+    zadd_later(EXPIRY, expires, id)
     count('error', route, 1)
-    return 'error'
+    return 'error', expires
   end
-  redis.call('HSET', key, 's', 'queued')
+  write('HSET', key, 's', 'queued')
   index(id, 'queued', route, seq, eta)
   return 'queued'
 end
 
--- put's writes (put.lua, and fire_schedule.lua for a tick's jobs): store the `count` jobs
--- given in ARGV from position i on, each as: id, expires_at ('' for none), n, then n
--- strings: field, value, ... (the record without q), which begin with 's' state, 't' eta,
--- 'r' route. Python chose each state (scheduled / queued / retrying / cancelled) with its
--- own float comparison of eta and now. An id whose record exists and has not expired is
--- left untouched (0); an expired one that sweep has not deleted yet is replaced (1).
--- Returns one 1/0 per job; the caller then calls flush() and wake_scheduler().
-local function put_jobs(now, count, i)
-  local answers = {}
-  if count == 0 then return answers end
+
+-- put's reads, checks and staged writes (put.lua; fire_schedule.lua for a tick's jobs):
+-- the `jobs` jobs given in ARGV from position i on, each as: id, expires_at ('' for
+-- none), n, then n strings: field, value, ... (the record without q), which begin with
+-- 's' state, 't' eta, 'r' route. Python chose each state (scheduled / queued / retrying /
+-- cancelled) with its own float comparison of eta and now. An id whose record exists and
+-- has not expired is left untouched (0), as is a malformed one (named in skipped); an
+-- expired one that sweep has not deleted yet is replaced (1). Returns one 1/0 per job,
+-- or nil and the error to reply with, having staged nothing; the caller commits.
+local function put_jobs(now, jobs, i)
+  local seq_now = redis.pcall('GET', SEQ)
+  if type(seq_now) == 'table' or (seq_now and not is_count(seq_now)) then
+    return nil, 'SQ_CORRUPT ' .. SEQ .. ' is not an integer; nothing was written'
+  end
+  known[SEQ] = true
   -- One INCRBY reserves a seq for every job of the call (a refused job leaves a gap).
-  local first_seq = redis.call('INCRBY', SEQ, count) - count
-  for j = 1, count do
+  local first_seq = tonumber(seq_now or '0')
+  write('INCRBY', SEQ, jobs)
+  local answers, taken = {}, {}
+  for j = 1, jobs do
     local id, expires, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
     local state, eta, route = ARGV[i + 4], ARGV[i + 6], ARGV[i + 8]
     local key = job_key(id)
-    local old = nil
-    if redis.call('EXISTS', key) == 1 then old = redis.call('HMGET', key, 's', 'r', 'q', 'o', 'x') end
-    if old and not (old[5] and tonumber(old[5]) <= now) then
-      answers[j] = 0
-    else
-      if old then
-        unlink(id, old[1], old[2], old[3], old[4])
-        redis.call('DEL', key)
+    local free = not taken[id]
+    if free and redis.call('EXISTS', key) == 1 then
+      -- Only a record past its expiry is replaced, and only one that can be unlinked whole.
+      local old, why = read_job(id, {'s', 'x', 'r', 'q', 'o'})
+      if not old then
+        skip('j:' .. id, why)
+        free = false
+      elseif not (old.x and tonumber(old.x) <= now) then
+        free = false
+      else
+        unlink(id, old.s, old.r, old.q, old.o)
+        write('DEL', key)
       end
+    end
+    if free then
+      taken[id] = true
+      known[key] = true
       local seq = string.format('%d', first_seq + j)
-      redis.call('HSET', key, 'q', seq, unpack(ARGV, i + 3, i + 2 + n))
+      write('HSET', key, 'q', seq, unpack(ARGV, i + 3, i + 2 + n))
       index(id, state, route, seq, eta)
       if expires ~= '' then
-        redis.call('ZADD', EXPIRY, expires, id)
+        zadd_later(EXPIRY, expires, id)
       elseif state == 'cancelled' then
-        redis.call('ZADD', EXPIRY, '+inf', id)
+        zadd_later(EXPIRY, '+inf', id)
       end
       answers[j] = 1
+    else
+      answers[j] = 0
     end
     i = i + 3 + n
   end

@@ -1,28 +1,36 @@
+#!lua flags=allow-oom
 -- cancel.lua: cancel jobs that have not started (Backend.cancel).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id> and ready:<route> are built from the prefix)
 -- ARGV[1] now  [2] error JSON {"reason": ...}  [3] the JobRecord default result_ttl
 -- ARGV[4..]   job ids
 -- Touches     j:<id>, scheduled or ready:<route>, expiry, counts.
--- Returns     one 1/0 per id: 1 where the job was scheduled, queued or retrying.
+-- Returns     {one 1/0 per id, skipped}: 1 where the job was scheduled, queued or retrying
+--             and its record well-formed (a malformed one is left as it is and named in
+--             skipped); or the error 'SQ_CORRUPT ...' having written nothing.
 
 local now, reason, default_ttl = ARGV[1], ARGV[2], ARGV[3]
-local answers = {}
+local answers, done = {}, {}
 for k = 4, #ARGV do
   local id = ARGV[k]
-  local key = job_key(id)
-  local rec = redis.call('HMGET', key, 's', 'r', 'q', 'k')
-  local state = rec[1]
+  local rec, why = nil, nil
+  if not done[id] then  -- an id given twice is cancelled once
+    rec, why = read_job(id, {'s', 'r', 'q', 'k'})
+  end
+  local state = rec and rec.s
   if state == 'scheduled' or state == 'retrying' or state == 'queued' then
-    unlink(id, state, rec[2], rec[3], nil)
-    local expires = plus(now, rec[4] or default_ttl)
-    redis.call('HSET', key, 's', 'cancelled', 'er', reason, 'f', now, 'x', expires)
-    redis.call('ZADD', EXPIRY, expires, id)
-    count('cancelled', rec[2], 1)
+    done[id] = true
+    unlink(id, state, rec.r, rec.q, nil)
+    local expires = plus(now, rec.k or default_ttl)
+    write('HSET', job_key(id), 's', 'cancelled', 'er', reason, 'f', now, 'x', expires)
+    zadd_later(EXPIRY, expires, id)
+    count('cancelled', rec.r, 1)
     answers[#answers + 1] = 1
   else
+    if why and why ~= MISSING then skip('j:' .. id, why) end
     answers[#answers + 1] = 0
   end
 end
-flush()
-return answers
+local problem = commit()
+if problem then return redis.error_reply(problem) end
+return {answers, skipped}

@@ -1,3 +1,4 @@
+#!lua flags=
 -- finish.lua: record the outcomes of jobs an owner holds (Backend.finish).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
 --             j:<id> and ready:<route> are built from the prefix)
@@ -10,43 +11,55 @@
 -- Touches     j:<id>, running, held:<owner>, then by outcome: expiry (complete, error),
 --             scheduled (retrying), ready:<route> + wake:<route> (queued); counts;
 --             PUBLISH wake:scheduler when a retry eta is the new earliest.
--- Returns     one 1/0 per outcome: 0 unless the job is running and held by owner.
+-- Returns     {one 1/0 per outcome, skipped}: 0 unless the job is running and held by
+--             owner, and its record well-formed (a malformed one is left as it is and
+--             named in skipped; sweep sets it aside once its lease lapses); or the error
+--             'SQ_CORRUPT ...' having written nothing.
 
 local owner, now, default_ttl = ARGV[1], ARGV[2], ARGV[3]
-local answers = {}
+local answers, done = {}, {}
 local i = 5
 for j = 1, tonumber(ARGV[4]) do
   local id, state, eta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = job_key(id)
-  local rec = redis.call('HMGET', key, 's', 'o', 'r', 'q', 't', 'k')
-  if rec[1] ~= 'running' or rec[2] ~= owner then
+  local rec, why = nil, nil
+  if not done[id] then  -- a second outcome for a job finished in this call finds it done
+    rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'k', 'a', 'd'})
+  end
+  if not rec or rec.s ~= 'running' or rec.o ~= owner then
+    if why and why ~= MISSING then skip('j:' .. id, why) end
     answers[j] = 0
   else
-    local route, seq = rec[3], rec[4]
+    done[id] = true
+    local route, seq = rec.r, rec.q
     let_go(key, id, route, KEYS[7])
     if state == 'queued' then
-      hand_back(key, id, route, seq, rec[5])
+      hand_back(key, id, route, seq, rec.t, rec.d)
     else
-      redis.call('HINCRBY', key, 'a', 1)
-      if ARGV[i + 7] ~= '' then redis.call('HSET', key, 'b', ARGV[i + 7]) end
+      local fields = {'a', string.format('%d', tonumber(rec.a or '0') + 1)}
       if ARGV[i + 5] == '1' then
-        redis.call('HSET', key, 'er', ARGV[i + 6])
+        fields[3], fields[4] = 'er', ARGV[i + 6]
       else
-        redis.call('HDEL', key, 'er')
+        write('HDEL', key, 'er')
+      end
+      if ARGV[i + 7] ~= '' then
+        fields[#fields + 1] = 'b'
+        fields[#fields + 1] = ARGV[i + 7]
       end
       if state == 'retrying' then
         if eta == '' then eta = now end
-        redis.call('HSET', key, 's', 'retrying', 't', eta)
+        write('HSET', key, 's', 'retrying', 't', eta, unpack(fields))
         index(id, 'retrying', route, seq, eta)
       else
         if ARGV[i + 3] == '1' then
-          redis.call('HSET', key, 'rs', ARGV[i + 4])
+          fields[#fields + 1] = 'rs'
+          fields[#fields + 1] = ARGV[i + 4]
         else
-          redis.call('HDEL', key, 'rs')
+          write('HDEL', key, 'rs')
         end
-        local expires = plus(now, rec[6] or default_ttl)
-        redis.call('HSET', key, 's', state, 'f', now, 'x', expires)
-        redis.call('ZADD', EXPIRY, expires, id)
+        local expires = plus(now, rec.k or default_ttl)
+        write('HSET', key, 's', state, 'f', now, 'x', expires, unpack(fields))
+        zadd_later(EXPIRY, expires, id)
         count(state, route, 1)
       end
     end
@@ -54,6 +67,7 @@ for j = 1, tonumber(ARGV[4]) do
   end
   i = i + 8
 end
-flush()
+local problem = commit()
+if problem then return redis.error_reply(problem) end
 wake_scheduler()
-return answers
+return {answers, skipped}

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- remove_schedule.lua: delete a stored schedule (Backend.remove_schedule).
 -- KEYS[1]  schedules  HASH  name -> JSON
 -- ARGV[1]  name

@@ -1,3 +1,4 @@
+#!lua flags=
 -- save_schedule.lua: insert or replace a stored schedule (Backend.save_schedule).
 -- KEYS[1]  schedules  HASH  name -> JSON {spec, template, next_fire, updated_at}
 -- KEYS[2]  schedrev   HASH  name -> revision (kept when a schedule is removed, so a name
@@ -18,11 +19,19 @@
 if #KEYS == 3 and not fence_holds(KEYS[3], ARGV[4], ARGV[5], tonumber(ARGV[3])) then
   return redis.error_reply('SQ_LEASE_LOST the fence is not the current holder of its lease')
 end
+-- Both writes below can only fail on what is read here: checked first, so neither
+-- happens without the other.
+local stored = redis.pcall('HEXISTS', KEYS[1], ARGV[1])
+if type(stored) == 'table' then return redis.error_reply(type_problem(KEYS[1], 'hash')) end
+local revision = redis.pcall('HGET', KEYS[2], ARGV[1])
+if type(revision) == 'table' then return redis.error_reply(type_problem(KEYS[2], 'hash')) end
+if revision and not is_count(revision) then
+  return redis.error_reply('SQ_CORRUPT ' .. KEYS[2] .. ' field ' .. ARGV[1]
+    .. ' is not an integer; nothing was written')
+end
 if ARGV[7] ~= '' then
   local seen = 0
-  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-    seen = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-  end
+  if stored == 1 then seen = tonumber(revision or '0') end
   if seen ~= tonumber(ARGV[7]) then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
