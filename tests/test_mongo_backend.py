@@ -8,9 +8,7 @@ started by the fixtures, or SKUNKQUEUE_TEST_MONGO_URL).
 from __future__ import annotations
 
 import importlib
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from skunkqueue.persistence.mongodb import INDEXES, JOBS, POLL_MAX, MongoBackend
 
 from .contract.support import T0, job
 from .drivers import require
+from .proxies import FreezingProxy
 from .servers import MongoServer, free_port
 
 pymongo = require("pymongo")
@@ -219,45 +218,6 @@ def test_malformed_url_is_a_configuration_error():
 def test_queue_names_with_the_id_separator_are_refused(mongo_server):
     with pytest.raises(ConfigurationError):
         open_backend(mongo_server.url, "bad\x1fname")
-
-
-class FreezingProxy:
-    """A TCP proxy to the server that can stop passing bytes while keeping every
-    connection open: what a half-open connection looks like to the client."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = ("127.0.0.1", upstream_port)
-        self.frozen = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if not self.frozen.is_set():  # frozen: swallowed, the connection stays open
-                sink.sendall(data)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
 
 
 def test_a_half_open_connection_fails_a_call_within_the_socket_timeout(mongo_server, opened):
