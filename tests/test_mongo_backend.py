@@ -27,6 +27,7 @@ from .contract.support import T0, job
 from .drivers import require
 from .proxies import FreezingProxy
 from .servers import MongoServer, free_port
+from .waiting import timed_wait
 
 pymongo = require("pymongo")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -87,6 +88,18 @@ def test_polling_finds_a_new_job_within_its_longest_interval(opened, standalone_
     assert POLL_MAX * 0.9 <= took <= POLL_MAX + 0.3, took
     assert poller._idle_polls == 0  # work found: the next wait polls quickly again
     assert [j.id for j in poller.claim(["default"], "w", time.time(), 30)] == ["polled"]
+
+
+def test_a_wait_of_a_backend_with_a_call_timeout_lasts_as_long_as_asked(standalone_url):
+    """The call bound spans each of a wait's polls, not the wait: a poll after it would
+    otherwise fail with a timeout."""
+    backend = open_backend(standalone_url, f"mt-{uuid.uuid4().hex[:10]}", call_timeout=0.2)
+    try:
+        backend._idle_polls = 0  # polls every 10 ms at first, each a query
+        took = timed_wait(backend, 0.6, ["nothing-here"])()
+    finally:
+        backend.close()
+    assert 0.55 <= took < DEADLINE, took
 
 
 # -- indexes and query plans ------------------------------------------------------------

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError
 from ..model import JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, bounded_wait
 from .rules import (
     MAX_BATCH,
     apply_outcome,
@@ -40,6 +40,10 @@ from .rules import (
 )
 
 default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
+
+#: Seconds a call waits for another connection's write lock before it fails (``database is
+#: locked``, ``BackendUnavailable``); a backend opened with a ``call_timeout`` waits less.
+BUSY_TIMEOUT = 30.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sq_jobs (
@@ -224,22 +228,23 @@ class SQLiteBackend(Backend):
     put_unit = "the whole call"
     unreachable = (sqlite3.OperationalError,)  # locked past the busy timeout, I/O, unopenable
 
-    def __init__(self, url: str, queue: str) -> None:
-        super().__init__(url, queue)
+    def __init__(self, url: str, queue: str, *, call_timeout: float | None = None) -> None:
+        super().__init__(url, queue, call_timeout=call_timeout)
         path, options = _path_from_url(url)
         synchronous = options.get("synchronous", ["NORMAL"])[0].upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(f"sqlite synchronous={synchronous!r} is not a SQLite setting")
         self.shared_across_processes = path != ":memory:"
         self._lock = threading.RLock()
+        busy = bounded_wait(BUSY_TIMEOUT, self.call_timeout)
         with _opening:
             try:
                 self._db = sqlite3.connect(
-                    path, timeout=30.0, isolation_level=None, check_same_thread=False
+                    path, timeout=busy, isolation_level=None, check_same_thread=False
                 )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous}")
-                self._db.execute("PRAGMA busy_timeout=30000")
+                self._db.execute(f"PRAGMA busy_timeout={max(1, round(busy * 1000))}")
                 self._create_schema()
             except sqlite3.Error as exc:
                 raise BackendUnavailable(
