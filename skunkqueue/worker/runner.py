@@ -36,6 +36,7 @@ from ..persistence import open_backend
 from ..persistence.base import WORKER_LEASE_PREFIX
 from ..registry import lookup_event
 from .execute import JobCall, describe_error, in_main_thread
+from .leases import heartbeat_call_timeout
 
 log = logging.getLogger("skunkqueue.worker")
 
@@ -466,7 +467,13 @@ class Worker:
                     # A store that is down when the worker starts (or restarts) must not
                     # end this thread: without it leases lapse and jobs run twice.
                     try:
-                        backend = open_backend(self.config.url, self.config.name)
+                        # Each of its calls gives up well inside a lease: one stuck on a
+                        # frozen store must not outlast the leases it is renewing.
+                        backend = open_backend(
+                            self.config.url,
+                            self.config.name,
+                            call_timeout=heartbeat_call_timeout(self.config.lease),
+                        )
                     except Exception:
                         log.warning(
                             "worker %s: opening the heartbeat's connection failed; retrying",
