@@ -109,7 +109,7 @@ def test_sqlite_waits_for_a_held_write_lock_no_longer_than_the_bound(opened, tmp
     assert backend.renew("w", T0 + 2, 30, ["held"]) == {"held"}  # the lock is free again
 
 
-# -- Redis: socket timeouts, one attempt --------------------------------------------------
+# -- Redis: socket timeouts, no resend after a timeout -----------------------------------
 
 
 @pytest.fixture
@@ -143,6 +143,7 @@ def test_redis_takes_the_smaller_of_its_timeouts_and_the_bound(
 ) -> None:
     from skunkqueue.persistence.redis_support import CONNECT_TIMEOUT, SOCKET_TIMEOUT
 
+    redis = require("redis")
     backend = opened(redis_server.url + query, call_timeout=bound)
     settings = backend._client.connection_pool.connection_kwargs
     if expected is None:
@@ -150,7 +151,23 @@ def test_redis_takes_the_smaller_of_its_timeouts_and_the_bound(
     elif not isinstance(expected, tuple):
         expected = (expected, expected)
     assert (settings["socket_timeout"], settings["socket_connect_timeout"]) == expected
-    assert settings["retry"].get_retries() == 0  # one attempt: a retry would wait again
+    # A command that timed out is not retried (it would wait again); a dropped one is.
+    retry = settings["retry"]
+    assert retry.get_retries() == 1 and retry._supported_errors == (redis.ConnectionError,)
+
+
+def test_redis_a_bounded_call_is_resent_after_a_dropped_connection(opened, redis_server) -> None:
+    """A connection closed while idle (a restart, a proxy's idle timeout) costs no failed
+    call: only a call that waited in vain is not resent."""
+    redis = require("redis")
+    backend = opened(redis_server.url, call_timeout=BOUND)
+    holding_one_job(backend)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        assert admin.client_kill_filter(_type="normal", skipme=True) > 0
+    finally:
+        admin.close()
+    assert backend.renew("w", T0 + 1, 30, ["held"]) == {"held"}
 
 
 def test_a_bounded_backend_works_on_a_redis_cluster(opened, redis_cluster) -> None:

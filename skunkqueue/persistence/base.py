@@ -75,8 +75,8 @@ class Backend(ABC):
     something else, such as a worker's heartbeat, whose renewals are worth nothing once
     the lease they renew has lapsed. Each backend maps it to its own setting, and takes
     the smaller where the URL or its default sets that lower (``bounded_wait``): Redis,
-    the socket's connect and reply timeouts, with one attempt per call (no resend on a new
-    connection, which would wait again); MongoDB, pymongo's client-side operation timeout
+    the socket's connect and reply timeouts, and no resend of a call that timed out (it
+    would wait again; one that met a closed connection is resent once); MongoDB, pymongo's client-side operation timeout
     around the whole call (its queries, retries and server selection included; the smaller
     of it, the URL's ``timeoutMS`` and the socket timeout); FoundationDB, each
     transaction's ``timeout`` option (its retries included); SQLite, the busy timeout (how

@@ -136,7 +136,7 @@ class RedisBackend(Backend):
         self._lane = (
             None
             if hasattr(self._client, "get_node_from_key")
-            else ScriptLane(self._client, resend=self.call_timeout is None)
+            else ScriptLane(self._client, resend_after_timeout=self.call_timeout is None)
         )
         self._listeners: dict[tuple[str, ...] | None, RouteListener | SchedulerListener] = {}
         self._listeners_lock = threading.Lock()

@@ -204,14 +204,15 @@ class ScriptLane:
 
     A call that fails on the connection is sent once more on a new one, as redis-py's own
     default retry does: our scripts are safe to repeat (put by id, claim and finish by
-    owner); only a second failure reaches the caller. With ``resend=False`` (a backend
-    with a ``call_timeout``) the first failure does. Anything else raised while replies
+    owner); only a second failure reaches the caller. With ``resend_after_timeout=False``
+    (a backend with a ``call_timeout``) a call whose reply did not come in time is not
+    sent again: it would wait on the store a second time. Anything else raised while replies
     are still unread (a KeyboardInterrupt from a signal handler between two sends or two
     reads, a later chunk that cannot be encoded) discards the connection: kept, it would
     hand the next call the replies meant for this one.
     """
 
-    def __init__(self, client: Redis, *, resend: bool = True) -> None:
+    def __init__(self, client: Redis, *, resend_after_timeout: bool = True) -> None:
         import redis
 
         try:
@@ -221,12 +222,12 @@ class ScriptLane:
         except ImportError:  # redis-py's pure-Python packer, through a connection
             self._pack = self._pack_with_redis_py
         self._client = client
-        # A bounded backend's call makes one attempt: a resend would wait on the store again.
-        self._resends = 1 if resend else 0
+        self._resend_after_timeout = resend_after_timeout
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = 0
         self._lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._timed_out = redis.exceptions.TimeoutError
         self._error_reply = redis.exceptions.ResponseError
         self._no_script = redis.exceptions.NoScriptError
 
@@ -259,10 +260,11 @@ class ScriptLane:
                 try:
                     self._send(conn, pending, sent)
                     replies, error = self._replies(conn, len(sent))
-                except self._lost:
+                except self._lost as exc:
                     conn.disconnect()
                     lost += 1
-                    if lost > self._resends:
+                    waited = isinstance(exc, self._timed_out)
+                    if lost > 1 or (waited and not self._resend_after_timeout):
                         raise
                 except BaseException:
                     self._discard(conn)
@@ -313,9 +315,10 @@ def connect(url: str, call_timeout: float | None = None) -> Redis | RedisCluster
     rediss+cluster:// (a Redis Cluster reached through the listed host:port seeds).
 
     With ``call_timeout``, no socket wait (connecting, a reply) lasts longer than it, the
-    URL's own timeouts included, and a command is not retried: a call on a store that
-    stops answering fails within ``call_timeout`` on an open connection, or on one that
-    cannot be made."""
+    URL's own timeouts included, and a command that timed out is not sent again (one
+    that met a closed connection is, once, on a new one): a call on a store that stops
+    answering fails within ``call_timeout`` on an open connection, or on one that cannot
+    be made."""
     import redis
     from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode, RedisCluster
@@ -328,7 +331,7 @@ def connect(url: str, call_timeout: float | None = None) -> Redis | RedisCluster
         "socket_timeout": bounded_wait(SOCKET_TIMEOUT, call_timeout),
     }
     if call_timeout is not None:
-        options["retry"] = Retry(NoBackoff(), 0)
+        options["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
         url = _timeouts_at_most(url, call_timeout)  # redis-py lets the URL's win
     parts = urlsplit(url)
     if not scheme.endswith("+cluster"):
