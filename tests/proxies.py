@@ -12,13 +12,15 @@ class FreezingProxy:
     """Listens on a free loopback port (``port``) and passes bytes both ways between each
     client and a new connection to ``127.0.0.1:upstream_port``, until ``frozen`` is set:
     then what either side sends is swallowed (never delivered later), and connections stay
-    open. ``swallowed`` counts the bytes clients sent while frozen, so a test can wait
-    until a call is stuck rather than sleep."""
+    open. ``swallowed`` counts the bytes clients sent while frozen and ``accepted`` the
+    connections made through it, so a test can wait until a call is stuck, or a client
+    has tried again, rather than sleep."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.frozen = threading.Event()
         self.swallowed = 0
+        self.accepted = 0
         self._lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -46,6 +48,7 @@ class FreezingProxy:
                 continue
             with self._lock:
                 self.sockets += [client, server]
+                self.accepted += 1
             threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
 

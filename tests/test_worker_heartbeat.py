@@ -155,3 +155,99 @@ def test_a_renewal_stuck_on_a_frozen_store_gives_up_in_time_to_renew_the_lease(
         release.set()
         assert run.wait(timeout=WAIT) == "held"
     assert (run.attempts, run.deliveries) == (1, 1)
+    assert not logged(caplog, PAUSED)  # a lease renewed in time never stopped the worker
+
+
+# -- (b, c) no new work while renewals fail, and back to work after --------------------------
+
+
+def test_a_worker_whose_renewals_fail_starts_no_job_and_claims_none_until_they_go_through(
+    queue: SkunkQueue,
+    heartbeat_via: FreezingProxy,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the heartbeat loses the store; the worker's own connection still works, so
+    nothing but the stale leases can stop it."""
+    caplog.set_level(logging.INFO, logger="skunkqueue.worker")
+    # The batch stays with the worker while its first job runs (no early hand-back).
+    monkeypatch.setattr(runner, "HAND_BACK_AFTER", 60.0)
+    lease = 1.5  # beats every 0.5 s; a job may start within 1 s of the last renewal
+    ran: list[int] = []
+
+    @queue.event(routes=["foo"])
+    def step(i: int) -> int:
+        ran.append(i)
+        if i == 0:
+            heartbeat_via.freeze()
+            time.sleep(lease)  # pause: a job body that outlasts 2/3 of the lease unrenewed
+        return i
+
+    handles = step.fire_many([(i,) for i in range(6)])
+    with worker_thread(queue, lease=lease):
+        # One claim took all six. After job 0 the leases are stale: the rest of the batch
+        # goes back to the route unrun, through the worker's own connection.
+        wait_until(
+            lambda: (
+                handles[0].state == "complete" and all(h.state == "queued" for h in handles[1:])
+            ),
+            what="job 0 done and the rest of its batch handed back unrun",
+        )
+        assert ran == [0]
+        # While renewals keep failing it claims nothing: watch the heartbeat try twice more.
+        tries = heartbeat_via.accepted
+        wait_until(lambda: heartbeat_via.accepted >= tries + 2, what="two more renewal tries")
+        assert ran == [0]
+        assert all(h.state == "queued" for h in handles[1:])
+
+        heartbeat_via.thaw()
+        assert [h.wait(timeout=WAIT) for h in handles] == list(range(6))
+    assert sorted(ran) == list(range(6))
+    assert [h.deliveries for h in handles] == [1] * 6  # handed back unrun: not counted
+    [paused] = logged(caplog, PAUSED)  # once, however often it looked
+    assert paused.levelno == logging.WARNING
+    [resumed] = logged(caplog, RESUMED)
+    assert resumed.levelno == logging.INFO and resumed.created > paused.created
+
+
+def test_a_worker_cut_off_from_its_store_mid_batch_leaves_the_rest_to_the_leader(
+    queue: SkunkQueue,
+    proxy: FreezingProxy,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker A reaches Redis only through the proxy, which freezes while A runs the first
+    job of its batch. A cannot hand the rest back, so it leaves it: the leader finds the
+    leases lapsed and worker B runs every job, each of the rest exactly once. The job A
+    was running when its leases lapsed is run again by B: A could not be stopped, and its
+    outcome is refused when the store answers again."""
+    caplog.set_level(logging.INFO, logger="skunkqueue.worker")
+    monkeypatch.setattr(runner, "HAND_BACK_AFTER", 60.0)
+    lease = 1.5
+    runs: list[tuple[str, int]] = []
+    a_started = threading.Event()
+
+    @queue.event(routes=["foo"])
+    def step(i: int) -> int:
+        runs.append((threading.current_thread().name, i))
+        if i == 0 and not a_started.is_set():
+            a_started.set()
+            proxy.freeze()
+            time.sleep(lease * 0.8)  # pause: a job body that outlasts 2/3 of the lease unrenewed
+        return i
+
+    # A's own calls give up after 2 s (the heartbeat's after 0.5 s), so it stops in time.
+    via_proxy = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2"
+    handles = step.fire_many([(i,) for i in range(6)])
+    with worker_thread(queue, url=via_proxy, join=3 * WAIT, lease=lease) as a:
+        assert a_started.wait(WAIT)
+        with scheduler_thread(queue), worker_thread(queue, lease=lease) as b:
+            done = [h.wait(timeout=3 * WAIT) for h in handles]
+            proxy.thaw()
+    assert done == list(range(6))
+    by_a = [i for name, i in runs if name == f"worker-{a.id}"]
+    by_b = sorted(i for name, i in runs if name == f"worker-{b.id}")
+    assert by_a == [0]
+    assert by_b == list(range(6))
+    assert handles[0].deliveries == 2  # A's delivery was lost with its lease
+    assert logged(caplog, PAUSED)
