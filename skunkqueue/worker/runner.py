@@ -532,8 +532,8 @@ class Worker:
         # written): a claim whose reply was lost to a dropped connection must lapse and be
         # redelivered, not be kept alive forever by a worker that never saw it.
         with self._lock:
-            mine = set(self._held) | {o.job_id for o in self._pending}
             beat = self._leases.beat_began()
+            mine = set(self._held) | {o.job_id for o in self._pending}
         now = time.time()
         held = backend.renew(self.id, now, self.config.lease, sorted(mine)) if mine else set()
         with self._lock:
