@@ -132,8 +132,8 @@ def inject(
     plan = FaultPlan(list(faults), record_to)
     real_open = persistence.open_backend
 
-    def open_faulty(url: str, queue: str) -> Any:
-        return FaultyBackend(real_open(url, queue), plan)
+    def open_faulty(url: str, queue: str, **options: Any) -> Any:
+        return FaultyBackend(real_open(url, queue, **options), plan)
 
     for module in OPENERS:
         monkeypatch.setattr(module, "open_backend", open_faulty)

@@ -233,8 +233,8 @@ def test_an_outcome_the_store_refuses_for_good_becomes_an_error(
 
     real_open = runner.open_backend
 
-    def open_refusing(url: str, name: str) -> Any:
-        backend = real_open(url, name)
+    def open_refusing(url: str, name: str, **options: Any) -> Any:
+        backend = real_open(url, name, **options)
         finish = backend.finish
 
         def refuse(outcomes: Any, owner: str, now: float) -> Any:
@@ -306,11 +306,11 @@ def test_the_heartbeat_survives_a_store_it_cannot_reach_at_first(
     real_open = runner.open_backend
     refused: list[str] = []
 
-    def down_for_the_heartbeat(url: str, name: str) -> Any:
+    def down_for_the_heartbeat(url: str, name: str, **options: Any) -> Any:
         if threading.current_thread().name.startswith("heartbeat") and not refused:
             refused.append(name)
             raise ConnectionError("store unreachable")
-        return real_open(url, name)
+        return real_open(url, name, **options)
 
     monkeypatch.setattr(runner, "open_backend", down_for_the_heartbeat)
     executions = Executions()

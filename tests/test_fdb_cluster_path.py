@@ -308,6 +308,26 @@ def test_the_default_limits_and_the_default_cluster_file(stand_in_binding) -> No
 
 
 @pytest.mark.parametrize(
+    "url, call_timeout, milliseconds",
+    [
+        ("fdb://?timeout=20", 1.5, 1500),  # the bound, below the URL's timeout
+        ("fdb://?timeout=1", 1.5, 1000),  # the URL's, below the bound
+        ("fdb://", 60.0, round(fdb_backend.TIMEOUT * 1000)),  # never above the default
+        ("fdb://", None, round(fdb_backend.TIMEOUT * 1000)),
+    ],
+)
+def test_a_call_timeout_lowers_every_transactions_timeout_and_never_raises_it(
+    stand_in_binding, url: str, call_timeout: float | None, milliseconds: int
+) -> None:
+    backend = FoundationDBBackend(url, "q", call_timeout=call_timeout)
+    backend.put([job("a")], T0)
+    assert [r.id for r in backend.claim(["default"], "w", T0, 30)] == ["a"]
+    assert backend.renew("w", T0 + 1, 30, ["a"]) == {"a"}
+    timeouts = {tr.options.set["timeout"] for tr in stand_in_binding.db.transactions}
+    assert timeouts == {milliseconds}
+
+
+@pytest.mark.parametrize(
     "url, message",
     [
         ("fdb://?timeout=soon", "could not convert"),

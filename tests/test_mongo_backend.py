@@ -8,9 +8,7 @@ started by the fixtures, or SKUNKQUEUE_TEST_MONGO_URL).
 from __future__ import annotations
 
 import importlib
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +27,9 @@ from skunkqueue.persistence.mongodb import INDEXES, JOBS, POLL_MAX, MongoBackend
 
 from .contract.support import T0, job
 from .drivers import require
+from .proxies import FreezingProxy
 from .servers import MongoServer, free_port
+from .waiting import timed_wait
 
 pymongo = require("pymongo")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -88,6 +88,18 @@ def test_polling_finds_a_new_job_within_its_longest_interval(opened, standalone_
     assert POLL_MAX * 0.9 <= took <= POLL_MAX + 0.3, took
     assert poller._idle_polls == 0  # work found: the next wait polls quickly again
     assert [j.id for j in poller.claim(["default"], "w", time.time(), 30)] == ["polled"]
+
+
+def test_a_wait_of_a_backend_with_a_call_timeout_lasts_as_long_as_asked(standalone_url):
+    """The call bound spans each of a wait's polls, not the wait: a poll after it would
+    otherwise fail with a timeout."""
+    backend = open_backend(standalone_url, f"mt-{uuid.uuid4().hex[:10]}", call_timeout=0.2)
+    try:
+        backend._idle_polls = 0  # polls every 10 ms at first, each a query
+        took = timed_wait(backend, 0.6, ["nothing-here"])()
+    finally:
+        backend.close()
+    assert 0.55 <= took < DEADLINE, took
 
 
 # -- indexes and query plans ------------------------------------------------------------
@@ -333,45 +345,6 @@ def test_malformed_url_is_a_configuration_error():
 def test_queue_names_with_the_id_separator_are_refused(mongo_server):
     with pytest.raises(ConfigurationError):
         open_backend(mongo_server.url, "bad\x1fname")
-
-
-class FreezingProxy:
-    """A TCP proxy to the server that can stop passing bytes while keeping every
-    connection open: what a half-open connection looks like to the client."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = ("127.0.0.1", upstream_port)
-        self.frozen = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if not self.frozen.is_set():  # frozen: swallowed, the connection stays open
-                sink.sendall(data)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
 
 
 def test_a_half_open_connection_fails_a_call_within_the_socket_timeout(mongo_server, opened):

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from ..config import redact
 from ..errors import ConfigurationError
-from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, checked_call_timeout
 
 BACKENDS = {
     "memory": ("skunkqueue.persistence.memory", "MemoryBackend"),
@@ -31,8 +31,15 @@ BACKENDS = {
 }
 
 
-def open_backend(url: str, queue: str) -> Backend:
-    """Open the backend that ``url`` names, for queue ``queue``."""
+def open_backend(url: str, queue: str, *, call_timeout: float | None = None) -> Backend:
+    """Open the backend that ``url`` names, for queue ``queue``.
+
+    ``call_timeout``: the longest, in seconds, that one call may wait on a store that stops
+    answering before it raises ``BackendUnavailable`` (``Backend`` says how each store
+    applies it); it only ever lowers the URL's or the store's own timeouts. ``None``: those
+    timeouts alone.
+    """
+    call_timeout = checked_call_timeout(call_timeout)  # before any driver is imported
     if not isinstance(url, str):
         raise ConfigurationError(f"backend URL must be a string, not {url!r}")
     try:
@@ -46,7 +53,7 @@ def open_backend(url: str, queue: str) -> Backend:
         )
     module_name, class_name = BACKENDS[scheme]
     backend_class = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(url, queue)
+    return backend_class(url, queue, call_timeout=call_timeout)
 
 
 __all__ = ["Backend", "Fence", "Lease", "SweepReport", "ScheduleRecord", "Stats", "open_backend"]

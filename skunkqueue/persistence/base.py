@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ..checks import seconds
 from ..config import redact
 from ..errors import BackendUnavailable
 from ..model import (
@@ -42,7 +43,20 @@ __all__ = [
     "ScheduleRecord",
     "Stats",
     "SweepReport",
+    "bounded_wait",
+    "checked_call_timeout",
 ]
+
+
+def checked_call_timeout(call_timeout: Any) -> float | None:
+    """``call_timeout`` as given to ``open_backend``: ``None``, or positive finite seconds."""
+    return None if call_timeout is None else seconds("call_timeout", call_timeout)
+
+
+def bounded_wait(configured: float, call_timeout: float | None) -> float:
+    """How long a backend lets one wait on its store last: its own setting (the URL's, or
+    its default), lowered to ``call_timeout`` when the caller gave one, never raised by it."""
+    return configured if call_timeout is None else min(configured, call_timeout)
 
 
 class Backend(ABC):
@@ -54,6 +68,21 @@ class Backend(ABC):
     errors (``unreachable``) as ``BackendUnavailable``. A backend implements the
     underscored verbs (``_put``, ``_claim``, ...), each atomically as its docstring here
     says, deciding what happens to a record by the rule book in ``rules.py``.
+
+    Bounded calls. ``call_timeout`` (seconds; ``None``, the default, leaves the store's
+    own timeouts) is the longest one call may wait on a store that stops answering (a
+    half-open connection, a frozen server, a lock nobody releases): past it the call
+    raises ``BackendUnavailable``. It exists for callers whose time is bounded by
+    something else, such as a worker's heartbeat, whose renewals are worth nothing once
+    the lease they renew has lapsed. Each backend maps it to its own setting, and takes
+    the smaller where the URL or its default sets that lower (``bounded_wait``): Redis,
+    the socket's connect and reply timeouts, and no resend of a call that timed out (it
+    would wait again; one that met a closed connection is resent once); MongoDB, pymongo's client-side operation timeout
+    around the whole call (its queries, retries and server selection included; the smaller
+    of it, the URL's ``timeoutMS`` and the socket timeout); FoundationDB, each
+    transaction's ``timeout`` option (its retries included); SQLite, the busy timeout (how
+    long a call waits for another writer's lock). Memory has nothing to wait on, and the
+    FoundationDB simulator (a test double) does not model timeouts.
     """
 
     #: Whether separate processes opening the same URL see the same data.
@@ -85,9 +114,12 @@ class Backend(ABC):
     #: How coarsely the store tells the time (seconds): a reading may be this far behind.
     clock_resolution: float = 0.0
 
-    def __init__(self, url: str, queue: str) -> None:
+    def __init__(self, url: str, queue: str, *, call_timeout: float | None = None) -> None:
         self.url = url
         self.queue = queue
+        #: The longest one call may wait on a store that stops answering; ``None``: the
+        #: store's own timeouts (see the class docstring).
+        self.call_timeout = checked_call_timeout(call_timeout)
         self._clock: StoreClock | None = None
 
     # -- the clock ----------------------------------------------------------------

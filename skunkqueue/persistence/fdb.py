@@ -6,8 +6,9 @@ URLs:
   real cluster, through the official binding (``pip install 'skunkqueue[fdb]'``, which
   needs the client library ``libfdb_c`` installed). The queue's subspace comes from the
   directory layer, at ``('skunkqueue', queue)``. Every transaction is bounded: it gives up
-  after ``?timeout=SECONDS`` (default TIMEOUT) or ``?retry_limit=N`` retries (default
-  RETRY_LIMIT), whichever comes first, with ``BackendUnavailable``.
+  after ``?timeout=SECONDS`` (default TIMEOUT, lowered to the backend's ``call_timeout``
+  when that is smaller) or ``?retry_limit=N`` retries (default RETRY_LIMIT), whichever
+  comes first, with ``BackendUnavailable``.
 * ``fdbsim://NAME`` and ``fdbsim+tcp://127.0.0.1:PORT``: this backend over the simulator,
   for tests only; they are opened by ``skunkqueue.testing.fdb_backend``, and this module
   imports nothing of the simulator.
@@ -55,7 +56,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError, SerializationError
 from ..model import JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, bounded_wait
 from .rules import (
     MAX_BATCH,
     apply_outcome,
@@ -118,9 +119,10 @@ class OpenedDatabase(NamedTuple):
     shared_across_processes: bool = True
 
 
-#: ``opener(url, queue, pack)``: the database that ``url`` names, for ``queue``; ``pack``
-#: is the tuple layer's ``pack``.
-Opener = Callable[[str, str, Callable[[tuple], bytes]], OpenedDatabase]
+#: ``opener(url, queue, pack, call_timeout)``: the database that ``url`` names, for
+#: ``queue``; ``pack`` is the tuple layer's ``pack``; ``call_timeout`` the backend's (None
+#: or seconds), which bounds each transaction where the opener can.
+Opener = Callable[[str, str, Callable[[tuple], bytes], "float | None"], OpenedDatabase]
 
 
 def _tuple_layer() -> Any:
@@ -205,9 +207,12 @@ def _limits(url: str, query: str) -> tuple[float, int]:
     return timeout, retry_limit
 
 
-def open_cluster(url: str, queue: str, pack: Callable[[tuple], bytes]) -> OpenedDatabase:
+def open_cluster(
+    url: str, queue: str, pack: Callable[[tuple], bytes], call_timeout: float | None = None
+) -> OpenedDatabase:
     """A FoundationDB cluster, ``fdb://CLUSTER_FILE?timeout=S&retry_limit=N``: the queue's
-    subspace from the directory layer, and the bounded retry loop ``run_transaction``."""
+    subspace from the directory layer, and the bounded retry loop ``run_transaction``. A
+    ``call_timeout`` lowers the transactions' timeout to it, never raises it."""
     parts = urlsplit(url)
     if parts.scheme != "fdb":
         raise ConfigurationError(
@@ -215,6 +220,7 @@ def open_cluster(url: str, queue: str, pack: Callable[[tuple], bytes]) -> Opened
             "skunkqueue.testing's)"
         )
     timeout, retry_limit = _limits(url, parts.query)
+    timeout = bounded_wait(timeout, call_timeout)
     import fdb
 
     try:
@@ -252,10 +258,17 @@ class FoundationDBBackend(Backend):
 
     wake_mode = "FoundationDB watches on wake counters"
 
-    def __init__(self, url: str, queue: str, opener: Opener = open_cluster) -> None:
-        super().__init__(url, queue)
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        opener: Opener = open_cluster,
+        *,
+        call_timeout: float | None = None,
+    ) -> None:
+        super().__init__(url, queue, call_timeout=call_timeout)
         self._tuple = _tuple_layer()
-        opened = opener(url, queue, self._tuple.pack)
+        opened = opener(url, queue, self._tuple.pack, self.call_timeout)
         self._prefix, self._transact = opened.prefix, opened.run
         self.shared_across_processes = opened.shared_across_processes
         self._seen: dict[bytes, bytes | None] = {}

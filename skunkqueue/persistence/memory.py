@@ -59,8 +59,9 @@ class MemoryBackend(Backend):
     shared_across_processes = False
     wake_mode = "in-process condition variable"
 
-    def __init__(self, url: str, queue: str) -> None:
-        super().__init__(url, queue)
+    def __init__(self, url: str, queue: str, *, call_timeout: float | None = None) -> None:
+        # call_timeout bounds nothing here: a call waits only for this process's own lock.
+        super().__init__(url, queue, call_timeout=call_timeout)
         name = urlsplit(url).netloc or "default"
         with _stores_lock:
             self._store = _stores.setdefault((name, queue), _Store())

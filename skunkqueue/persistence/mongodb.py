@@ -72,6 +72,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -79,7 +80,7 @@ from urllib.parse import urlsplit
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError
 from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, bounded_wait
 from .rules import (
     MAX_BATCH,
     apply_outcome,
@@ -104,6 +105,7 @@ default_cfg: dict[str, Any] = {
 }
 
 log = logging.getLogger("skunkqueue.mongodb")
+T = TypeVar("T")
 
 JOBS, LEASES, SCHEDULES, COUNTERS = "sq_jobs", "sq_leases", "sq_schedules", "sq_counters"
 DEFAULT_DATABASE = "skunkqueue"
@@ -154,8 +156,8 @@ class MongoBackend(Backend):
     clock_source = "the MongoDB server's clock (hello's localTime, to the millisecond)"
     clock_resolution = 0.001
 
-    def __init__(self, url: str, queue: str) -> None:
-        super().__init__(url, queue)
+    def __init__(self, url: str, queue: str, *, call_timeout: float | None = None) -> None:
+        super().__init__(url, queue, call_timeout=call_timeout)
         if SEPARATOR in queue or "\x00" in queue:
             raise ConfigurationError("a queue name may not contain U+001F or NUL")
         try:
@@ -187,8 +189,10 @@ class MongoBackend(Backend):
             raise ConfigurationError(f"MongoDB URL {redact(url)!r}: {exc}") from None
         except (errors.InvalidURI, ValueError) as exc:  # pymongo's words for a malformed URL
             raise ConfigurationError(f"MongoDB URL {redact(url)!r}: {exc}") from None
+        self._budget = self._call_budget()
         try:
-            hello = self._client.admin.command("hello")
+            with self._within_budget():
+                hello = self._client.admin.command("hello")
         except errors.PyMongoError as exc:
             self._client.close()
             raise BackendUnavailable(f"cannot reach MongoDB at {redact(url)!r}: {exc}") from exc
@@ -215,6 +219,39 @@ class MongoBackend(Backend):
         self._idle_polls = 0
 
     # -- plumbing -----------------------------------------------------------------
+
+    def _call_budget(self) -> float | None:
+        """Seconds one call may take in all, with a ``call_timeout``: the smallest of it,
+        the URL's ``timeoutMS`` and the socket timeout (a reply longer than that fails the
+        call anyway). socketTimeoutMS alone bounds each wait, and a retried read waits for
+        server selection and a new reply again: three times the timeout on a frozen server."""
+        if self.call_timeout is None:
+            return None
+        options = self._client.options
+        configured = [t for t in (options.timeout, options.pool_options.socket_timeout) if t]
+        return bounded_wait(min(configured, default=self.call_timeout), self.call_timeout)
+
+    def _within_budget(self) -> AbstractContextManager[Any]:
+        """pymongo's client-side operation timeout for what runs inside, when bounded."""
+        if self._budget is None:
+            return nullcontext()
+        return self._pymongo.timeout(self._budget)
+
+    def _calling(self, verb: Callable[..., T], *args: Any) -> T:
+        """A verb, within the call budget when there is one: its every query, retry and
+        server selection share one deadline, past which it raises ``BackendUnavailable``."""
+        try:
+            with self._within_budget():
+                return super()._calling(verb, *args)
+        except self._errors.PyMongoError as exc:
+            if not exc.timeout:  # the server's maxTimeMS, a write concern's wtimeout
+                raise
+            raise BackendUnavailable(f"{self.store_name} at {redact(self.url)!r}: {exc}") from exc
+
+    def wait(self, timeout: float, routes: Sequence[str] | None = None) -> None:
+        # A wait lasts as long as its caller asked, whatever the call budget: only each of
+        # its polls is a bounded call (in _wait).
+        return super()._calling(self._wait, timeout, routes)
 
     def _ensure_indexes(self) -> None:
         """Create the indexes, once per process and database; an index of ours whose
@@ -841,7 +878,9 @@ class MongoBackend(Backend):
                 self._idle_polls += 1
                 return  # a scheduler looks itself; only its sleep is bounded here
             query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
-            if self._jobs.find_one(query, projection={"_id": 1}) is not None:
+            with self._within_budget():
+                found = self._jobs.find_one(query, projection={"_id": 1})
+            if found is not None:
                 self._idle_polls = 0
                 return
             self._idle_polls += 1

@@ -108,8 +108,8 @@ class RedisBackend(Backend):
 
     wake_mode = "BLPOP on the routes' wake lists; Pub/Sub for schedulers"
 
-    def __init__(self, url: str, queue: str) -> None:
-        super().__init__(url, queue)
+    def __init__(self, url: str, queue: str, *, call_timeout: float | None = None) -> None:
+        super().__init__(url, queue, call_timeout=call_timeout)
         if "{" in queue or "}" in queue:
             raise ConfigurationError(f"queue name {queue!r} may not contain braces")
         try:
@@ -122,7 +122,8 @@ class RedisBackend(Backend):
         self._response_error = redis.exceptions.ResponseError
         self._out_of_memory = redis.exceptions.OutOfMemoryError
         try:
-            self._client = connect(url)  # a cluster client asks for the slot map here
+            # A cluster client asks for the slot map here.
+            self._client = connect(url, self.call_timeout)
         except ConfigurationError:
             raise
         except ValueError as exc:  # redis-py's word for a malformed URL
@@ -152,7 +153,9 @@ class RedisBackend(Backend):
         }
         # A cluster client routes each call by key itself; on one server, the lane.
         self._lane = (
-            None if hasattr(self._client, "get_node_from_key") else ScriptLane(self._client)
+            None
+            if hasattr(self._client, "get_node_from_key")
+            else ScriptLane(self._client, resend_after_timeout=self.call_timeout is None)
         )
         self._listeners: dict[tuple[str, ...] | None, RouteListener | SchedulerListener] = {}
         self._listeners_lock = threading.Lock()

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..config import redact
 from ..errors import ConfigurationError
 from ..model import JobRecord
+from .base import bounded_wait
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -249,13 +250,15 @@ class ScriptLane:
 
     A call that fails on the connection is sent once more on a new one, as redis-py's own
     default retry does: our scripts are safe to repeat (put by id, claim and finish by
-    owner); only a second failure reaches the caller. Anything else raised while replies
+    owner); only a second failure reaches the caller. With ``resend_after_timeout=False``
+    (a backend with a ``call_timeout``) a call whose reply did not come in time is not
+    sent again: it would wait on the store a second time. Anything else raised while replies
     are still unread (a KeyboardInterrupt from a signal handler between two sends or two
     reads, a later chunk that cannot be encoded) discards the connection: kept, it would
     hand the next call the replies meant for this one.
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, *, resend_after_timeout: bool = True) -> None:
         import redis
 
         try:
@@ -265,10 +268,12 @@ class ScriptLane:
         except ImportError:  # redis-py's pure-Python packer, through a connection
             self._pack = self._pack_with_redis_py
         self._client = client
+        self._resend_after_timeout = resend_after_timeout
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = 0
         self._lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._timed_out = redis.exceptions.TimeoutError
         self._error_reply = redis.exceptions.ResponseError
         self._no_script = redis.exceptions.NoScriptError
 
@@ -301,10 +306,11 @@ class ScriptLane:
                 try:
                     self._send(conn, pending, sent)
                     replies, error = self._replies(conn, len(sent))
-                except self._lost:
+                except self._lost as exc:
                     conn.disconnect()
                     lost += 1
-                    if lost > 1:
+                    waited = isinstance(exc, self._timed_out)
+                    if lost > 1 or (waited and not self._resend_after_timeout):
                         raise
                 except BaseException:
                     self._discard(conn)
@@ -350,18 +356,29 @@ class ScriptLane:
 # -- connecting ---------------------------------------------------------------------
 
 
-def connect(url: str) -> Redis | RedisCluster:
+def connect(url: str, call_timeout: float | None = None) -> Redis | RedisCluster:
     """A client for ``url``: redis://, rediss://, unix://, or redis+cluster:// and
-    rediss+cluster:// (a Redis Cluster reached through the listed host:port seeds)."""
+    rediss+cluster:// (a Redis Cluster reached through the listed host:port seeds).
+
+    With ``call_timeout``, no socket wait (connecting, a reply) lasts longer than it, the
+    URL's own timeouts included, and a command that timed out is not sent again (one
+    that met a closed connection is, once, on a new one): a call on a store that stops
+    answering fails within ``call_timeout`` on an open connection, or on one that cannot
+    be made."""
     import redis
+    from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.retry import Retry
 
     scheme = urlsplit(url).scheme
     options: dict[str, Any] = {
         "decode_responses": True,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": bounded_wait(CONNECT_TIMEOUT, call_timeout),
+        "socket_timeout": bounded_wait(SOCKET_TIMEOUT, call_timeout),
     }
+    if call_timeout is not None:
+        options["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        url = _timeouts_at_most(url, call_timeout)  # redis-py lets the URL's win
     parts = urlsplit(url)
     if not scheme.endswith("+cluster"):
         db = parts.path.strip("/") if scheme != "unix" else "0"
@@ -383,6 +400,24 @@ def connect(url: str) -> Redis | RedisCluster:
     )
     others = [ClusterNode(s.hostname, s.port or 6379) for s in seeds[1:] if s.hostname]
     return RedisCluster.from_url(first, startup_nodes=others or None, **options)
+
+
+def _timeouts_at_most(url: str, bound: float) -> str:
+    """``url`` with its ``socket_timeout`` and ``socket_connect_timeout`` options, where it
+    sets them, lowered to ``bound``; an unreadable value is left for redis-py to refuse."""
+    parts = urlsplit(url)
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    lowered = []
+    for name, value in options:
+        if name in ("socket_timeout", "socket_connect_timeout"):
+            try:
+                value = repr(bounded_wait(float(value), bound))
+            except ValueError:
+                pass
+        lowered.append((name, value))
+    if lowered == options:
+        return url
+    return urlunsplit(parts._replace(query=urlencode(lowered)))
 
 
 def blocking_client(url: str, client: Redis | RedisCluster, key: str) -> Redis:

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError
 from ..model import JobRecord, JobState, Outcome
-from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
+from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, bounded_wait
 from .rules import (
     MAX_BATCH,
     apply_outcome,
@@ -42,6 +42,10 @@ from .rules import (
 )
 
 default_cfg: dict[str, Any] = {"backend": "sqlite", "conn_url": "skunkqueue.db", "dbname": None}
+
+#: Seconds a call waits for another connection's write lock before it fails (``database is
+#: locked``, ``BackendUnavailable``); a backend opened with a ``call_timeout`` waits less.
+BUSY_TIMEOUT = 30.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sq_jobs (
@@ -244,8 +248,8 @@ class SQLiteBackend(Backend):
     clock_tolerance = 0.02
     clock_attempts = 1  # a reading waits for a tick of the kernel's clock; once is enough
 
-    def __init__(self, url: str, queue: str) -> None:
-        super().__init__(url, queue)
+    def __init__(self, url: str, queue: str, *, call_timeout: float | None = None) -> None:
+        super().__init__(url, queue, call_timeout=call_timeout)
         path, options = _path_from_url(url)
         synchronous = options.get("synchronous", ["NORMAL"])[0].upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -255,14 +259,15 @@ class SQLiteBackend(Backend):
         # database agrees on it, whatever its own clock says (a shifted clock, a fake one).
         self._clock_file = None if path == ":memory:" else path + "-clock"
         self._lock = threading.RLock()
+        busy = bounded_wait(BUSY_TIMEOUT, self.call_timeout)
         with _opening:
             try:
                 self._db = sqlite3.connect(
-                    path, timeout=30.0, isolation_level=None, check_same_thread=False
+                    path, timeout=busy, isolation_level=None, check_same_thread=False
                 )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous}")
-                self._db.execute("PRAGMA busy_timeout=30000")
+                self._db.execute(f"PRAGMA busy_timeout={max(1, round(busy * 1000))}")
                 self._create_schema()
             except sqlite3.Error as exc:
                 raise BackendUnavailable(

@@ -26,8 +26,14 @@ _sims: dict[str, fdb_sim.SimDatabase] = {}
 _sims_lock = threading.Lock()
 
 
-def open_sim(url: str, queue: str, pack: Callable[[tuple], bytes]) -> OpenedDatabase:
-    """The simulator that ``url`` names, with the queue's prefix ``('skunkqueue', queue)``."""
+def open_sim(
+    url: str, queue: str, pack: Callable[[tuple], bytes], call_timeout: float | None = None
+) -> OpenedDatabase:
+    """The simulator that ``url`` names, with the queue's prefix ``('skunkqueue', queue)``.
+
+    ``call_timeout`` is accepted and bounds nothing: the simulator does not model the
+    transaction ``timeout`` option (the cluster path's use of it is tested with the
+    binding's module replaced, in tests/test_fdb_cluster_path.py)."""
     parts = urlsplit(url)
     if parts.scheme == "fdbsim":
         name = parts.netloc or "default"
@@ -50,7 +56,9 @@ def open_sim(url: str, queue: str, pack: Callable[[tuple], bytes]) -> OpenedData
     return OpenedDatabase(pack(("skunkqueue", queue)), run, shared)
 
 
-def open_sim_backend(url: str, queue: str) -> FoundationDBBackend:
+def open_sim_backend(
+    url: str, queue: str, *, call_timeout: float | None = None
+) -> FoundationDBBackend:
     """``FoundationDBBackend`` on the simulator: the factory ``open_backend`` calls for the
     ``fdbsim`` and ``fdbsim+tcp`` schemes."""
-    return FoundationDBBackend(url, queue, opener=open_sim)
+    return FoundationDBBackend(url, queue, opener=open_sim, call_timeout=call_timeout)

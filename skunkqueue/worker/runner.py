@@ -10,7 +10,8 @@ holds, advertises the worker as alive, and watches the running job: once it runs
 the rest of the batch is handed back for other workers and finished outcomes are
 written, so no job waits behind another. It also enforces hard timeouts: a job that
 ignores its ``JobTimeout`` is recorded as timed out and the process exits so its
-supervisor starts a fresh one.
+supervisor starts a fresh one. While its leases are not known to be renewed, the worker
+starts no job and claims none (leases.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..persistence import open_backend
 from ..persistence.base import WORKER_LEASE_PREFIX
 from ..registry import lookup_event
 from .execute import JobCall, describe_error, in_main_thread
+from .leases import LeaseWatch, heartbeat_call_timeout
 
 log = logging.getLogger("skunkqueue.worker")
 
@@ -116,6 +118,8 @@ class Worker:
         self._in_main_thread = False
         self._call = JobCall(in_main_thread=False)
         self._failures_in_a_row = 0
+        # Whether the leases are known good: no job starts, and no claim is made, unless so.
+        self._leases = LeaseWatch(config.lease, self.id)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -189,6 +193,10 @@ class Worker:
 
     def _serve_batch(self) -> None:
         self._flush()  # outcomes a failed write left behind go first
+        if not self._leases.may_claim():
+            self._leases.wait_for_renewal(IDLE_WAIT)
+            return
+        claim_began = time.monotonic()
         jobs = self.backend.claim(
             self.claim_routes,
             self.id,
@@ -203,8 +211,10 @@ class Worker:
         with self._lock:
             self._held.update((job.id, job) for job in jobs)
             self._unstarted.extend(jobs)
+            self._leases.claimed(claim_began)
         try:
-            while not self._stop.is_set():
+            # Leases not known good: the rest of the batch goes back (below), or lapses.
+            while not self._stop.is_set() and self._leases.may_start():
                 job = self._next_job()
                 if job is None:
                     break
@@ -479,7 +489,13 @@ class Worker:
                     # A store that is down when the worker starts (or restarts) must not
                     # end this thread: without it leases lapse and jobs run twice.
                     try:
-                        backend = open_backend(self.config.url, self.config.name)
+                        # Each of its calls gives up well inside a lease: one stuck on a
+                        # frozen store must not outlast the leases it is renewing.
+                        backend = open_backend(
+                            self.config.url,
+                            self.config.name,
+                            call_timeout=heartbeat_call_timeout(self.config.lease),
+                        )
                     except Exception:
                         log.warning(
                             "worker %s: opening the heartbeat's connection failed; retrying",
@@ -529,6 +545,7 @@ class Worker:
         # written): a claim whose reply was lost to a dropped connection must lapse and be
         # redelivered, not be kept alive forever by a worker that never saw it.
         with self._lock:
+            beat = self._leases.beat_began()
             mine = set(self._held) | {o.job_id for o in self._pending}
         now = backend.now()
         held = backend.renew(self.id, now, self.config.lease, sorted(mine)) if mine else set()
@@ -539,6 +556,7 @@ class Worker:
         if lost:
             log.warning("worker %s lost the lease on %s", self.id, sorted(lost))
         self._advertise(backend, now)
+        self._leases.renewed(beat)
 
     def _enforce_hard_timeout(self, backend: Any) -> None:
         if not self._in_main_thread:

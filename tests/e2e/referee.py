@@ -1,7 +1,8 @@
 """The process referee: what an end-to-end test's processes said, read at teardown.
 
 A test passes only if none of its processes logged trouble it did not declare: a
-traceback, a worker that died, a backend error, a lost lease or lead, an ERROR line. A
+traceback, a worker that died, a backend error, a lost lease or lead, a worker that
+stopped starting jobs because its leases went stale, an ERROR line. A
 fault test declares the trouble it causes (``e2e.expect(r"died with exit code 9")``);
 anything else in the logs is a bug the test would otherwise have hidden.
 """
@@ -21,6 +22,7 @@ TROUBLE = re.compile(
     r"|backend error"
     r"|lease lost|lost the lease|lost the lead|was deposed"
     r"|failed; retrying|failed; will retry"
+    r"|starts no job and claims none"
     r"|handed back \d+ jobs of dead worker"
 )
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
