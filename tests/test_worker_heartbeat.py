@@ -16,18 +16,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from skunkqueue import SkunkQueue
-from skunkqueue.scheduler import Scheduler, service
+from skunkqueue.scheduler import service
 from skunkqueue.worker import runner
-from skunkqueue.worker.runner import Worker
 
 from .drivers import require
 from .proxies import FreezingProxy
+from .threads import scheduler_thread, worker_thread
 from .waiting import wait_until
 
 require("redis")
@@ -71,34 +70,6 @@ def heartbeat_via(proxy: FreezingProxy, monkeypatch: pytest.MonkeyPatch) -> Free
 
     monkeypatch.setattr(runner, "open_backend", open_backend)
     return proxy
-
-
-@contextmanager
-def worker_thread(
-    queue: SkunkQueue, *, url: str | None = None, join: float = WAIT, **options: Any
-) -> Iterator[Worker]:
-    worker = Worker(queue.config.with_options(url=url, **options), ["foo"])
-    thread = threading.Thread(target=worker.run, name=f"worker-{worker.id}", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(join)
-        assert not thread.is_alive(), "worker did not stop"
-
-
-@contextmanager
-def scheduler_thread(queue: SkunkQueue) -> Iterator[Scheduler]:
-    scheduler = Scheduler(queue.name, url=queue.config.url, leader_ttl=3.0)
-    thread = threading.Thread(target=scheduler.run, name="scheduler", daemon=True)
-    thread.start()
-    try:
-        yield scheduler
-    finally:
-        scheduler.stop()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "scheduler did not stop"
 
 
 def lease_until(queue: SkunkQueue, job_id: str) -> float:

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from skunkqueue.scheduler import Scheduler, service
 from skunkqueue.scheduler.ticks import tick_job_id
 from skunkqueue.serialization import encode
 from skunkqueue.worker import runner
-from skunkqueue.worker.runner import Worker
 
+from .threads import scheduler_thread, worker_thread
 from .waiting import wait_until
 
 WAIT = 10.0  # generous deadline for anything a worker or scheduler does
@@ -48,34 +47,6 @@ def queue(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     q = SkunkQueue(f"q{uuid.uuid4().hex[:10]}", url=url)
     yield q
     q.close()
-
-
-@contextmanager
-def worker_thread(
-    queue: SkunkQueue, routes: tuple[str, ...] = ("foo",), **options: Any
-) -> Iterator[Worker]:
-    worker = Worker(queue.config.with_options(**options), routes)
-    thread = threading.Thread(target=worker.run, name=f"worker-{worker.id}", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "worker did not stop"
-
-
-@contextmanager
-def scheduler_thread(queue: SkunkQueue) -> Iterator[Scheduler]:
-    scheduler = Scheduler(queue.name, url=queue.config.url, leader_ttl=3.0)
-    thread = threading.Thread(target=scheduler.run, name="scheduler", daemon=True)
-    thread.start()
-    try:
-        yield scheduler
-    finally:
-        scheduler.stop()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "scheduler did not stop"
 
 
 def put_raw(queue: SkunkQueue, event: str, payload: str, serializer: str = "json") -> str:
