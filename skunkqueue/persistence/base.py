@@ -144,16 +144,16 @@ class Backend(ABC):
         return self._store_clock().offset()
 
     def _store_clock(self) -> StoreClock:
-        if getattr(self, "_clock", None) is None:
+        clock = self._clock
+        if clock is None:
             read = self._store_time if type(self)._store_time is not Backend._store_time else None
-            self._clock = StoreClock(
+            clock = self._clock = StoreClock(
                 None if read is None else (lambda: self._calling(read)),
                 tolerance=self.clock_tolerance,
                 attempts=self.clock_attempts,
                 resolution=self.clock_resolution,
             )
-        assert self._clock is not None
-        return self._clock
+        return clock
 
     def _store_time(self) -> float:
         """The store's current time in epoch seconds, for stores that have a clock;

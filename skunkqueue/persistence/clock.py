@@ -57,11 +57,6 @@ class StoreClock:
         # sees half of a new reading.
         self._reading: tuple[float, float, float, float] = (0.0, float("-inf"), 0.0, 0.0)
 
-    @property
-    def measured(self) -> bool:
-        """Whether this clock follows a store's clock (rather than the process's own)."""
-        return self._read_store is not None
-
     def now(self) -> float:
         if self._read_store is None:
             return time.time()
