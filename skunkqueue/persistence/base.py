@@ -354,17 +354,31 @@ class Backend(ABC):
     @abstractmethod
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]: ...
 
-    def cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, *, running: bool = False
+    ) -> list[bool]:
         """Cancel jobs that are ``scheduled``, ``queued`` or ``retrying``; one answer each.
 
-        A cancelled job keeps ``error = {"reason": reason}`` and expires after its
-        ``result_ttl``. Running and finished jobs are left as they are (``False``).
+        A cancelled job keeps ``error = {"reason": reason}``, ``finished_at = now`` and
+        expires after its ``result_ttl``. Finished jobs are left as they are (``False``),
+        and so are running ones unless ``running`` is true (``rules.cancel``).
+
+        With ``running``, a ``running`` job is cancelled in the same atomic step: its owner
+        and lease are cleared and it leaves the running and held indexes, while
+        ``attempts`` and ``deliveries`` stay as they are (its run did not conclude). Its
+        holder learns of it from ``renew``, which no longer returns the id, and stops the
+        job; the holder's ``finish`` for it answers ``False`` and writes nothing, so the
+        reason stays.
         """
         rules.check_ids(job_ids)
-        return self._calling(self._cancel, job_ids, now, reason)
+        rules.check_reason(reason)
+        rules.check_flag("running", running)
+        return self._calling(self._cancel, job_ids, now, reason, running)
 
     @abstractmethod
-    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]: ...
+    def _cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
+    ) -> list[bool]: ...
 
     def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         """The leader's step: move what has come due, in bounded batches.

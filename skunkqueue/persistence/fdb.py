@@ -614,13 +614,16 @@ class FoundationDBBackend(Backend):
             if not more:
                 return released
 
-    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
+    ) -> list[bool]:
         def cancel_all(tr: Any) -> list[bool]:
             answers = []
             for job_id in job_ids:
                 r = self._read(tr, job_id)
                 after = None if r is None else replace(r)
-                if after is None or not cancel(after, now, reason):
+                # A running job leaves its lease and owner keys through _unindex below.
+                if after is None or not cancel(after, now, reason, running):
                     answers.append(False)
                     continue
                 self._unindex(tr, r)

@@ -210,12 +210,14 @@ class MemoryBackend(Backend):
                 self._touch()
         return released
 
-    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
+    ) -> list[bool]:
         answers = []
         with self._locked():
             for job_id in job_ids:
                 r = self._store.jobs.get(job_id)
-                answers.append(r is not None and cancel(r, now, reason))
+                answers.append(r is not None and cancel(r, now, reason, running))
             self._touch()
         return answers
 

@@ -565,19 +565,22 @@ class MongoBackend(Backend):
             answers.append(self._replace_if_unchanged(old, new))
         return answers
 
-    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
+    ) -> list[bool]:
         keys = [self._key(i) for i in job_ids]
+        states = [*CANCELLABLE_STATES, RUNNING] if running else CANCELLABLE_STATES
         found = {
             d["id"]: self._record(d)
-            for d in self._jobs.find(
-                {"_id": {"$in": keys}, "state": {"$in": CANCELLABLE_STATES}}, hint=BY_ID
-            )
+            for d in self._jobs.find({"_id": {"$in": keys}, "state": {"$in": states}}, hint=BY_ID)
         }
         answers = []
         for job_id in job_ids:
             old = found.pop(job_id, None)
             new = None if old is None else self._record(self._document(old))
-            if old is None or new is None or not cancel(new, now, reason):
+            # The write is a compare-and-set on state, owner and deliveries: a holder's
+            # outcome or a recovery that lands first makes this cancel answer False.
+            if old is None or new is None or not cancel(new, now, reason, running):
                 answers.append(False)
                 continue
             answers.append(self._replace_if_unchanged(old, new))

@@ -419,10 +419,17 @@ class RedisBackend(Backend):
         self._passed_over("finish", passed)
         return [bool(a) for a in answers]
 
-    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
+    ) -> list[bool]:
         if not job_ids:
             return []
-        args = [number(now), json.dumps({"reason": reason}), number(DEFAULTS["result_ttl"])]
+        args = [
+            number(now),
+            json.dumps({"reason": reason}),
+            number(DEFAULTS["result_ttl"]),
+            "1" if running else "0",
+        ]
         answers, passed = self._run("cancel", self._job_keys, [*args, *job_ids])
         self._passed_over("cancel", passed)
         return [bool(a) for a in answers]

@@ -148,6 +148,18 @@ def check_ids(job_ids: Sequence[str] | None) -> None:
         raise TypeError(f"job ids must be a list of strings, not {job_ids!r}")
 
 
+def check_reason(reason: str) -> None:
+    """A cancel's reason is text: every store keeps it in the record's error as it is."""
+    if not isinstance(reason, str):
+        raise TypeError(f"a cancel's reason must be a string, not {reason!r}")
+
+
+def check_flag(name: str, value: bool) -> None:
+    """A yes/no option is a bool: a truthy string such as "no" must not mean yes."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
 def checked_state(state: str | None) -> JobState | None:
     """A state filter as a ``JobState``; an unknown one is an error, not an empty list."""
     return None if state is None else as_state(state)
@@ -198,16 +210,26 @@ def lapsed(r: JobRecord, now: float) -> bool:
     return r.state == JobState.RUNNING and r.lease_until is not None and r.lease_until < now
 
 
-def cancel(r: JobRecord, now: float, reason: str) -> bool:
+def cancel(r: JobRecord, now: float, reason: str, running: bool = False) -> bool:
     """``cancel``'s rule: a job that has not started ends ``cancelled`` with its reason and
-    expires after its ``result_ttl``; any other is left alone (``False``)."""
-    if r.state not in CANCELLABLE:
+    expires after its ``result_ttl``; any other is left alone (``False``). With
+    ``running``, a running job is cancelled too: its owner and lease are cleared, so its
+    holder's renewals and outcome no longer reach it. ``attempts`` and ``deliveries``
+    stay: the run did not conclude."""
+    if not cancellable(r, running):
         return False
+    r.owner = None
+    r.lease_until = None
     r.state = JobState.CANCELLED
     r.error = {"reason": reason}
     r.finished_at = now
     r.expires_at = now + r.result_ttl
     return True
+
+
+def cancellable(r: JobRecord, running: bool = False) -> bool:
+    """Whether ``cancel`` (with ``running`` as given) acts on ``r``."""
+    return r.state in CANCELLABLE or (running and r.state == JobState.RUNNING)
 
 
 def fence_holds(current: Lease | None, fence: Fence, now: float) -> bool:

@@ -148,6 +148,8 @@ SETTLED = (
 )
 SETTLED_VALUES = attrgetter(*SETTLED)
 CANCELLED = ("state", "error", "finished_at", "expires_at")
+#: A running job cancelled also loses its holder and lease.
+CANCELLED_RUNNING = (*CANCELLED, "owner", "lease_until")
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
@@ -486,7 +488,9 @@ class SQLiteBackend(Backend):
             if len(rows) < MAX_BATCH:
                 return released
 
-    def _cancel(self, job_ids: Sequence[str], now: float, reason: str) -> list[bool]:
+    def _cancel(
+        self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
+    ) -> list[bool]:
         ids = list(dict.fromkeys(job_ids))
         with self._write() as db:
             found = {
@@ -502,10 +506,10 @@ class SQLiteBackend(Backend):
             answers, cancelled = [], []
             for job_id in job_ids:
                 r = found.get(job_id)
-                answers.append(r is not None and cancel(r, now, reason))
+                answers.append(r is not None and cancel(r, now, reason, running))
                 if answers[-1]:
                     cancelled.append(r)
-            _write_back(db, cancelled, CANCELLED)
+            _write_back(db, cancelled, CANCELLED_RUNNING if running else CANCELLED)
         return answers
 
     def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:

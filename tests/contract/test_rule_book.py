@@ -366,6 +366,53 @@ def test_cancel_acts_on_each_state_as_the_rule_says(backend):
     assert _records(backend, list(CANCELS), at) == expected
 
 
+# With ``running``, a running job is cancelled too, whoever holds it; the rest as above.
+CANCELS_RUNNING = {
+    **CANCELS,
+    "running": True,
+    "running-retried": True,  # a second delivery, after a failed attempt: counts kept
+    "running-other": True,  # held by another worker
+}
+
+
+def test_cancel_running_acts_on_each_state_as_the_rule_says(backend):
+    done = [job(n, route=n, result_ttl=100.0) for n in ("running", "complete", "error")]
+    done.append(job("running-retried", attempts=1, deliveries=1, error=ERR, result_ttl=7.0))
+    _claimed(backend, done, "w", NOW, 30)
+    _claimed(backend, [job("running-other", route="other")], "w2", NOW, 30)
+    backend.finish(
+        [Outcome("complete", "complete"), Outcome("error", "error", error=ERR)], "w", NOW
+    )
+    backend.put(
+        [
+            job("scheduled", eta=NOW + 60),
+            job("queued", result_ttl=33.3),
+            job("retrying", eta=NOW + 30, state="retrying", error=ERR, result_ttl=5.0),
+            job("retrying-due", eta=NOW - 1, state="retrying"),
+            job("cancelled", state="cancelled", error={"reason": "earlier"}, result_ttl=100.0),
+        ],
+        NOW,
+    )
+    before = _records(backend, list(CANCELS_RUNNING), NOW)
+    assert {n: r.state for n, r in before.items() if r} == {
+        n: n.split("-")[0] for n in CANCELS_RUNNING if n != "unknown"
+    }
+    at = NOW + 3
+    answers = backend.cancel(list(CANCELS_RUNNING), at, "stop it", running=True)
+
+    expected: dict[str, JobRecord | None] = {}
+    ruled: list[bool] = []
+    for name, old in before.items():
+        new, cancelled = (
+            (None, False) if old is None else _ruled(old, rules.cancel, at, "stop it", True)
+        )
+        expected[name] = new
+        ruled.append(cancelled)
+    assert ruled == list(CANCELS_RUNNING.values())
+    assert answers == ruled
+    assert _records(backend, list(CANCELS_RUNNING), at) == expected
+
+
 # -- the fence: rules.fence_holds ---------------------------------------------------
 
 # Every lease is taken by "leader" at NOW for 30 s (until NOW + 30); "released" is then
@@ -613,6 +660,10 @@ def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
         Outcome("held-2", "complete", result=42),
     ]
     bad_id_outcome = [Outcome(7, "complete")]  # type: ignore[arg-type]
+
+    def cancel_running_yes(*args: Any) -> list[bool]:
+        return backend.cancel(*args, running="yes")  # type: ignore[arg-type]
+
     cases = [
         (rules.check_positive, ("lease", 0), backend.renew, ("w", NOW, 0)),
         (rules.check_positive, ("lease", -1), backend.claim, (["default"], "w2", NOW, -1)),
@@ -625,6 +676,8 @@ def test_bad_inputs_raise_what_the_rules_raise_and_write_nothing(backend):
         (rules.check_outcomes, (bad_id_outcome,), backend.finish, (bad_id_outcome, "w", NOW)),
         (rules.check_ids, (["held", 7],), backend.renew, ("w", NOW, 30, ["held", 7])),
         (rules.check_ids, ([7],), backend.cancel, ([7], NOW, "no")),
+        (rules.check_reason, (7,), backend.cancel, (["held"], NOW, 7)),
+        (rules.check_flag, ("running", "yes"), cancel_running_yes, (["held"], NOW, "no")),
         (rules.check_schedule, (nameless,), backend.save_schedule, (nameless, NOW)),
         (rules.check_fire, ([job("fresh")], math.nan), backend.fire_schedule,
             (beat, [job("fresh")], math.nan, NOW, fence)),

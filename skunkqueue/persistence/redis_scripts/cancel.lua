@@ -1,28 +1,40 @@
 #!lua flags=allow-oom
--- cancel.lua: cancel jobs that have not started (Backend.cancel).
+-- cancel.lua: cancel jobs that have not started, and with ARGV[4] '1' running ones too
+-- (Backend.cancel, rules.cancel).
 -- KEYS[1..6]  prefix, counts, scheduled, running, expiry, seq (see _common.lua; job keys
---             j:<id> and ready:<route> are built from the prefix)
+--             j:<id>, ready:<route> and held:<owner> are built from the prefix)
 -- ARGV[1] now  [2] error JSON {"reason": ...}  [3] the JobRecord default result_ttl
--- ARGV[4..]   job ids
--- Touches     j:<id>, scheduled or ready:<route>, expiry, counts.
+-- ARGV[4] '1': cancel running jobs as well, '0': leave them
+-- ARGV[5..]   job ids
+-- Touches     j:<id>, scheduled or ready:<route>, or running and held:<owner> (a running
+--             job's owner and lease are cleared), expiry, counts.
 -- Returns     {one 1/0 per id, skipped}: 1 where the job was scheduled, queued or retrying
---             and its record well-formed (a malformed one is left as it is and named in
---             skipped); or the error 'SQ_CORRUPT ...' having written nothing.
+--             (or running, with ARGV[4] '1') and its record well-formed (a malformed one
+--             is left as it is and named in skipped); or the error 'SQ_CORRUPT ...'
+--             having written nothing.
 
-local now, reason, default_ttl = ARGV[1], ARGV[2], ARGV[3]
+local now, reason, default_ttl, running = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 local answers, done = {}, {}
-for k = 4, #ARGV do
+for k = 5, #ARGV do
   local id = ARGV[k]
   local rec, why = nil, nil
   if not done[id] then  -- an id given twice is cancelled once
-    rec, why = read_job(id, {'s', 'r', 'q', 'k'})
+    rec, why = read_job(id, {'s', 'r', 'q', 'k', 'o', 'e'})
   end
   local state = rec and rec.s
-  if state == 'scheduled' or state == 'retrying' or state == 'queued' then
+  if state == 'scheduled' or state == 'retrying' or state == 'queued'
+    or (running and state == 'running') then
     done[id] = true
-    unlink(id, state, rec.r, rec.q, nil)
+    local key = job_key(id)
+    if state == 'running' then
+      -- The job leaves running here, as in finish, sweep and release: whatever a running
+      -- job holds (a count per event: rec.e) is given back next to let_go.
+      let_go(key, id, rec.r, rec.o and held_key(rec.o))
+    else
+      unlink(id, state, rec.r, rec.q, nil)
+    end
     local expires = plus(now, rec.k or default_ttl)
-    write('HSET', job_key(id), 's', 'cancelled', 'er', reason, 'f', now, 'x', expires)
+    write('HSET', key, 's', 'cancelled', 'er', reason, 'f', now, 'x', expires)
     zadd_later(EXPIRY, expires, id)
     count('cancelled', rec.r, 1)
     answers[#answers + 1] = 1
