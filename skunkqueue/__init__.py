@@ -8,6 +8,7 @@ from .config import QueueConfig
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
+    JobCancelled,
     JobFailed,
     JobTimeout,
     LeaseLost,
@@ -27,6 +28,7 @@ __all__ = [
     "BroadcastHandle",
     "ConfigurationError",
     "Event",
+    "JobCancelled",
     "JobFailed",
     "JobHandle",
     "JobRecord",

@@ -181,16 +181,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     failed = 0
     for job_id, done in zip(
         args.job_ids,
-        backend.cancel(args.job_ids, backend.now(), "cancelled from the CLI"),
+        backend.cancel(args.job_ids, backend.now(), args.reason, running=args.running),
         strict=True,
     ):
         if done:
             print(f"cancelled {job_id}")
         else:
             record = backend.get(job_id, backend.now())
-            print(
-                f"not cancelled {job_id}: " + (f"it is {record.state}" if record else "no such job")
-            )
+            why = f"it is {record.state}" if record else "no such job"
+            if record and record.state == JobState.RUNNING:
+                why += " (--running stops it)"
+            print(f"not cancelled {job_id}: {why}")
             failed += 1
     return 1 if failed else 0
 
@@ -299,9 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=100)
     jobs.set_defaults(func=cmd_jobs)
 
-    cancel = sub.add_parser("cancel", help="cancel jobs that have not started")
+    cancel = sub.add_parser(
+        "cancel", help="cancel jobs that have not started (or, with --running, that run)"
+    )
     _add_common(cancel)
     cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    cancel.add_argument(
+        "--reason", default="cancelled from the CLI", help="kept in the job's error"
+    )
+    cancel.add_argument(
+        "--running",
+        action="store_true",
+        help="cancel running jobs too: their workers stop them within about a third of the lease",
+    )
     cancel.set_defaults(func=cmd_cancel)
 
     schedules = sub.add_parser(

@@ -41,3 +41,10 @@ class JobFailed(SkunkQueueError):
 
 class JobTimeout(SkunkQueueError):
     """Raised inside a job that ran past its event's ``timeout``."""
+
+
+class JobCancelled(JobTimeout):
+    """Raised inside a job its worker no longer holds: it was cancelled while running
+    (``cancel(..., running=True)``), or its lease lapsed and another worker took it. A
+    ``JobTimeout`` too, so code that cleans up after a timeout cleans up after this; its
+    outcome is not stored either way."""

@@ -203,9 +203,16 @@ class SkunkQueue:
         """Stored jobs (oldest eta first), optionally only those in ``state`` or on ``route``."""
         return self.backend.list_jobs(self.backend.now(), state=state, route=route, limit=limit)
 
-    def cancel(self, job_id: str, reason: str = "cancelled by user") -> bool:
-        """Cancel a job that has not started; ``False`` if it is running, finished or unknown."""
-        return self.backend.cancel([job_id], self.backend.now(), reason)[0]
+    def cancel(
+        self, job_id: str, reason: str = "cancelled by user", *, running: bool = False
+    ) -> bool:
+        """Cancel a job that has not started; ``False`` if it is running, finished or unknown.
+
+        With ``running=True`` a running job is cancelled too: its worker stops it within
+        about a heartbeat (a third of the lease), raising ``JobCancelled`` in it, and its
+        outcome is not stored, so it stays ``cancelled`` with ``reason``.
+        """
+        return self.backend.cancel([job_id], self.backend.now(), reason, running=running)[0]
 
     def decode_result(self, record: JobRecord) -> Any:
         if record.serializer == "pickle" and not self._accepts_pickle(record.event):

@@ -103,9 +103,10 @@ class JobCall:
         awaitable = fn(*args, **kwargs)
         if timeout:
             awaitable = asyncio.wait_for(awaitable, timeout)
+        task = asyncio.ensure_future(awaitable, loop=self._loop)
         self.in_job = True
         try:
-            return self._loop.run_until_complete(awaitable)
+            return self._loop.run_until_complete(task)
         except asyncio.TimeoutError as exc:
             # wait_for cancelled the coroutine; one that raised TimeoutError on its own
             # before the timeout keeps its own error.
@@ -114,6 +115,8 @@ class JobCall:
             raise
         finally:
             self.in_job = False
+            if not task.done():
+                _abandon(self._loop, task)
 
     @contextmanager
     def _soft_timeout(self, seconds: float | None) -> Iterator[None]:
@@ -140,6 +143,16 @@ class JobCall:
             finally:
                 self._loop.close()
                 self._loop = None
+
+
+def _abandon(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+    """A job interrupted by a signal while its loop waited (stopping.py, an interrupting
+    stop) left its task pending: cancel it and let it unwind now, or it would resume
+    inside the next job run on this loop."""
+    import asyncio
+
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
 
 
 def in_main_thread() -> bool:

@@ -38,6 +38,7 @@ from ..persistence.base import WORKER_LEASE_PREFIX
 from ..registry import lookup_event
 from .execute import JobCall, describe_error, in_main_thread
 from .leases import LeaseWatch, heartbeat_call_timeout
+from .stopping import RunStopper, why_not_held
 
 log = logging.getLogger("skunkqueue.worker")
 
@@ -52,6 +53,7 @@ HAND_BACK_AFTER = 0.05
 WATCH_EVERY = 0.025  # seconds between the heartbeat thread's looks at the running job
 HARD_TIMEOUT_GRACE = 2.0  # seconds a job may ignore JobTimeout before its process is killed
 EXIT_HARD_TIMEOUT = 75
+EXIT_NOT_HELD = 76  # a job the worker no longer held ignored being stopped
 BACKOFF_MAX = 5.0  # seconds, the longest pause after a backend error
 # After this many failed turns in a row (each turn writes pending outcomes first), they
 # are written one at a time, so one the store refuses for good (too large, say) cannot
@@ -120,6 +122,8 @@ class Worker:
         self._failures_in_a_row = 0
         # Whether the leases are known good: no job starts, and no claim is made, unless so.
         self._leases = LeaseWatch(config.lease, self.id)
+        #: Stops a job the worker no longer holds; only a main-thread worker has one.
+        self._stopper: RunStopper | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -139,6 +143,9 @@ class Worker:
     def run(self) -> None:
         self._in_main_thread = in_main_thread()
         self._call = JobCall(self._in_main_thread)
+        if self._in_main_thread:
+            self._stopper = RunStopper(self._call, self._running_job)
+            self._stopper.install()
         heartbeat = threading.Thread(
             target=self._heartbeat, name=f"heartbeat-{self.id}", daemon=True
         )
@@ -244,12 +251,13 @@ class Worker:
 
     def _record(self, outcome: Outcome, *, ends_current: bool = False) -> None:
         with self._lock:
+            if ends_current:
+                self._current = None
+            if self._held.pop(outcome.job_id, None) is None:
+                return  # no longer ours (_let_go): the store would refuse the outcome
             if not self._pending:
                 self._first_pending = time.monotonic()
             self._pending.append(outcome)
-            self._held.pop(outcome.job_id, None)
-            if ends_current:
-                self._current = None
 
     def _hand_back(self, jobs: list[JobRecord]) -> None:
         for job in jobs:
@@ -505,6 +513,7 @@ class Worker:
                 # The main thread is inside the job whenever a hard timeout applies, so its
                 # connection is free then.
                 self._enforce_hard_timeout(backend or self.backend)
+                self._enforce_stop(backend or self.backend)
                 if backend is None:
                     continue
                 self._unblock(backend)
@@ -554,9 +563,62 @@ class Worker:
             # here, and are not lost.
             lost = (mine & set(self._held)) - held
         if lost:
-            log.warning("worker %s lost the lease on %s", self.id, sorted(lost))
+            self._let_go(lost, backend, now)
         self._advertise(backend, now)
         self._leases.renewed(beat)
+
+    def _running_job(self) -> JobRecord | None:
+        # No lock: the stopper's signal handler calls this in the main thread, which may
+        # hold the lock; reading one attribute is atomic.
+        current = self._current
+        return None if current is None else current[0]
+
+    def _let_go(self, lost: set[str], backend: Any, now: float) -> None:
+        """Jobs the store says this worker no longer holds (cancelled while running, or
+        taken by another worker after their lease lapsed): none of them starts, no outcome
+        is written for them, and the one running now is stopped (stopping.py)."""
+        with self._lock:
+            for job_id in lost:
+                self._held.pop(job_id, None)
+            dropped = [job.id for job in self._unstarted if job.id in lost]
+            self._unstarted = deque(job for job in self._unstarted if job.id not in lost)
+            current = self._current
+        job = None if current is None else current[0]
+        if dropped:
+            log.warning("worker %s no longer holds %s: not starting them", self.id, dropped)
+        if job is None or job.id not in lost:
+            return
+        try:
+            record = backend.get(job.id, now)
+            message = why_not_held(job.id, record, self.id)
+        except Exception:  # the record only explains why, in the log and the exception
+            record, message = None, f"job {job.id} is no longer held by worker {self.id}"
+        # An operator's cancel is no trouble; a lapsed lease is (the referee's pattern).
+        cancelled = record is not None and record.state == JobState.CANCELLED
+        log.log(
+            logging.INFO if cancelled else logging.WARNING,
+            "worker %s: %s; %s",
+            self.id,
+            message if cancelled else f"lost the lease on job {job.id}: {message}",
+            "stopping it" if self._stopper else "it runs on in this thread, its outcome unstored",
+        )
+        if self._stopper is not None:
+            self._stopper.stop(job, message)
+
+    def _enforce_stop(self, backend: Any) -> None:
+        """A job asked to stop (``_let_go``) that ignored it for the grace of a hard
+        timeout: the process exits, as for a hard timeout, and its supervisor starts a
+        fresh one. Its outcome is not stored: the job is not this worker's any more."""
+        job = self._stopper.overdue(HARD_TIMEOUT_GRACE) if self._stopper else None
+        if job is None:
+            return
+        log.error(
+            "job %s %s ignored being stopped; stopping worker process %d",
+            job.id,
+            job.event,
+            os.getpid(),
+        )
+        self._exit_handing_back(backend, EXIT_NOT_HELD)
 
     def _enforce_hard_timeout(self, backend: Any) -> None:
         if not self._in_main_thread:
@@ -577,6 +639,13 @@ class Worker:
         exc = JobTimeout(f"job ran past its timeout of {event.timeout} s and was killed")
         try:
             self._record(self._failure(job, event, exc))
+        finally:
+            self._exit_handing_back(backend, EXIT_HARD_TIMEOUT)
+
+    def _exit_handing_back(self, backend: Any, code: int) -> None:
+        """End the process from the heartbeat thread: the rest of the batch goes back,
+        recorded outcomes are written, and the worker's lease is given up first."""
+        try:
             with self._lock:
                 rest = list(self._held.values())
                 self._unstarted.clear()
@@ -585,11 +654,11 @@ class Worker:
             backend.release_lease(WORKER_LEASE_PREFIX + self.id, self.id)
         except BaseException:  # noqa: BLE001 - the process ends either way
             log.exception(
-                "worker %s: storing the timed-out batch failed; its supervisor hands the jobs back",
+                "worker %s: storing the stopped batch failed; its supervisor hands the jobs back",
                 self.id,
             )
         finally:
-            os._exit(EXIT_HARD_TIMEOUT)
+            os._exit(code)
 
 
 def _is_local_script(module: str) -> bool:
