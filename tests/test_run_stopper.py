@@ -54,17 +54,22 @@ def stopper() -> Iterator[tuple[RunStopper, JobCall, Runs]]:
     signal.signal(STOP_SIGNAL, previous)
 
 
-def later(seconds: float, action) -> threading.Thread:
-    """Run ``action`` in a thread after ``seconds`` (the heartbeat's part)."""
-    timer = threading.Timer(seconds, action)
-    timer.start()
-    return timer
+def once_in_job(call: JobCall, action) -> threading.Thread:
+    """Run ``action`` in a thread (the heartbeat's part) once the job's code has begun."""
+
+    def run() -> None:
+        wait_until(lambda: call.in_job, WAIT, what="the job's code to begin")
+        action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
 
 
 def test_the_run_asked_about_is_interrupted_in_its_own_code(stopper) -> None:
     stop, call, runs = stopper
     runs.current = job = record("a")
-    later(0.05, lambda: stop.stop(job, "job a is no longer held: it was cancelled"))
+    once_in_job(call, lambda: stop.stop(job, "job a is no longer held: it was cancelled"))
     began = time.monotonic()
     with pytest.raises(JobCancelled, match="it was cancelled") as raised:
         call(time.sleep, [WAIT], {}, None)  # one long sleep, cut short
@@ -76,8 +81,14 @@ def test_another_run_is_never_interrupted_not_even_of_the_same_job(stopper) -> N
     stop, call, runs = stopper
     earlier = record("a")
     runs.current = record("a")  # a later delivery of the same job: another record
-    timer = later(0.05, lambda: stop.stop(earlier, "stop the earlier run"))
-    assert call(lambda: (timer.join(), time.sleep(0.1), "done")[-1], [], {}, None) == "done"
+    timer = once_in_job(call, lambda: stop.stop(earlier, "stop the earlier run"))
+
+    def job_code() -> str:
+        timer.join()  # the signal has been sent: its handler runs in this thread now
+        time.sleep(0.1)  # pause: a job body that must take time, where a wrong stop would land
+        return "done"
+
+    assert call(job_code, [], {}, None) == "done"
     assert stop.overdue(grace=0.0) is None  # that run is over: nothing to enforce
 
 
@@ -89,7 +100,7 @@ def test_a_stop_asked_before_the_job_code_begins_arrives_once_it_does(stopper) -
 
     def job_code() -> None:
         stop.overdue(grace=WAIT)  # the heartbeat's next look signals again
-        time.sleep(WAIT)
+        time.sleep(WAIT)  # pause: a job body that must take time (it is cut short)
 
     with pytest.raises(JobCancelled):
         call(job_code, [], {}, None)
@@ -98,14 +109,14 @@ def test_a_stop_asked_before_the_job_code_begins_arrives_once_it_does(stopper) -
 def test_a_run_that_ignores_the_stop_is_overdue_after_the_grace(stopper) -> None:
     stop, call, runs = stopper
     runs.current = job = record("a")
-    later(0.02, lambda: stop.stop(job, "stop"))
+    once_in_job(call, lambda: stop.stop(job, "stop"))
     ignored = []
 
     def stubborn() -> None:
         deadline = time.monotonic() + WAIT
         while not ignored and time.monotonic() < deadline:
             try:
-                time.sleep(0.01)
+                time.sleep(0.01)  # pause: a job body that must take time
             except JobCancelled as exc:
                 ignored.append(exc)
 
@@ -129,7 +140,7 @@ def test_an_async_job_stopped_while_its_loop_waits_does_not_resume_in_the_next(s
             resumed.append("unwound")  # cancelled when abandoned, not later
 
     runs.current = job = record("a")
-    later(0.05, lambda: stop.stop(job, "stop"))
+    once_in_job(call, lambda: stop.stop(job, "stop"))
     with pytest.raises(JobCancelled):
         call(waits, [], {}, None)
     assert resumed == ["unwound"]
