@@ -3,15 +3,18 @@
 Claims and outcomes go to the backend in batches sized to how long jobs take, so fast
 jobs cost a fraction of a round trip each. Every claimed job reaches an outcome, whatever
 fails: a job's exception, however odd, becomes its error; a failed write keeps outcomes
-pending until the store takes them; a stop hands back what was not started.
+pending until the store takes them; a stop hands back what was not started. The one
+exception is a job the store says the worker no longer holds (cancelled while running,
+or taken by another worker after its lease lapsed): it gets no outcome from this worker.
 
 A heartbeat thread with its own connection renews the leases of everything the worker
 holds, advertises the worker as alive, and watches the running job: once it runs long,
 the rest of the batch is handed back for other workers and finished outcomes are
 written, so no job waits behind another. It also enforces hard timeouts: a job that
 ignores its ``JobTimeout`` is recorded as timed out and the process exits so its
-supervisor starts a fresh one. While its leases are not known to be renewed, the worker
-starts no job and claims none (leases.py).
+supervisor starts a fresh one. A job the worker no longer holds is stopped the same
+way, and not recorded (stopping.py). While its leases are not known to be renewed, the
+worker starts no job and claims none (leases.py).
 """
 
 from __future__ import annotations

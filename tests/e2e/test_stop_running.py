@@ -108,6 +108,9 @@ def ready(e2e: E2E, workers: int = 1) -> None:
 def cancel_when_started(e2e: E2E, tasks, name: str, job_id: str) -> float:
     """Cancel the running job from the CLI once its code has begun; when that was."""
     wait_until(lambda: noted(e2e, name, "started"), what=f"{name} to start")
+    refused = e2e.cli("cancel", job_id)
+    assert refused.returncode == 1
+    assert f"not cancelled {job_id}: it is running (--running stops it)" in refused.stdout
     cancelled_at = time.time()
     done = e2e.cli("cancel", job_id, "--running", "--reason", "partner API down")
     assert done.returncode == 0, done.stdout + done.stderr
