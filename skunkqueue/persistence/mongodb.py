@@ -48,6 +48,16 @@ a leader deposed or overtaken between its checks and its writes may store the ti
 ``revision`` is a field of its document; a removed schedule's document stays, without
 ``q`` (so no listing sees it), to keep its name's revision.
 
+Concurrency limits (``mongo_gates.py``). A claim that meets a job with a limit runs in a
+transaction that writes the event's gate document, so such claims of one event go one
+after the other, and a job held back is stored ``state: "parked"`` (read as queued). A
+replica set holds the limit exactly against every claimer with a limit; a job of the
+event without a limit of its own, claimed at that very instant, may go uncounted. A
+standalone server has no transactions: two claims at the same instant may both see a
+free slot, so the limit can be exceeded by concurrent claimers there; and a job held back
+just as another finishes may wait for the next one of its event to finish. Every finish
+makes one extra small query (is any job held back?).
+
 Durability. On a replica set (or sharded cluster) writes use majority write concern,
 unless the URL sets ``w=``, and retryable writes stay on (pymongo's default), so a
 primary failover loses no job whose ``fire()`` returned. On a standalone server, a write
