@@ -85,7 +85,7 @@ CREATE INDEX IF NOT EXISTS sq_jobs_due ON sq_jobs (queue, state, eta);
 CREATE INDEX IF NOT EXISTS sq_jobs_lease ON sq_jobs (queue, state, lease_until);
 CREATE INDEX IF NOT EXISTS sq_jobs_expiry ON sq_jobs (queue, expires_at)
     WHERE expires_at IS NOT NULL;
--- Concurrency limits (gates.py): how many jobs of an event run, and the jobs a claim held
+-- Concurrency limits (rules.gate_open): how many jobs of an event run, and the jobs a claim held
 -- back (state 'parked', read as 'queued'), per event in leaving order. Partial: rows
 -- in no other state cost them nothing.
 CREATE INDEX IF NOT EXISTS sq_jobs_running_event ON sq_jobs (queue, event)
