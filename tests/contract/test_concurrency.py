@@ -170,7 +170,7 @@ def test_one_claim_holds_back_at_most_max_batch(backend):
 
 
 def test_claim_cost_does_not_grow_with_the_jobs_held_back(store, backend):
-    """300 held-back jobs in front of other work cost a claim what 5 do: the store
+    """Hundreds of held-back jobs in front of other work cost a claim what 5 do: the store
     reads the same (counted as each backend can count it: SQLite's virtual machine
     steps, Redis commands, FoundationDB keys read, MongoDB documents read)."""
 
@@ -192,7 +192,8 @@ def test_claim_cost_does_not_grow_with_the_jobs_held_back(store, backend):
 
     hold_back("few", 5, "r")
     few = cost_of_a_claim_behind("few")
-    hold_back("many", 300, "r")
+    # As many as the contention tests use, halved (the MongoDB stand-in is slow: 60).
+    hold_back("many", store.spec.contention_jobs // 2, "r")
     many = cost_of_a_claim_behind("many")
     assert few > 0
     assert many <= few * 1.25 + 10, (few, many)
