@@ -85,13 +85,16 @@ CREATE INDEX IF NOT EXISTS sq_jobs_due ON sq_jobs (queue, state, eta);
 CREATE INDEX IF NOT EXISTS sq_jobs_lease ON sq_jobs (queue, state, lease_until);
 CREATE INDEX IF NOT EXISTS sq_jobs_expiry ON sq_jobs (queue, expires_at)
     WHERE expires_at IS NOT NULL;
--- Concurrency limits (rules.gate_open): how many jobs of an event run, and the jobs a claim held
--- back (state 'parked', read as 'queued'), per event in leaving order. Partial: rows
--- in no other state cost them nothing.
-CREATE INDEX IF NOT EXISTS sq_jobs_running_event ON sq_jobs (queue, event)
-    WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS sq_jobs_parked ON sq_jobs (queue, event, eta, seq)
-    WHERE state = 'parked';
+-- Concurrency limits (rules.gate_open): the jobs a claim held back, per event in the order
+-- they go back. Their sq_jobs rows are 'parked' (out of the ready index, read as
+-- 'queued'). A table of its own, not an index of sq_jobs: other jobs pay nothing for it.
+CREATE TABLE IF NOT EXISTS sq_parked (
+    seq INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    event TEXT NOT NULL,
+    eta REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sq_parked_order ON sq_parked (queue, event, eta, seq);
 CREATE TABLE IF NOT EXISTS sq_leases (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -498,13 +501,20 @@ class SQLiteBackend(Backend):
                 db.execute(
                     f"UPDATE sq_jobs SET state = 'parked' WHERE seq IN ({_marks(parked)})", parked
                 )
+                db.execute(
+                    "INSERT INTO sq_parked (queue, event, eta, seq) SELECT queue, event, eta, "
+                    f"seq FROM sq_jobs WHERE seq IN ({_marks(parked)})",
+                    parked,
+                )
             taken += now_taken
             if not parked and (fits < len(first) or len(first) < want):
                 break  # cut by max_bytes, or the queues ran out
         return sorted(taken, key=lambda r: (r.eta, r.seq))
 
     def _running_count(self, db: sqlite3.Connection, event: str) -> int:
-        """Running jobs of ``event``, from the partial index of running jobs by event."""
+        """Running jobs of ``event``: a walk of the queue's running jobs (an index by
+        state), read only by a claim that meets a job with a limit. Bounded by how many
+        jobs run at once, and no index is kept up for it on every job's claim and finish."""
         return db.execute(
             "SELECT COUNT(*) FROM sq_jobs WHERE queue = ? AND event = ? AND state = 'running'",
             (self.queue, event),
@@ -513,21 +523,28 @@ class SQLiteBackend(Backend):
     def _unpark(self, db: sqlite3.Connection, events: Sequence[str]) -> None:
         """Jobs of ``events`` (one name per job) left ``running``, or a queued job with a
         limit was cancelled: as many held-back jobs of each event, first in (eta, seq)
-        order, go back to their queues. One probe of an index that is empty unless some
-        job is held back, so jobs without limits pay almost nothing."""
-        if (
-            not events
-            or not db.execute(
-                "SELECT 1 FROM sq_jobs WHERE queue = ? AND state = 'parked' LIMIT 1", (self.queue,)
-            ).fetchone()
-        ):
+        order, go back to their queues. One probe of sq_parked, empty unless some job is
+        held back, so jobs without limits pay almost nothing."""
+        probe = "SELECT 1 FROM sq_parked WHERE queue = ? LIMIT 1"
+        if not events or not db.execute(probe, (self.queue,)).fetchone():
             return
         for event, n in Counter(events).items():
-            db.execute(
-                "UPDATE sq_jobs SET state = 'queued' WHERE seq IN (SELECT seq FROM sq_jobs "
-                "WHERE queue = ? AND event = ? AND state = 'parked' ORDER BY eta, seq LIMIT ?)",
-                (self.queue, event, n),
-            )
+            heads = [
+                row[0]
+                for row in db.execute(
+                    "SELECT seq FROM sq_parked WHERE queue = ? AND event = ? "
+                    "ORDER BY eta, seq LIMIT ?",
+                    (self.queue, event, n),
+                )
+            ]
+            if heads:
+                marks = _marks(heads)
+                db.execute(f"DELETE FROM sq_parked WHERE seq IN ({marks})", heads)
+                db.execute(
+                    f"UPDATE sq_jobs SET state = 'queued' WHERE seq IN ({marks}) "
+                    "AND state = 'parked'",
+                    heads,
+                )
 
     def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
@@ -623,9 +640,12 @@ class SQLiteBackend(Backend):
                 if answers[-1]:
                     cancelled.append(r)
                     if was_queued and r.concurrency is not None:
-                        gated.append(r.event)
+                        gated.append(r)
             _write_back(db, cancelled, CANCELLED)
-            self._unpark(db, gated)
+            if gated:  # held back or not: out of sq_parked, and the next one let through
+                seqs = [r.seq for r in gated]
+                db.execute(f"DELETE FROM sq_parked WHERE seq IN ({_marks(seqs)})", seqs)
+                self._unpark(db, [r.event for r in gated])
         return answers
 
     def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:
