@@ -1,9 +1,10 @@
 """Concurrency limits on MongoDB (``rules.gate_open``), apart from the backend's module.
 
 A job held back by its event's limit is stored with ``state: "parked"`` (out of the
-``ready`` index, which claims walk) and read as ``queued`` by everyone else. Two partial
-indexes serve the limits and cost the other jobs nothing: ``running_by_event`` (q, event)
-of running jobs, for the count, and ``parked`` (q, event, eta, seq) of held-back ones.
+``ready`` index, which claims walk) and read as ``queued`` by everyone else. A partial index,
+``parked`` (q, event, eta, seq) of held-back jobs only, costs the other jobs nothing; the
+running jobs of an event are counted along the ``leased`` index (q, state, lease_until),
+a walk of the queue's running jobs made only by a claim that meets a job with a limit.
 
 Exactness. A claim that meets a job with a limit runs as one multi-document transaction
 that first writes the event's gate document (``sq_counters``, ``_id`` queue, U+001F,
@@ -32,12 +33,8 @@ from ..model import JobRecord, JobState
 from .rules import MAX_BATCH, bytes_cut, gate_open, payload_size, take
 
 PARKED = "parked"
-#: The partial indexes of sq_jobs, merged into mongodb.INDEXES.
+#: The partial index of sq_jobs, merged into mongodb.INDEXES.
 GATE_INDEXES: dict[str, tuple[list[tuple[str, int]], dict[str, Any]]] = {
-    "running_by_event": (
-        [("q", 1), ("event", 1)],
-        {"partialFilterExpression": {"state": JobState.RUNNING.value}},
-    ),
     "parked": (
         [("q", 1), ("event", 1), ("eta", 1), ("seq", 1)],
         {"partialFilterExpression": {"state": PARKED}},
@@ -59,7 +56,7 @@ def _running(backend: Any, event: str, session: Any) -> int:
     return backend._jobs.count_documents(
         {"q": backend.queue, "event": event, "state": JobState.RUNNING.value},
         session=session,
-        hint="running_by_event",
+        hint="leased",
     )
 
 
