@@ -77,6 +77,7 @@ class Event:
         serializer: str | None = None,
         max_deliveries: int | None = None,
         schedule: ScheduleSpec | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.queue = queue
         self.fn = fn
@@ -88,6 +89,8 @@ class Event:
         self.serializer = serializer or queue.config.serializer
         self.max_deliveries = max_deliveries or queue.config.max_deliveries
         self.schedule = schedule
+        #: At most this many jobs of this event run at once, across every worker.
+        self.concurrency = concurrency
         self.last: JobHandle | BroadcastHandle | None = None
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -191,6 +194,9 @@ class Event:
             "result_ttl": self.result_ttl,
             "timeout": self.timeout,
             "retry": self.retry.describe() if self.retry else None,
+            # Left out when unset, so the stored templates of existing schedules stay
+            # as they were (a changed template is rewritten).
+            **({"concurrency": self.concurrency} if self.concurrency is not None else {}),
         }
 
     # -- the seed's view of the most recent fire from this process ----------------
@@ -223,3 +229,16 @@ def validate_event_options(
             f"max_deliveries must be a positive integer, not {max_deliveries!r}"
         )
     return list(routes)
+
+
+def validate_concurrency(concurrency: Any) -> int | None:
+    """``concurrency=``: ``None`` (no limit) or a positive integer; ``True`` is refused,
+    since it would quietly mean 1."""
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ConfigurationError(
+            f"concurrency must be a positive integer (the most jobs of the event running "
+            f"at once), not {concurrency!r}"
+        )
+    return concurrency

@@ -59,6 +59,10 @@ class JobRecord:
     that concluded (success, failure or timeout); ``deliveries`` counts claims, so
     ``deliveries - attempts`` for a job that is not running is the number of deliveries
     lost to dead workers.
+
+    ``concurrency``, when set, is the most jobs of this record's ``event`` that may be
+    ``running`` at once in the queue when a claim takes this one (``rules.gate_open``);
+    ``None``: no limit of its own.
     """
 
     id: str
@@ -85,6 +89,7 @@ class JobRecord:
     error: dict[str, Any] | None = None
     schedule: str | None = None
     parent: str | None = None
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         # Stores hand back plain strings; an unknown one fails here, not in a comparison.

@@ -12,7 +12,7 @@ from . import serialization
 from .config import QueueConfig
 from .cron import ScheduleSpec
 from .errors import ConfigurationError, SerializationError, SkunkQueueError
-from .events import Event, validate_event_options
+from .events import Event, validate_concurrency, validate_event_options
 from .handles import BroadcastHandle, JobHandle, handle_for
 from .model import JobRecord, JobState
 from .persistence import Backend, ScheduleRecord, open_backend
@@ -75,6 +75,7 @@ class SkunkQueue:
         result_ttl: float | None = None,
         serializer: str | None = None,
         max_deliveries: int | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Callable[..., Any]], Event]: ...
 
     def event(
@@ -94,13 +95,16 @@ class SkunkQueue:
         result_ttl: float | None = None,
         serializer: str | None = None,
         max_deliveries: int | None = None,
+        concurrency: int | None = None,
     ) -> Event | Callable[[Callable[..., Any]], Event]:
         """Register a function as an event of this queue (``@queue.job`` is the same).
 
         Everything is validated here, before the function is registered: routes, a cron
         expression or interval and its time zone, the retry policy and the limits. A tick
         more than ``grace`` seconds late counts as missed and ``misfire`` decides what
-        happens to it (``'all'`` fires at most the last ``max_catchup`` missed ticks). A cron
+        happens to it (``'all'`` fires at most the last ``max_catchup`` missed ticks).
+        ``concurrency=n`` lets at most n jobs of the event run at once, across every
+        worker and machine (decided by the store when a worker claims one). A cron
         or interval event stores its schedule in the backend now, so any scheduler fires
         it without importing this module.
         """
@@ -111,6 +115,7 @@ class SkunkQueue:
             serializer,
             max_deliveries,
         )
+        concurrency = validate_concurrency(concurrency)
         retry_policy = Retry.coerce(retry)
         schedule = None
         if cron is not None or every is not None:
@@ -140,6 +145,7 @@ class SkunkQueue:
                 serializer=serializer,
                 max_deliveries=max_deliveries,
                 schedule=schedule,
+                concurrency=concurrency,
             )
             self.events[event.name] = event
             register_event(self.name, event.name, event)

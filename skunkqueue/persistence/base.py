@@ -272,6 +272,21 @@ class Backend(ABC):
         ``len(record.payload)`` for the ASCII text SkunkQueue's serializers write. The
         cut keeps the order: a job left behind by the bound stays ``queued``, untouched,
         and is the first one the next claim on its routes takes. ``None``: no bound.
+
+        Concurrency limits (``rules.gate_open``), decided in the same atomic step: a job
+        whose ``concurrency`` is n is taken only while fewer than n jobs of its event are
+        ``running`` in the queue, counting every running job of the event (whatever its
+        own limit or route) and the ones this claim took already. A job refused so stays
+        ``queued`` (``stats``, ``list_jobs`` and ``get`` show it so) but is held back
+        aside, where no later claim reads it again, and the claim goes on with the jobs
+        behind it, keeping (eta, seq) order among what it takes; it holds back at most
+        ``rules.MAX_BATCH`` jobs a call, to bound its work. Whenever a job of the event
+        leaves ``running`` (``finish`` with any outcome, ``release``, ``sweep``'s recovery
+        or lost-deliveries failure), one held-back job of the event, the first in (eta,
+        seq) order, goes back to its route's queue in that same step and wakes its
+        waiting workers; so does ``cancel`` of a queued job that has a limit (``cancel``
+        of a held-back job removes it). Jobs without a limit cost nothing extra beyond
+        keeping each event's running count.
         """
         rules.check_routes(routes)
         rules.check_positive("lease", lease)

@@ -30,7 +30,11 @@ same bytes):
 * ``('l', name)`` leases; ``('h', name)`` schedules (JSON); ``('hr', name)`` each schedule
   name's revision, kept apart (so records of older versions read unchanged) and kept when
   its schedule is removed (so the name stored again never reuses one);
-* ``('w', route)`` and ``('w*',)`` wake counters, bumped by atomic add, watched by waiters.
+* ``('w', route)`` and ``('w*',)`` wake counters, bumped by atomic add, watched by waiters;
+* ``('n', event)`` running jobs of the event (atomic add, every job), read by a claim of
+  a job with a concurrency limit, which so conflicts with any change of that count;
+  ``('p', event, eta, seq, id)`` queued jobs a claim held back by that limit, out of
+  ``('r', ...)``, in the order they go back (``rules.gate_open``).
 
 Contention: claimers read the first ready keys with a snapshot read (no conflict on what
 they look at) and declare a read conflict only on the keys they take. The first attempt
@@ -49,6 +53,7 @@ import json
 import random
 import struct
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -64,6 +69,7 @@ from .rules import (
     cancel,
     check_fence,
     expected_revision_holds,
+    gate_open,
     payload_size,
     recover,
     release_held,
@@ -367,6 +373,8 @@ class FoundationDBBackend(Backend):
             tr.clear(self._seq_key(("s", float(r.eta)), r.seq, 0, r.id))
         elif r.state == QUEUED:
             tr.clear(self._seq_key(("r", r.route, float(r.eta)), r.seq, 0, r.id))
+            if r.concurrency is not None:  # it may be held back
+                tr.clear(self._seq_key(("p", r.event, float(r.eta)), r.seq, 0, r.id))
         elif r.state == RUNNING:
             tr.clear(self._k("u", float(r.lease_until or 0.0), r.id))
             tr.clear(self._k("o", r.owner, r.id))
@@ -513,7 +521,7 @@ class FoundationDBBackend(Backend):
             else:  # retried after a conflict: one random window of the queue's head
                 window = random.randrange(len(heads) // wanted)  # full windows only
                 picks = heads[window * wanted : (window + 1) * wanted]
-            taken = []
+            chosen: list[JobRecord] = []  # read first, written once none has a limit
             used = 0  # payload bytes taken, against max_bytes
             for _, _, job_id, key in picks:
                 if max_bytes is None:
@@ -525,20 +533,106 @@ class FoundationDBBackend(Backend):
                     r = self._read(tr, job_id, snapshot=True)
                     if r is not None and r.state == QUEUED:
                         size = payload_size(r.payload)
-                        if not bytes_cut([size], max_bytes, len(taken), used):
+                        if not bytes_cut([size], max_bytes, len(chosen), used):
                             break
                         used += size
                         tr.add_read_conflict_key(key)
                         tr.add_read_conflict_key(self._k("j", job_id))
                 if r is None or r.state != QUEUED:
                     continue
+                if r.concurrency is not None:  # nothing written yet: claim by the limits
+                    return self._take_gated(tr, routes, owner, now, lease, wanted, max_bytes)
+                chosen.append(r)
+            for r in chosen:
                 self._unindex(tr, r)
                 take(r, owner, now, lease)
                 self._index(tr, r)
-                taken.append(r)
-            return taken
+                self._count_running(tr, r.event, 1)
+            return chosen
 
         return self._run(take_some)
+
+    def _take_gated(
+        self,
+        tr: Any,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        wanted: int,
+        max_bytes: int | None,
+    ) -> list[JobRecord]:
+        """A claim that met a job with a concurrency limit (the transaction has written
+        nothing yet): in rounds, the first ready keys in order, each taken if its limit
+        lets it through and held back under ``('p', ...)`` if not, until the batch is
+        full, the queues run out, ``max_bytes`` cuts, or MAX_BATCH were held back.
+        Reads here conflict (the heads, the records, the running counts), so the limit
+        holds against every concurrent claim and finish."""
+        running: dict[str, int] = {}
+        taken: list[JobRecord] = []
+        used, held = 0, 0
+        while len(taken) < wanted and held < MAX_BATCH:
+            heads = []
+            for route in dict.fromkeys(routes):
+                begin, end = self._range("r", route)
+                for kv in tr.get_range(begin, end, limit=wanted - len(taken)):
+                    _, _, eta, stamp, job_id = self._unpack(kv.key)
+                    heads.append((eta, self._seq_of(stamp), job_id))
+            heads = sorted(heads)[: wanted - len(taken)]
+            if not heads:
+                break
+            refused = cut = False
+            for _, _, job_id in heads:
+                r = self._read(tr, job_id)
+                if r is None or r.state != QUEUED:
+                    continue
+                if r.concurrency is not None and r.event not in running:
+                    value = tr.get(self._k("n", r.event))
+                    running[r.event] = (
+                        max(0, struct.unpack("<q", bytes(value))[0]) if value.present() else 0
+                    )
+                if not gate_open(r, running.get(r.event, 0)):  # still queued, and counted so
+                    tr.clear(self._seq_key(("r", r.route, float(r.eta)), r.seq, 0, r.id))
+                    tr.set(self._seq_key(("p", r.event, float(r.eta)), r.seq, 0, r.id), b"")
+                    refused = True
+                    held += 1
+                    if held >= MAX_BATCH:
+                        break
+                    continue
+                size = payload_size(r.payload)
+                if not bytes_cut([size], max_bytes, len(taken), used):
+                    cut = True
+                    break
+                used += size
+                self._unindex(tr, r)
+                take(r, owner, now, lease)
+                self._index(tr, r)
+                self._count_running(tr, r.event, 1)
+                if r.event in running:
+                    running[r.event] += 1
+                taken.append(r)
+            if cut or not refused:
+                break
+        return taken
+
+    def _count_running(self, tr: Any, event: str, n: int) -> None:
+        tr.add(self._k("n", event), struct.pack("<q", n))
+
+    def _left_running(self, tr: Any, events: Sequence[str], counted: bool = True) -> None:
+        """Jobs of ``events`` (one name per job) left ``running`` (``counted``: their
+        count goes down), or queued jobs with a limit were cancelled: as many held-back
+        jobs of each event, first in order, go back to their route's ready keys."""
+        for event, n in Counter(events).items():
+            if counted:
+                self._count_running(tr, event, -n)
+            begin, end = self._range("p", event)
+            for kv in tr.get_range(begin, end, limit=n):
+                tr.clear(kv.key)
+                _, _, eta, stamp, job_id = self._unpack(kv.key)
+                r = self._read(tr, job_id)
+                if r is not None and r.state == QUEUED:
+                    self._index(tr, r)
+                    self._count(tr, r.state, r.route, -1)  # _index counted it again
 
     def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
@@ -573,6 +667,7 @@ class FoundationDBBackend(Backend):
         self, tr: Any, outcomes: Sequence[Outcome], owner: str, now: float
     ) -> list[bool]:
         answers = []
+        left: list[str] = []
         for outcome in outcomes:
             r = self._read(tr, outcome.job_id)
             if r is None or r.state != RUNNING or r.owner != owner:
@@ -584,6 +679,8 @@ class FoundationDBBackend(Backend):
             if r.state == RETRYING:
                 self._wake(tr, None)
             answers.append(True)
+            left.append(r.event)
+        self._left_running(tr, left)
         return answers
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
@@ -595,6 +692,7 @@ class FoundationDBBackend(Backend):
             begin, end = self._range("o", owner)
             held = list(tr.get_range(begin, end, limit=MAX_BATCH))
             released = {}
+            left: list[str] = []
             for kv in held:
                 job_id = self._unpack(kv.key)[2]
                 r = self._read(tr, job_id)
@@ -605,6 +703,8 @@ class FoundationDBBackend(Backend):
                 release_held(r, begun, now)
                 self._index(tr, r)  # a job queued again wakes its route's waiters
                 released[job_id] = r.state
+                left.append(r.event)
+            self._left_running(tr, left)
             return released, len(held) >= MAX_BATCH
 
         released: dict[str, str] = {}
@@ -619,6 +719,8 @@ class FoundationDBBackend(Backend):
     ) -> list[bool]:
         def cancel_all(tr: Any) -> list[bool]:
             answers = []
+            gated: list[str] = []
+            stopped: list[str] = []
             for job_id in job_ids:
                 r = self._read(tr, job_id)
                 after = None if r is None else replace(r)
@@ -629,6 +731,12 @@ class FoundationDBBackend(Backend):
                 self._unindex(tr, r)
                 self._index(tr, after)
                 answers.append(True)
+                if r.state == QUEUED and r.concurrency is not None:
+                    gated.append(r.event)
+                elif r.state == RUNNING:
+                    stopped.append(r.event)  # a slot of its event is free
+            self._left_running(tr, gated, counted=False)
+            self._left_running(tr, stopped)
             return answers
 
         return self._run(cancel_all)
@@ -650,6 +758,7 @@ class FoundationDBBackend(Backend):
                 report.promoted += 1
             begin, _ = self._range("u")
             lapsed = list(tr.get_range(begin, self._k("u", float(now)), limit=limit))  # < now
+            left: list[str] = []
             for kv in lapsed:
                 r = self._read(tr, self._unpack(kv.key)[2])
                 if r is None or r.state != RUNNING:
@@ -657,10 +766,12 @@ class FoundationDBBackend(Backend):
                 self._unindex(tr, r)
                 recover(r, now)
                 self._index(tr, r)
+                left.append(r.event)
                 if r.state == JobState.ERROR:
                     report.failed += 1
                 else:
                     report.recovered += 1
+            self._left_running(tr, left)
             begin, _ = self._range("x")
             expired = list(tr.get_range(begin, self._k("x", float(now)) + b"\xff", limit=limit))
             for kv in expired:

@@ -17,11 +17,13 @@ from urllib.parse import urlsplit
 from ..model import WAITING, JobRecord, JobState, Outcome
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport
 from .rules import (
+    MAX_BATCH,
     apply_outcome,
     bytes_cut,
     cancel,
     check_fence,
     expected_revision_holds,
+    gate_open,
     lapsed,
     payload_size,
     recover,
@@ -45,6 +47,8 @@ class _Store:
         self.revisions: dict[str, int] = {}
         self.seq = itertools.count(1)
         self.version = 0
+        #: Ids of queued jobs a claim held back by their event's concurrency limit.
+        self.parked: set[str] = set()
 
 
 # The one piece of module state: the stores themselves, since sharing them between the
@@ -148,15 +152,17 @@ class MemoryBackend(Backend):
         max_bytes: int | None = None,
     ) -> list[JobRecord]:
         wanted = set(routes)
+        parked = self._store.parked
         with self._locked():
             ready = sorted(
                 (
                     r
                     for r in self._store.jobs.values()
-                    if r.state == JobState.QUEUED and r.route in wanted
+                    if r.state == JobState.QUEUED and r.route in wanted and r.id not in parked
                 ),
                 key=lambda r: (r.eta, r.seq),
-            )[:limit]
+            )
+            ready = self._through_gates(ready, limit)
             if max_bytes is not None:
                 ready = ready[: bytes_cut((payload_size(r.payload) for r in ready), max_bytes)]
             for r in ready:
@@ -164,6 +170,43 @@ class MemoryBackend(Backend):
             if ready:
                 self._touch()
             return copy.deepcopy(ready)
+
+    def _through_gates(self, ready: list[JobRecord], limit: int) -> list[JobRecord]:
+        """The first ``limit`` of ``ready`` (in leaving order) that their events' limits
+        let through; the ones refused on the way are held back (``Backend.claim``)."""
+        if all(r.concurrency is None for r in ready[:limit]):
+            return ready[:limit]
+        running: dict[str, int] = {}
+        for r in self._store.jobs.values():
+            if r.state == JobState.RUNNING:
+                running[r.event] = running.get(r.event, 0) + 1
+        chosen: list[JobRecord] = []
+        held = 0
+        for r in ready:
+            if len(chosen) >= limit or held >= MAX_BATCH:
+                break
+            if gate_open(r, running.get(r.event, 0)):
+                chosen.append(r)
+                running[r.event] = running.get(r.event, 0) + 1
+            else:
+                self._store.parked.add(r.id)
+                held += 1
+        return chosen
+
+    def _left_running(self, events: list[str]) -> None:
+        """One held-back job of each event named (once per job of it that left
+        ``running``, or per gated queued job cancelled) goes back to its queue."""
+        parked = self._store.parked
+        for event in events:
+            if not parked:
+                return
+            waiting = [
+                r
+                for r in (self._store.jobs.get(i) for i in parked)
+                if r is not None and r.event == event
+            ]
+            if waiting:
+                parked.discard(min(waiting, key=lambda r: (r.eta, r.seq)).id)
 
     def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
@@ -193,6 +236,7 @@ class MemoryBackend(Backend):
                     continue
                 apply_outcome(r, outcome, now)
                 answers.append(True)
+                self._left_running([r.event])
             self._touch()
         return answers
 
@@ -206,6 +250,7 @@ class MemoryBackend(Backend):
                 if r.state == JobState.RUNNING and r.owner == owner:
                     release_held(r, begun, now)
                     released[r.id] = r.state
+                    self._left_running([r.event])
             if released:
                 self._touch()
         return released
@@ -217,7 +262,16 @@ class MemoryBackend(Backend):
         with self._locked():
             for job_id in job_ids:
                 r = self._store.jobs.get(job_id)
+                was = r.state if r is not None else None
+                gated = was == JobState.QUEUED and r is not None and r.concurrency is not None
                 answers.append(r is not None and cancel(r, now, reason, running))
+                if answers[-1] and gated:
+                    assert r is not None
+                    self._store.parked.discard(r.id)
+                    self._left_running([r.event])
+                elif answers[-1] and was == JobState.RUNNING:
+                    assert r is not None
+                    self._left_running([r.event])  # a slot of its event is free
             self._touch()
         return answers
 
@@ -236,6 +290,7 @@ class MemoryBackend(Backend):
             ended = [r for r in jobs.values() if lapsed(r, now)][:limit]
             for r in ended:
                 recover(r, now)
+                self._left_running([r.event])
                 if r.state == JobState.ERROR:
                     report.failed += 1
                 else:

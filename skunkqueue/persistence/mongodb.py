@@ -48,6 +48,16 @@ a leader deposed or overtaken between its checks and its writes may store the ti
 ``revision`` is a field of its document; a removed schedule's document stays, without
 ``q`` (so no listing sees it), to keep its name's revision.
 
+Concurrency limits (``mongo_gates.py``). A claim that meets a job with a limit runs in a
+transaction that writes the event's gate document, so such claims of one event go one
+after the other, and a job held back is stored ``state: "parked"`` (read as queued). A
+replica set holds the limit exactly against every claimer with a limit; a job of the
+event without a limit of its own, claimed at that very instant, may go uncounted. A
+standalone server has no transactions: two claims at the same instant may both see a
+free slot, so the limit can be exceeded by concurrent claimers there; and a job held back
+just as another finishes may wait for the next one of its event to finish. Every finish
+makes one extra small query (is any job held back?).
+
 Durability. On a replica set (or sharded cluster) writes use majority write concern,
 unless the URL sets ``w=``, and retryable writes stay on (pymongo's default), so a
 primary failover loses no job whose ``fire()`` returned. On a standalone server, a write
@@ -80,6 +90,7 @@ from urllib.parse import urlsplit
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError
 from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from . import mongo_gates
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, bounded_wait
 from .rules import (
     MAX_BATCH,
@@ -129,6 +140,8 @@ INDEXES: dict[str, dict[str, tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     LEASES: {"names": ([("q", 1), ("name", 1)], {})},
     SCHEDULES: {"names": ([("q", 1), ("name", 1)], {})},
 }
+
+INDEXES[JOBS].update(mongo_gates.GATE_INDEXES)
 
 #: Polling fallback: first and longest interval between looks (seconds).
 POLL_MIN, POLL_MAX = 0.01, 0.5
@@ -292,7 +305,10 @@ class MongoBackend(Backend):
 
     @staticmethod
     def _record(document: dict[str, Any]) -> JobRecord:
-        return JobRecord(**{name: document[name] for name in RECORD_FIELDS if name in document})
+        record = {name: document[name] for name in RECORD_FIELDS if name in document}
+        if record.get("state") == mongo_gates.PARKED:  # held back by a limit: still queued
+            record["state"] = QUEUED
+        return JobRecord(**record)
 
     def _alive(self, now: float) -> dict[str, Any]:
         return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
@@ -411,7 +427,9 @@ class MongoBackend(Backend):
         if limit <= 0:
             return []
         query: dict[str, Any] = {"q": self.queue, **self._alive(now)}
-        if state is not None:
+        if state == QUEUED:
+            query["state"] = {"$in": [QUEUED.value, mongo_gates.PARKED]}
+        elif state is not None:
             query["state"] = state
         if route is not None:
             query["route"] = route
@@ -435,7 +453,11 @@ class MongoBackend(Backend):
             projection={"eta": 1},
             hint="waiting",
         )
-        counts = {(r["_id"]["state"], r["_id"]["route"]): r["n"] for r in rows}
+        counts: dict[tuple[str, str], int] = {}
+        for row in rows:
+            state = row["_id"]["state"]
+            key = (QUEUED.value if state == mongo_gates.PARKED else state, row["_id"]["route"])
+            counts[key] = counts.get(key, 0) + row["n"]
         return Stats(counts=counts, next_due=None if first is None else first["eta"])
 
     def _claim(
@@ -459,7 +481,7 @@ class MongoBackend(Backend):
         claimed: list[JobRecord] = []
         used = 0  # payload bytes claimed so far
         query = {"q": self.queue, "state": QUEUED, "route": {"$in": list(routes)}}
-        projection: dict[str, Any] = {"_id": 1, "eta": 1}
+        projection: dict[str, Any] = {"_id": 1, "eta": 1, "concurrency": 1}
         if max_bytes is not None:
             projection["size"] = {"$strLenBytes": "$payload"}
         for _ in range(4):
@@ -468,6 +490,14 @@ class MongoBackend(Backend):
                 .sort([("eta", 1), ("seq", 1)])
                 .limit(wanted - len(claimed))
             )
+            if any(d.get("concurrency") is not None for d in found):
+                # A job with a limit: claimed by the limits (mongo_gates); a batch begun
+                # here ends here, and the next claim goes that way.
+                if not claimed:
+                    claimed = mongo_gates.claim_gated(
+                        self, routes, owner, now, lease, wanted, max_bytes
+                    )
+                break
             fitting = found
             if max_bytes is not None:
                 sizes = [d["size"] for d in found]
@@ -521,21 +551,27 @@ class MongoBackend(Backend):
         query = {"q": self.queue, "owner": owner, "state": RUNNING}
         while True:
             held = [self._record(d) for d in self._jobs.find(query, hint="held").limit(MAX_BATCH)]
+            left = []
             for old in held:
                 new = self._record(self._document(old))
                 release_held(new, begun, now)
                 if self._replace_if_unchanged(old, new):
                     released[old.id] = new.state
+                    left.append(old)
+            mongo_gates.let_through(self, left)
             if len(held) < MAX_BATCH:
                 return released
 
-    def _replace_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
-        """Write ``new`` where the stored record still has ``old``'s state, owner and
-        delivery count: a compare-and-set on one document."""
+    def _replace_if_unchanged(
+        self, old: JobRecord, new: JobRecord, stored_state: str | None = None
+    ) -> bool:
+        """Write ``new`` where the stored record still has ``old``'s state (or
+        ``stored_state``, for a job held back by a limit: stored "parked", read "queued"),
+        owner and delivery count: a compare-and-set on one document."""
         result = self._jobs.replace_one(
             {
                 "_id": self._key(old.id),
-                "state": old.state,
+                "state": stored_state or old.state,
                 "owner": old.owner,
                 "deliveries": old.deliveries,
             },
@@ -555,6 +591,7 @@ class MongoBackend(Backend):
             )
         }
         answers: list[bool] = []
+        left = []
         for outcome in outcomes:
             old = held.pop(outcome.job_id, None)  # one outcome per job and claim
             if old is None:
@@ -563,18 +600,24 @@ class MongoBackend(Backend):
             new = self._record(self._document(old))
             apply_outcome(new, outcome, now)
             answers.append(self._replace_if_unchanged(old, new))
+            if answers[-1]:
+                left.append(old)
+        mongo_gates.let_through(self, left)
         return answers
 
     def _cancel(
         self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
     ) -> list[bool]:
         keys = [self._key(i) for i in job_ids]
-        states = [*CANCELLABLE_STATES, RUNNING] if running else CANCELLABLE_STATES
-        found = {
-            d["id"]: self._record(d)
-            for d in self._jobs.find({"_id": {"$in": keys}, "state": {"$in": states}}, hint=BY_ID)
-        }
-        answers = []
+        states = [*CANCELLABLE_STATES, mongo_gates.PARKED, *([RUNNING] if running else [])]
+        documents = list(
+            self._jobs.find({"_id": {"$in": keys}, "state": {"$in": states}}, hint=BY_ID)
+        )
+        stored = {d["id"]: d["state"] for d in documents}
+        found = {d["id"]: self._record(d) for d in documents}
+        answers: list[bool] = []
+        gated: list[JobRecord] = []
+        stopped: list[JobRecord] = []
         for job_id in job_ids:
             old = found.pop(job_id, None)
             new = None if old is None else self._record(self._document(old))
@@ -583,7 +626,13 @@ class MongoBackend(Backend):
             if old is None or new is None or not cancel(new, now, reason, running):
                 answers.append(False)
                 continue
-            answers.append(self._replace_if_unchanged(old, new))
+            answers.append(self._replace_if_unchanged(old, new, stored.get(job_id)))
+            if answers[-1] and old.state == QUEUED and old.concurrency is not None:
+                gated.append(old)
+            elif answers[-1] and old.state == RUNNING:
+                stopped.append(old)  # a slot of its event is free
+        mongo_gates.let_through(self, gated, cancelled=True)
+        mongo_gates.let_through(self, stopped)
         return answers
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
@@ -607,14 +656,17 @@ class MongoBackend(Backend):
                 {"q": self.queue, "state": RUNNING, "lease_until": {"$lt": now}}
             ).limit(limit)
         ]
+        left = []
         for old in lapsed:
             new = self._record(self._document(old))
             recover(new, now)
             if self._replace_if_unchanged(old, new):
+                left.append(old)
                 if new.state == JobState.ERROR:
                     report.failed += 1
                 else:
                     report.recovered += 1
+        mongo_gates.let_through(self, left)
         expired = [
             d["_id"]
             for d in self._jobs.find(

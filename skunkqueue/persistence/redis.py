@@ -47,6 +47,7 @@ import json
 import logging
 import operator
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -286,6 +287,7 @@ class RedisBackend(Backend):
         if state in (None, JobState.QUEUED):
             routes = [route] if route is not None else self._routes_with(JobState.QUEUED)
             ordered += [self._key("ready:", r) for r in routes]
+            ordered += self._parked_keys()
         for key in ordered:
             self._walk(key, limit, wanted, found)
         unordered = []
@@ -300,6 +302,14 @@ class RedisBackend(Backend):
                     if wanted(record):
                         found[record.id] = record
         return sorted(found.values(), key=lambda r: (r.eta, r.seq))[:limit]
+
+    def _parked_keys(self) -> list[str]:
+        """The ``parked:<event>`` sets of queued jobs held back by a concurrency limit
+        (found by SCAN: listings are not a hot path, and claims never look here)."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._key("parked:")) + "*"
+        return sorted(
+            k if isinstance(k, str) else k.decode() for k in self._client.scan_iter(match=pattern)
+        )
 
     def _walk(
         self,

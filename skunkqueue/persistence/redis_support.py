@@ -66,6 +66,7 @@ FIELDS: dict[str, tuple[str, str]] = {  # JobRecord field -> (hash field, kind)
     "error": ("er", "json"),
     "schedule": ("sc", "str"),
     "parent": ("pa", "str"),
+    "concurrency": ("cc", "int"),
 }
 DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(JobRecord) if f.default is not dataclasses.MISSING

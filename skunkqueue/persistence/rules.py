@@ -75,6 +75,17 @@ def _check_job(job: JobRecord) -> None:
         value = getattr(job, name)
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"job field {name} must be a dict or None, not {value!r}")
+    check_concurrency(job.concurrency, f"job {job.id}: concurrency")
+
+
+def check_concurrency(value: Any, what: str = "concurrency") -> None:
+    """A concurrency limit is ``None`` or a positive integer (``True`` is not one)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be a positive integer or None, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be a positive integer or None, not {value!r}")
 
 
 def check_outcomes(outcomes: Sequence[Outcome]) -> None:
@@ -203,6 +214,22 @@ def take(r: JobRecord, owner: str, now: float, lease: float) -> None:
     r.lease_until = now + lease
     r.started_at = now
     r.deliveries += 1
+
+
+def gate_open(r: JobRecord, running: int) -> bool:
+    """``claim``'s concurrency rule: a queued job whose ``concurrency`` is n is taken only
+    while fewer than n jobs of its event are ``running`` in the queue (``running``: every
+    running job of the event, whatever its own limit or route, the ones this claim took
+    already included). A job without a limit is always taken.
+
+    A job the rule refuses stays ``queued`` and is held back aside (the claim goes on
+    with the jobs behind it). Held-back jobs of one event come back in (eta, seq) order,
+    one for each job of the event that leaves ``running`` (finish, release, sweep's
+    recovery or lost-deliveries failure) or each held-back-able job cancelled while
+    queued; the next claim takes it, or holds it back again. So an event's held-back
+    jobs leave in order: one whose own limit is lower than a later one's waits at the
+    head until the count is below its own limit (jobs of one event normally share one)."""
+    return r.concurrency is None or running < r.concurrency
 
 
 def lapsed(r: JobRecord, now: float) -> bool:

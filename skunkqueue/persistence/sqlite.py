@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -33,6 +34,8 @@ from .rules import (
     cancel,
     check_fence,
     expected_revision_holds,
+    gate_open,
+    payload_size,
     recover,
     release_held,
     state_on_put,
@@ -74,6 +77,7 @@ CREATE TABLE IF NOT EXISTS sq_jobs (
     error TEXT,
     schedule TEXT,
     parent TEXT,
+    concurrency INTEGER,
     UNIQUE (queue, id)
 );
 CREATE INDEX IF NOT EXISTS sq_jobs_ready ON sq_jobs (queue, state, route, eta, seq);
@@ -81,6 +85,16 @@ CREATE INDEX IF NOT EXISTS sq_jobs_due ON sq_jobs (queue, state, eta);
 CREATE INDEX IF NOT EXISTS sq_jobs_lease ON sq_jobs (queue, state, lease_until);
 CREATE INDEX IF NOT EXISTS sq_jobs_expiry ON sq_jobs (queue, expires_at)
     WHERE expires_at IS NOT NULL;
+-- Concurrency limits (rules.gate_open): the jobs a claim held back, per event in the order
+-- they go back. Their sq_jobs rows are 'parked' (out of the ready index, read as
+-- 'queued'). A table of its own, not an index of sq_jobs: other jobs pay nothing for it.
+CREATE TABLE IF NOT EXISTS sq_parked (
+    seq INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    event TEXT NOT NULL,
+    eta REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sq_parked_order ON sq_parked (queue, event, eta, seq);
 CREATE TABLE IF NOT EXISTS sq_leases (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -113,7 +127,14 @@ CREATE TABLE IF NOT EXISTS sq_schedule_revisions (
 
 #: JobRecord's fields, in its order: a row read with them is the record's arguments.
 COLUMNS = [f.name for f in fields(JobRecord)]
-SELECT_JOB = f"SELECT {', '.join(COLUMNS)} FROM sq_jobs"
+# A job held back by its event's concurrency limit is stored 'parked' (out of the ready
+# index) and read as what it is to everyone else: queued.
+SELECT_JOB = "SELECT {} FROM sq_jobs".format(
+    ", ".join(
+        "CASE state WHEN 'parked' THEN 'queued' ELSE state END" if c == "state" else c
+        for c in COLUMNS
+    )
+)
 INSERT_COLUMNS = [c for c in COLUMNS if c != "seq"] + ["queue"]
 JSON_COLUMNS = ("retry", "error")
 ALIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -302,6 +323,9 @@ class SQLiteBackend(Backend):
 
     def _create_schema(self) -> None:
         with self._write() as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(sq_jobs)")}
+            if columns and "concurrency" not in columns:  # made by an earlier version
+                db.execute("ALTER TABLE sq_jobs ADD COLUMN concurrency INTEGER")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -360,7 +384,9 @@ class SQLiteBackend(Backend):
     ) -> list[JobRecord]:
         sql = f"{SELECT_JOB} WHERE queue = ? AND {ALIVE}"
         params: list[Any] = [self.queue, now]
-        if state is not None:
+        if state == JobState.QUEUED:
+            sql += " AND state IN ('queued', 'parked')"
+        elif state is not None:
             sql += " AND state = ?"
             params.append(state)
         if route is not None:
@@ -379,7 +405,11 @@ class SQLiteBackend(Backend):
             "SELECT MIN(eta) FROM sq_jobs WHERE queue = ? AND state IN ('scheduled', 'retrying')",
             (self.queue,),
         )
-        return Stats(counts={(s, r): n for s, r, n in rows}, next_due=due[0][0])
+        counts: dict[tuple[str, str], int] = {}
+        for state, route, n in rows:
+            key = ("queued" if state == "parked" else state, route)
+            counts[key] = counts.get(key, 0) + n
+        return Stats(counts=counts, next_due=due[0][0])
 
     def _claim(
         self,
@@ -412,10 +442,111 @@ class SQLiteBackend(Backend):
                 return []
             rows = db.execute(f"{SELECT_JOB} WHERE seq IN ({_marks(chosen)})", chosen).fetchall()
             taken = sorted((_row_to_record(r) for r in rows), key=lambda r: (r.eta, r.seq))
+            if any(r.concurrency is not None for r in taken):
+                return self._claim_gated(db, routes, owner, now, lease, limit, max_bytes)
             for r in taken:
                 take(r, owner, now, lease)
             _write_back(db, taken, TAKEN)
         return taken
+
+    def _claim_gated(
+        self,
+        db: sqlite3.Connection,
+        routes: Sequence[str],
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int,
+        max_bytes: int | None,
+    ) -> list[JobRecord]:
+        """The claim when a job with a concurrency limit is among the first: in rounds,
+        each taking what the limits let through and holding back (state 'parked') what
+        they refuse, until the batch is full, the queues run out, ``max_bytes`` cuts, or
+        MAX_BATCH jobs were held back. Each round writes back, so the next one's query
+        sees neither the jobs taken nor the ones held back."""
+        running: dict[str, int] = {}  # per event looked up: running in the store + taken
+        taken: list[JobRecord] = []
+        used, held = 0, 0
+        while len(taken) < limit and held < MAX_BATCH:
+            want = limit - len(taken)
+            candidates: list[tuple[float, int, int]] = []
+            for route in routes:
+                candidates += db.execute(
+                    "SELECT eta, seq, length(CAST(payload AS BLOB)) FROM sq_jobs "
+                    "WHERE queue = ? AND state = 'queued' AND route = ? ORDER BY eta, seq LIMIT ?",
+                    (self.queue, route, want),
+                ).fetchall()
+            first = sorted(candidates)[:want]
+            fits = bytes_cut((n for _, _, n in first), max_bytes, len(taken), used)
+            chosen = [seq for _, seq, _ in first[:fits]]
+            if not chosen:
+                break
+            rows = db.execute(f"{SELECT_JOB} WHERE seq IN ({_marks(chosen)})", chosen).fetchall()
+            now_taken, parked = [], []
+            for r in sorted((_row_to_record(r) for r in rows), key=lambda r: (r.eta, r.seq)):
+                if r.concurrency is not None and r.event not in running:
+                    # Rows taken in this round are not written yet: count them too.
+                    running[r.event] = self._running_count(db, r.event) + sum(
+                        1 for t in now_taken if t.event == r.event
+                    )
+                if gate_open(r, running.get(r.event, 0)):
+                    take(r, owner, now, lease)
+                    now_taken.append(r)
+                    used += payload_size(r.payload)
+                    if r.event in running:
+                        running[r.event] += 1
+                elif held < MAX_BATCH:
+                    parked.append(r.seq)
+                    held += 1
+            _write_back(db, now_taken, TAKEN)
+            if parked:
+                db.execute(
+                    f"UPDATE sq_jobs SET state = 'parked' WHERE seq IN ({_marks(parked)})", parked
+                )
+                db.execute(
+                    "INSERT INTO sq_parked (queue, event, eta, seq) SELECT queue, event, eta, "
+                    f"seq FROM sq_jobs WHERE seq IN ({_marks(parked)})",
+                    parked,
+                )
+            taken += now_taken
+            if not parked and (fits < len(first) or len(first) < want):
+                break  # cut by max_bytes, or the queues ran out
+        return sorted(taken, key=lambda r: (r.eta, r.seq))
+
+    def _running_count(self, db: sqlite3.Connection, event: str) -> int:
+        """Running jobs of ``event``: a walk of the queue's running jobs (an index by
+        state), read only by a claim that meets a job with a limit. Bounded by how many
+        jobs run at once, and no index is kept up for it on every job's claim and finish."""
+        return db.execute(
+            "SELECT COUNT(*) FROM sq_jobs WHERE queue = ? AND event = ? AND state = 'running'",
+            (self.queue, event),
+        ).fetchone()[0]
+
+    def _unpark(self, db: sqlite3.Connection, events: Sequence[str]) -> None:
+        """Jobs of ``events`` (one name per job) left ``running``, or a queued job with a
+        limit was cancelled: as many held-back jobs of each event, first in (eta, seq)
+        order, go back to their queues. One probe of sq_parked, empty unless some job is
+        held back, so jobs without limits pay almost nothing."""
+        probe = "SELECT 1 FROM sq_parked WHERE queue = ? LIMIT 1"
+        if not events or not db.execute(probe, (self.queue,)).fetchone():
+            return
+        for event, n in Counter(events).items():
+            heads = [
+                row[0]
+                for row in db.execute(
+                    "SELECT seq FROM sq_parked WHERE queue = ? AND event = ? "
+                    "ORDER BY eta, seq LIMIT ?",
+                    (self.queue, event, n),
+                )
+            ]
+            if heads:
+                marks = _marks(heads)
+                db.execute(f"DELETE FROM sq_parked WHERE seq IN ({marks})", heads)
+                db.execute(
+                    f"UPDATE sq_jobs SET state = 'queued' WHERE seq IN ({marks}) "
+                    "AND state = 'parked'",
+                    heads,
+                )
 
     def _renew(
         self, owner: str, now: float, lease: float, job_ids: Sequence[str] | None = None
@@ -455,6 +586,7 @@ class SQLiteBackend(Backend):
                     settled.append((SETTLED_VALUES(r), r))
                     apply_outcome(r, outcome, now)
             _write_changes(db, settled, SETTLED)
+            self._unpark(db, [r.event for _, r in settled])
         return answers
 
     def _release(self, owner: str, now: float, started: Sequence[str] = ()) -> dict[str, str]:
@@ -485,6 +617,7 @@ class SQLiteBackend(Backend):
                         ),
                     )
                     released[r.id] = r.state
+                self._unpark(db, [row[COLUMNS.index("event")] for row in rows])
             if len(rows) < MAX_BATCH:
                 return released
 
@@ -503,13 +636,23 @@ class SQLiteBackend(Backend):
                     ),
                 )
             }
-            answers, cancelled = [], []
+            answers, cancelled, gated, stopped = [], [], [], []
             for job_id in job_ids:
                 r = found.get(job_id)
+                was = r.state if r is not None else None
                 answers.append(r is not None and cancel(r, now, reason, running))
                 if answers[-1]:
                     cancelled.append(r)
+                    if was == JobState.QUEUED and r.concurrency is not None:
+                        gated.append(r)
+                    elif was == JobState.RUNNING:
+                        stopped.append(r.event)
             _write_back(db, cancelled, CANCELLED_RUNNING if running else CANCELLED)
+            if gated:  # held back or not: out of sq_parked, and the next one let through
+                seqs = [r.seq for r in gated]
+                db.execute(f"DELETE FROM sq_parked WHERE seq IN ({_marks(seqs)})", seqs)
+            if gated or stopped:  # a running job cancelled frees a slot of its event too
+                self._unpark(db, [r.event for r in gated] + stopped)
         return answers
 
     def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:
@@ -553,6 +696,7 @@ class SQLiteBackend(Backend):
                 else:
                     report.recovered += 1
             _write_back(db, lapsed, SETTLED)
+            self._unpark(db, [r.event for r in lapsed])
             report.expired = db.execute(
                 "DELETE FROM sq_jobs WHERE seq IN (SELECT seq FROM sq_jobs WHERE queue = ? "
                 "AND expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",

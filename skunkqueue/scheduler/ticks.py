@@ -33,7 +33,14 @@ from ..persistence.base import Backend, Fence, ScheduleRecord
 
 log = logging.getLogger("skunkqueue.scheduler")
 
-TEMPLATE_FIELDS = ("serializer", "max_deliveries", "result_ttl", "timeout", "retry")
+TEMPLATE_FIELDS = (
+    "serializer",
+    "max_deliveries",
+    "result_ttl",
+    "timeout",
+    "retry",
+    "concurrency",
+)
 
 
 def tick_job_id(queue: str, event: str, tick: float) -> str:

@@ -729,3 +729,40 @@ def test_a_record_the_rules_accept_is_stored_as_given_or_refused_alike(backend):
         if repr(stored) != repr(faithful):  # repr: NaN equals NaN
             wrong.append(f"{name}: stored {stored!r}")
     assert not wrong
+
+
+# -- claim: rules.gate_open ----------------------------------------------------------
+
+# id: (its concurrency limit, running jobs of its event before the claim). The running
+# jobs have no limit of their own and run on another route: they count all the same.
+GATES = {
+    "no-limit-3-running": (None, 3),
+    "limit-1-none-running": (1, 0),
+    "limit-1-1-running": (1, 1),
+    "limit-2-1-running": (2, 1),
+    "limit-2-2-running": (2, 2),
+    "limit-3-5-running": (3, 5),
+}
+
+
+def test_claim_lets_jobs_through_as_the_gate_rule_says(backend):
+    running = [
+        job(f"{name}-running-{i}", event=f"ev.{name}", route="elsewhere", eta=NOW - 20)
+        for name, (_, n) in GATES.items()
+        for i in range(n)
+    ]
+    _claimed(backend, running, "w", NOW, 60)
+    candidates = [
+        job(name, event=f"ev.{name}", concurrency=limit, eta=NOW - 10)
+        for name, (limit, _) in GATES.items()
+    ]
+    assert backend.put(candidates, NOW) == [True] * len(candidates)
+    before = _records(backend, list(GATES), NOW)
+    verdicts = {name: rules.gate_open(before[name], n) for name, (_, n) in GATES.items()}
+    assert set(verdicts.values()) == {True, False}
+    taken = backend.claim(["default"], "w", NOW, lease=30, limit=len(GATES))
+    assert sorted(ids(taken)) == sorted(name for name, through in verdicts.items() if through)
+    for name, through in verdicts.items():
+        stored = backend.get(name, NOW)
+        assert stored.state == ("running" if through else "queued"), name
+        assert stored.concurrency == GATES[name][0], name

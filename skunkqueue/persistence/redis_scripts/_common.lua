@@ -21,6 +21,10 @@
 --   prefix .. 'held:' .. owner   SET   ids of the running jobs that owner holds
 --   prefix .. 'quarantine'       ZSET  'j:<id>' or 'lease:<name>' -> when (TIME) a script
 --                                      set that malformed record aside (see below)
+--   prefix .. 'running_by_event' HASH  event -> its running jobs (every job, limit or not)
+--   prefix .. 'parked:' .. event ZSET  member(seq, id) -> eta: queued jobs of the event a
+--                                      claim held back by their concurrency limit (out
+--                                      of ready:<route>, still counted 'queued')
 -- A channel, not a key: PUBLISH prefix .. 'wake:scheduler' when the scheduler's next due
 -- time moves earlier (every scheduler subscribes, so a standby never swallows the
 -- leader's wake-up the way a popped list token would).
@@ -30,7 +34,7 @@
 --   c created_at (absent where it equals t: put leaves it out, decode_record restores it)
 --   a attempts  d deliveries  m max_deliveries  o owner  l lease_until  b started_at
 --   f finished_at  x expires_at  k result_ttl  tm timeout  rt retry  rs result
---   er error  sc schedule  pa parent
+--   er error  sc schedule  pa parent  cc concurrency
 -- Times cross as strings: Python's repr() in, '%.17g' out. Lua numbers are doubles, so
 -- tonumber() of such a string is exact and '%.17g' round-trips, while tostring() would
 -- round to 14 digits. Scores handed to ZADD are the strings themselves.
@@ -88,7 +92,7 @@ local KIND = {
   e = 'name', r = 'name', p = 'text', z = 'name', s = 'state', t = 'number', c = 'number',
   q = 'count', a = 'count', d = 'count', m = 'count', o = 'text', l = 'number', b = 'number',
   f = 'number', x = 'number', k = 'number', tm = 'number', rt = 'json', rs = 'text',
-  er = 'json', sc = 'text', pa = 'text',
+  er = 'json', sc = 'text', pa = 'text', cc = 'count',
 }
 -- Fields every record has (put writes them; redis_support.ALWAYS_STORED and seq).
 local REQUIRED = {e = true, r = true, p = true, s = true, t = true, q = true}
@@ -259,9 +263,116 @@ local function apply_stage(s)
   for key, list in pairs(s.sadd) do redis.call('SADD', key, unpack(list)) end
 end
 
+-- -- concurrency limits (rules.gate_open) ------------------------------------------------
+-- Every job's event is counted in RUNNING_BY_EVENT while it runs; the changes of a call
+-- are summed per event and written by commit(), like the counts. A claim holds back a
+-- job whose limit is reached in parked:<event>; whenever a job leaves running, or a
+-- queued job with a limit is cancelled, commit() moves as many held-back jobs of its
+-- event (first in (eta, seq) order) back to their ready:<route> and wakes the route.
+local RUNNING_BY_EVENT = P .. 'running_by_event'
+local function parked_key(event) return P .. 'parked:' .. event end
+local running_deltas, freed, unparked_already = {}, {}, {}
+local running_read = {}  -- event -> running count as stored, read once a call
+local running_changed = {}  -- events whose count this call changes, once checked
+
+local function entered_running(event)
+  running_deltas[event] = (running_deltas[event] or 0) + 1
+end
+-- THE helper to call when a job leaves 'running' (finish, release, sweep, a cancel of a
+-- running job): the event's count goes down and one held-back job of it is let through.
+local function left_running(event)
+  running_deltas[event] = (running_deltas[event] or 0) - 1
+  freed[event] = (freed[event] or 0) + 1
+end
+-- A queued job with a limit cancelled (m: its index member): out of parked:<event> if
+-- it was there; and since a slot may have been waiting for it, the next one is let through.
+local function cancelled_gated(event, m)
+  zrem_later(parked_key(event), m)
+  unparked_already[m] = true
+  freed[event] = (freed[event] or 0) + 1
+end
+
+-- Running jobs of event now, this call's changes included; nil and the error reply's
+-- text when the stored count cannot be read.
+local function running_count(event)
+  if running_read[event] == nil then
+    local v = redis.pcall('HGET', RUNNING_BY_EVENT, event)
+    if type(v) == 'table' and v.err then return nil, type_problem(RUNNING_BY_EVENT, 'hash') end
+    if v and not is_count(v) then
+      return nil, 'SQ_CORRUPT ' .. RUNNING_BY_EVENT .. ' field ' .. event
+        .. ' is not an integer; nothing was written'
+    end
+    running_read[event] = math.max(0, tonumber(v or '0'))
+  end
+  return running_read[event] + (running_deltas[event] or 0)
+end
+
+-- A claim holds back the queued job id (entry m of ready, score eta).
+local function hold_back(ready, m, eta, event)
+  zrem_later(ready, m)
+  zadd_later(parked_key(event), eta, m)
+end
+
+-- commit()'s first step: stage the moves of held-back jobs the freed slots let through
+-- (reads only, then staged writes). A stale entry (its record gone, malformed, or not
+-- queued as that entry) is dropped and lets the next one through.
+local function stage_let_through()
+  for event, n in pairs(freed) do
+    local key = parked_key(event)
+    local start = 0
+    while n > 0 do
+      local got = redis.pcall('ZRANGE', key, start, start + n - 1, 'WITHSCORES')
+      if got.err then return type_problem(key, 'zset') end
+      if #got == 0 then break end
+      start = start + #got / 2
+      for k = 1, #got, 2 do
+        local m = got[k]
+        if n > 0 and not unparked_already[m] then
+          unparked_already[m] = true
+          local id, seq = parse_member(m)
+          local rec, why
+          if id then rec, why = read_job(id, {'s', 'r', 'q', 'e'}) end
+          zrem_later(key, m)
+          if rec and rec.s == 'queued' and rec.q == seq and rec.e == event then
+            zadd_later(ready_key(rec.r), got[k + 1], m)
+            wake(rec.r)
+            n = n - 1
+          elseif id and not rec and why ~= MISSING then
+            quarantine('j:' .. id, why)
+          else
+            skip(id and ('j:' .. id) or m, 'not held back as this entry says')
+          end
+        end
+      end
+    end
+  end
+  for event, n in pairs(running_deltas) do
+    if n ~= 0 then running_changed[#running_changed + 1] = event end
+  end
+  if #running_changed > 0 then
+    need(RUNNING_BY_EVENT, 'hash')
+    for _, event in ipairs(running_changed) do
+      local _, problem = running_count(event)
+      if problem then return problem end
+    end
+  end
+  return nil
+end
+
+local function apply_running_deltas()
+  for _, event in ipairs(running_changed) do
+    if redis.call('HINCRBY', RUNNING_BY_EVENT, event, running_deltas[event]) <= 0 then
+      -- Never below 0: jobs that ran before this count existed leave without going negative.
+      redis.call('HDEL', RUNNING_BY_EVENT, event)
+    end
+  end
+end
+
 -- Write everything recorded, once nothing can fail: every key's type is checked and every
 -- count changed is an integer. Returns nil, or the error text having written nothing.
 local function commit()
+  local gates_problem = stage_let_through()
+  if gates_problem then return gates_problem end
   for key, kind in pairs(needs) do
     local problem = type_problem(key, kind)
     if problem then return problem end
@@ -289,6 +400,7 @@ local function commit()
       redis.call('HDEL', COUNTS, field)
     end
   end
+  apply_running_deltas()
   for _, key in ipairs(to_wake) do wake_key(key) end
   return nil
 end

@@ -7,7 +7,10 @@
 -- ARGV[4] '1': cancel running jobs as well, '0': leave them
 -- ARGV[5..]   job ids
 -- Touches     j:<id>, scheduled or ready:<route>, or running and held:<owner> (a running
---             job's owner and lease are cleared), expiry, counts.
+--             job's owner and lease are cleared, and its event's running count given
+--             back), expiry, counts; for a queued job with a concurrency limit
+--             parked:<event> (out of it if it was held back); a freed slot lets the next
+--             held-back job of the event through (see _common.lua).
 -- Returns     {one 1/0 per id, skipped}: 1 where the job was scheduled, queued or retrying
 --             (or running, with ARGV[4] '1') and its record well-formed (a malformed one
 --             is left as it is and named in skipped); or the error 'SQ_CORRUPT ...'
@@ -19,7 +22,7 @@ for k = 5, #ARGV do
   local id = ARGV[k]
   local rec, why = nil, nil
   if not done[id] then  -- an id given twice is cancelled once
-    rec, why = read_job(id, {'s', 'r', 'q', 'k', 'o', 'e'})
+    rec, why = read_job(id, {'s', 'r', 'q', 'k', 'o', 'e', 'cc'})
   end
   local state = rec and rec.s
   if state == 'scheduled' or state == 'retrying' or state == 'queued'
@@ -27,11 +30,12 @@ for k = 5, #ARGV do
     done[id] = true
     local key = job_key(id)
     if state == 'running' then
-      -- The job leaves running here, as in finish, sweep and release: whatever a running
-      -- job holds (a count per event: rec.e) is given back next to let_go.
+      -- The job leaves running here, as in finish, sweep and release.
       let_go(key, id, rec.r, rec.o and held_key(rec.o))
+      left_running(rec.e)
     else
       unlink(id, state, rec.r, rec.q, nil)
+      if state == 'queued' and rec.cc then cancelled_gated(rec.e, member(rec.q, id)) end
     end
     local expires = plus(now, rec.k or default_ttl)
     write('HSET', key, 's', 'cancelled', 'er', reason, 'f', now, 'x', expires)

@@ -10,6 +10,8 @@
 --         first job always taken
 -- ARGV[6] n, then [7 .. 6+n] the route names (for the counts)
 -- Touches  ready:<route>, j:<id>, running, held:<owner>, counts, wake:<route>, quarantine,
+--          running_by_event, parked:<event> (a job held back by its concurrency limit;
+--          one held back counts against SKIP_BUDGET like one passed over),
 --          PUBLISH wake:scheduler if the new lease ends before anything else pending.
 -- Returns  {the taken records, each {id, field, value, ...}, in (eta, seq) order, skipped};
 --          or the error 'SQ_CORRUPT ...' having written nothing.
@@ -70,14 +72,24 @@ while more and #taken < limit and not cut and passed < SKIP_BUDGET do
     local m, r, id = c[3], c[4], c[6]
     local ready, route = KEYS[7 + r], ARGV[6 + r]
     local rec, why, stale = takeable(m, id, route)
-    if rec and max_bytes and #taken > 0 and used + #rec.p > max_bytes then
+    -- A job whose event has its limit of running jobs is held back (rules.gate_open).
+    local refused = false
+    if rec and rec.cc then
+      local running, problem = running_count(rec.e)
+      if problem then return redis.error_reply(problem) end
+      refused = running >= tonumber(rec.cc)
+    end
+    if rec and not refused and max_bytes and #taken > 0 and used + #rec.p > max_bytes then
       -- Stop before the first job over the bound (never skip to a smaller one: the order
       -- must hold); the one left is the head of its queue for the next claim.
       cut = true
       break
     end
     offsets[r] = offsets[r] + 1
-    if rec then
+    if refused then
+      hold_back(ready, m, c[5], rec.e)
+      passed = passed + 1
+    elseif rec then
       used = used + #rec.p
       zrem_later(ready, m)
       -- The claim's time as it is, never moved to the eta (see Backend.claim).
@@ -88,6 +100,7 @@ while more and #taken < limit and not cut and passed < SKIP_BUDGET do
       sadd_later(KEYS[7], id)
       count('queued', route, -1)
       count('running', route, 1)
+      entered_running(rec.e)
       local record = {id}
       for f, v in pairs(rec) do
         record[#record + 1] = f

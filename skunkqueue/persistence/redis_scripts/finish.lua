@@ -8,7 +8,9 @@
 --   id, state (complete / error / retrying / queued), eta ('' = now),
 --   has_result ('1'/'0'), result, has_error ('1'/'0'), error JSON,
 --   started_at ('' = keep the claim's)
--- Touches     j:<id>, running, held:<owner>, then by outcome: expiry (complete, error),
+-- Touches     j:<id>, running, held:<owner>, running_by_event, parked:<event> (jobs of
+--             the event held back by a concurrency limit: one let through per job
+--             finished, to ready:<route> + wake:<route>), then by outcome: expiry (complete, error),
 --             scheduled (retrying), ready:<route> + wake:<route> (queued); counts;
 --             PUBLISH wake:scheduler when a retry eta is the new earliest.
 -- Returns     {one 1/0 per outcome, skipped}: 0 unless the job is running and held by
@@ -24,7 +26,7 @@ for j = 1, tonumber(ARGV[4]) do
   local key = job_key(id)
   local rec, why = nil, nil
   if not done[id] then  -- a second outcome for a job finished in this call finds it done
-    rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'k', 'a', 'd'})
+    rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'k', 'a', 'd', 'e'})
   end
   if not rec or rec.s ~= 'running' or rec.o ~= owner then
     if why and why ~= MISSING then skip('j:' .. id, why) end
@@ -33,6 +35,7 @@ for j = 1, tonumber(ARGV[4]) do
     done[id] = true
     local route, seq = rec.r, rec.q
     let_go(key, id, route, KEYS[7])
+    left_running(rec.e)
     if state == 'queued' then
       hand_back(key, id, route, seq, rec.t, rec.d)
     else

@@ -6,7 +6,9 @@
 -- ARGV[1] owner  [2] now  [3] the JobRecord default max_deliveries  [4] default result_ttl
 -- ARGV[5] limit: ids of held:<owner> looked at in this call
 -- ARGV[6..]   ids of the jobs that had started (their delivery counts)
--- Touches     j:<id>, running, held:<owner> (every id looked at leaves it), counts, then
+-- Touches     j:<id>, running, held:<owner> (every id looked at leaves it), counts,
+--             running_by_event, parked:<event> (one held-back job let through per job
+--             handed back: see finish.lua), then
 --             ready:<route> + wake:<route> (queued again) or expiry (error: deliveries
 --             lost); quarantine (an id whose record is malformed).
 -- Returns     {more, {id, new state, ...}, skipped}: more is 1 when held:<owner> had limit
@@ -23,9 +25,10 @@ local more, out = 0, {}
 if #ids >= limit then more = 1 end
 for _, id in ipairs(ids) do
   local key = job_key(id)
-  local rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'd', 'a', 'm', 'k'})
+  local rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'd', 'a', 'm', 'k', 'e'})
   if rec and rec.s == 'running' and rec.o == owner then
     let_go(key, id, rec.r, KEYS[7])
+    left_running(rec.e)
     local state = 'queued'
     if started[id] then
       state = recover(key, id, rec.r, rec.q, rec.t, rec.d, rec.a, rec.m or ARGV[3],

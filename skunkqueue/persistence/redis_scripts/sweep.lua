@@ -8,7 +8,9 @@
 -- ARGV[5] the JobRecord default max_deliveries  [6] default result_ttl
 -- Touches     scheduled -> ready:<route> (due jobs), running -> ready:<route> or expiry
 --             (lapsed leases), expiry + j:<id> + any index (deleted records), held:<owner>,
---             counts, wake:<route>, quarantine (records that cannot be acted on).
+--             counts, wake:<route>, quarantine (records that cannot be acted on),
+--             running_by_event, parked:<event> (one held-back job let through per
+--             lapsed job: see finish.lua).
 -- Returns     {promoted, recovered, failed, expired, more (1/0), earliest waiting eta
 --             ('' if none), earliest running lease end ('' if none), skipped}; or the error
 --             'SQ_LEASE_LOST ...' having written nothing, unless the fence holds its lease
@@ -65,7 +67,7 @@ end
 local recovered, failed, new_expiry, expired_now = 0, 0, {}, {}
 for _, id in ipairs(lapsed) do
   local key = job_key(id)
-  local rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'd', 'a', 'm', 'k'})
+  local rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'd', 'a', 'm', 'k', 'e'})
   if not rec then
     set_aside(RUNNING, id, id, why)
   elseif rec.s ~= 'running' then
@@ -73,6 +75,7 @@ for _, id in ipairs(lapsed) do
     skip('j:' .. id, 'not running as this entry says (state ' .. rec.s .. ')')
   else
     let_go(key, id, rec.r, rec.o and held_key(rec.o))
+    left_running(rec.e)
     local state, expires = recover(key, id, rec.r, rec.q, rec.t, rec.d, rec.a,
       rec.m or ARGV[5], rec.k or ARGV[6], now)
     after[id] = {s = state, r = rec.r, q = rec.q}
