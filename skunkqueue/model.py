@@ -46,6 +46,8 @@ def as_state(value: str) -> JobState:
 WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 #: States a job can still be cancelled from: it has not started.
 CANCELLABLE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+#: States a job can be retried by hand from: it ended without success.
+RETRYABLE = frozenset({JobState.ERROR, JobState.CANCELLED})
 #: States a worker may report for a job it holds.
 OUTCOME_STATES = frozenset({JobState.COMPLETE, JobState.ERROR, JobState.RETRYING, JobState.QUEUED})
 
@@ -59,6 +61,10 @@ class JobRecord:
     that concluded (success, failure or timeout); ``deliveries`` counts claims, so
     ``deliveries - attempts`` for a job that is not running is the number of deliveries
     lost to dead workers.
+
+    ``history`` keeps the errors of earlier attempts, oldest first (at most
+    ``rules.HISTORY_KEEP``): whenever ``error`` is replaced by a later outcome or cleared
+    by a retry by hand, the error it held is appended (``rules.remember_error``).
     """
 
     id: str
@@ -85,6 +91,7 @@ class JobRecord:
     error: dict[str, Any] | None = None
     schedule: str | None = None
     parent: str | None = None
+    history: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         # Stores hand back plain strings; an unknown one fails here, not in a comparison.

@@ -35,6 +35,7 @@ from .rules import (
     expected_revision_holds,
     recover,
     release_held,
+    retry,
     state_on_put,
     take,
     taken_lease,
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS sq_jobs (
     error TEXT,
     schedule TEXT,
     parent TEXT,
+    history TEXT,
     UNIQUE (queue, id)
 );
 CREATE INDEX IF NOT EXISTS sq_jobs_ready ON sq_jobs (queue, state, route, eta, seq);
@@ -115,7 +117,7 @@ CREATE TABLE IF NOT EXISTS sq_schedule_revisions (
 COLUMNS = [f.name for f in fields(JobRecord)]
 SELECT_JOB = f"SELECT {', '.join(COLUMNS)} FROM sq_jobs"
 INSERT_COLUMNS = [c for c in COLUMNS if c != "seq"] + ["queue"]
-JSON_COLUMNS = ("retry", "error")
+JSON_COLUMNS = ("retry", "error", "history")
 ALIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 INSERT_JOB = f"""
@@ -145,9 +147,25 @@ SETTLED = (
     "error",
     "finished_at",
     "expires_at",
+    "history",
 )
 SETTLED_VALUES = attrgetter(*SETTLED)
 CANCELLED = ("state", "error", "finished_at", "expires_at")
+#: What rules.retry changes; the seq is new as well (the back of the route's queue).
+RETRIED = (
+    "state",
+    "eta",
+    "error",
+    "history",
+    "result",
+    "finished_at",
+    "expires_at",
+    "owner",
+    "lease_until",
+    "deliveries",
+)
+#: Columns added since the first schema: a file made before them gets them at open.
+ADDED_COLUMNS = {"history": "TEXT"}
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
@@ -156,6 +174,8 @@ def _row_to_record(row: Sequence[Any]) -> JobRecord:
         record.retry = json.loads(record.retry)  # type: ignore[arg-type]
     if record.error is not None:
         record.error = json.loads(record.error)  # type: ignore[arg-type]
+    if record.history is not None:
+        record.history = json.loads(record.history)  # type: ignore[arg-type]
     return record
 
 
@@ -303,6 +323,10 @@ class SQLiteBackend(Backend):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            present = {row[1] for row in db.execute("PRAGMA table_info(sq_jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE sq_jobs ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -506,6 +530,36 @@ class SQLiteBackend(Backend):
                 if answers[-1]:
                     cancelled.append(r)
             _write_back(db, cancelled, CANCELLED)
+        return answers
+
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        ids = list(dict.fromkeys(job_ids))
+        sql = (
+            f"UPDATE sq_jobs SET {', '.join(f'{c} = ?' for c in RETRIED)}, "
+            "seq = (SELECT MAX(seq) + 1 FROM sq_jobs) WHERE seq = ?"
+        )
+        with self._write() as db:
+            found = {
+                r.id: r
+                for r in map(
+                    _row_to_record,
+                    db.execute(
+                        f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)})",
+                        [self.queue, *ids],
+                    ),
+                )
+            }
+            answers = []
+            for job_id in job_ids:
+                r = found.pop(job_id, None)  # an id given twice is retried once
+                answers.append(r is not None and retry(r, now))
+                if answers[-1]:
+                    values = [getattr(r, c) for c in RETRIED]
+                    encoded = [
+                        json.dumps(v) if c in JSON_COLUMNS and v is not None else v
+                        for c, v in zip(RETRIED, values, strict=True)
+                    ]
+                    db.execute(sql, [*encoded, r.seq])
         return answers
 
     def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:
