@@ -9,6 +9,7 @@ from .errors import (
     BackendUnavailable,
     ConfigurationError,
     JobFailed,
+    JobNotRetryable,
     JobTimeout,
     LeaseLost,
     SerializationError,
@@ -16,6 +17,7 @@ from .errors import (
 )
 from .events import Event
 from .handles import BroadcastHandle, JobHandle
+from .jobinfo import JobInfo
 from .model import JobRecord, JobState
 from .queue import SkunkQueue
 from .retry import Retry
@@ -29,6 +31,8 @@ __all__ = [
     "Event",
     "JobFailed",
     "JobHandle",
+    "JobInfo",
+    "JobNotRetryable",
     "JobRecord",
     "JobState",
     "JobTimeout",

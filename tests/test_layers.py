@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("persistence.", "testing."),
     ("registry", "broadcast", "cron"),
-    ("handles", "events", "jobs"),
+    ("handles", "events", "jobs", "jobinfo"),
     ("queue",),
     ("scheduler.",),
     ("worker.",),
