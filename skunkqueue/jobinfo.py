@@ -20,8 +20,21 @@ from .model import JobRecord, JobState
 TIMES = ("created_at", "eta", "started_at", "finished_at", "expires_at", "lease_until")
 
 
+#: The times of an entry of ``history``.
+HISTORY_TIMES = ("started_at", "finished_at")
+
+
 def utc(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+
+
+def _with_times(entry: dict[str, Any]) -> dict[str, Any]:
+    times = {name: entry.get(name) for name in HISTORY_TIMES}
+    return {**entry, **{n: utc(v) if isinstance(v, (int, float)) else v for n, v in times.items()}}
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 @dataclass(frozen=True)
@@ -29,8 +42,8 @@ class JobInfo:
     """One job's stored record, decoded. Times are aware UTC datetimes (``None`` where
     unset). ``args``/``kwargs``/``result`` are ``None`` when ``undecoded`` says why
     (a pickled payload nobody here opted in to, or text that does not decode).
-    ``history`` holds the errors of earlier attempts, oldest first, as stored: each with
-    ``attempt``, ``state``, ``error``, ``started_at`` and ``finished_at`` (epoch seconds;
+    ``history`` holds the errors of earlier attempts, oldest first: each with
+    ``attempt``, ``state``, ``error``, ``started_at`` and ``finished_at`` (UTC datetimes;
     ``None`` for an attempt that ended ``retrying``, whose times are not kept)."""
 
     id: str
@@ -91,7 +104,7 @@ class JobInfo:
             result=result,
             undecoded=undecoded,
             error=record.error,
-            history=list(record.history or ()),
+            history=[_with_times(entry) for entry in record.history or ()],
             attempts=record.attempts,
             deliveries=record.deliveries,
             max_deliveries=record.max_deliveries,
@@ -110,8 +123,10 @@ class JobInfo:
         data = asdict(self)
         data["state"] = str(self.state)
         for name in TIMES:
-            value = data[name]
-            data[name] = None if value is None else value.isoformat()
+            data[name] = _iso(data[name])
+        for entry in data["history"]:
+            for name in HISTORY_TIMES:
+                entry[name] = _iso(entry.get(name))
         for name in ("args", "kwargs", "result"):
             try:
                 json.dumps(data[name])

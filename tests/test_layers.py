@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("queue",),
     ("scheduler.",),
     ("worker.",),
-    ("cli", "__main__", ""),
+    ("cli", "cli_jobs", "__main__", ""),
 ]
 
 
