@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from skunkqueue.jobs import Outcome
 from skunkqueue.persistence import rules
 
+from ..waiting import timed_wait
 from .support import T0, ids, job, lead
+from .test_wait import DEADLINE, PROMPT, settle
 
 ERR = {"type": "ValueError", "message": "bad", "traceback": "Traceback ...\nValueError: bad"}
 
@@ -169,3 +173,15 @@ def test_retry_takes_at_most_max_batch_ids(backend):
     with pytest.raises(TypeError):
         backend.retry("abc", T0)
     assert backend.retry([], T0) == []
+
+
+def test_an_idle_worker_wakes_when_a_job_is_retried_on_its_route(store):
+    worker, operator = store.open(), store.open()
+    now = time.time()
+    _failed(operator, "a", at=now, route="r")
+    settle(worker, ["r"])
+    join = timed_wait(worker, DEADLINE, ["r"])
+    join.begun()  # the retry happens during the wait
+    assert operator.retry(["a"], time.time()) == [True]
+    assert join() < PROMPT
+    assert ids(worker.claim(["r"], "w", time.time(), 30)) == ["a"]
