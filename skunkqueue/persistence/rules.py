@@ -2,10 +2,10 @@
 
 Backends call these inside their own atomic step (a lock, a transaction, a conditional
 update): which state a put takes, whether a fence holds, whether a schedule's revision
-is still the one a writer expects, what a claim, an outcome, a recovery, a release and a
-cancel do to a record, how big one step may be, and which inputs are refused before any
-store sees them. The Redis scripts mirror these rules in
-Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
+is still the one a writer expects, what a claim, an outcome, a recovery, a release, a
+cancel and a retry by hand do to a record (and which errors its history keeps), how big
+one step may be, and which inputs are refused before any store sees them. The Redis
+scripts mirror these rules in Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
 Redis included, and compares them with the functions here.
 """
 
@@ -33,7 +33,8 @@ from ..model import (
 #: of a sweep (due, lapsed, expired), a release or a forget round. The store serves other
 #: clients between steps; a caller that wants more calls again (``more`` says so).
 MAX_BATCH = 250
-#: Earlier attempts' errors a record keeps in ``history``; the oldest go first.
+#: Earlier attempts' errors a record keeps in ``history``; the oldest go first. (Mirrored
+#: in redis_scripts/_common.lua; tests/contract/test_retry.py goes past it on every store.)
 HISTORY_KEEP = 20
 
 # -- inputs, refused before a store sees them --------------------------------------

@@ -8,7 +8,8 @@
 --   id, state (complete / error / retrying / queued), eta ('' = now),
 --   has_result ('1'/'0'), result, has_error ('1'/'0'), error JSON,
 --   started_at ('' = keep the claim's)
---             (an error the record held moves to its history, field hi)
+-- An outcome other than queued moves the error the record held (from an attempt that
+-- ended retrying) to its history, field hi (rules.apply_outcome, rules.remember_error).
 -- Touches     j:<id>, running, held:<owner>, then by outcome: expiry (complete, error),
 --             scheduled (retrying), ready:<route> + wake:<route> (queued); counts;
 --             PUBLISH wake:scheduler when a retry eta is the new earliest.
