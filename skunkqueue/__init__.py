@@ -10,6 +10,7 @@ from .errors import (
     ConfigurationError,
     JobCancelled,
     JobFailed,
+    JobNotRetryable,
     JobTimeout,
     LeaseLost,
     SerializationError,
@@ -17,6 +18,7 @@ from .errors import (
 )
 from .events import Event
 from .handles import BroadcastHandle, JobHandle
+from .jobinfo import JobInfo
 from .model import JobRecord, JobState
 from .queue import SkunkQueue
 from .retry import Retry
@@ -31,6 +33,8 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobHandle",
+    "JobInfo",
+    "JobNotRetryable",
     "JobRecord",
     "JobState",
     "JobTimeout",

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from .cli_jobs import add_job_commands
 from .config import URL_ENV, QueueConfig, redact
 from .cron import ScheduleSpec
 from .errors import SkunkQueueError
 from .model import JobState
 from .persistence import Backend, open_backend
 from .persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX
+from .queue import SkunkQueue
 from .scheduler.ticks import schedule_problem
 
 QUEUE_ENV = "SKUNKQUEUE_QUEUE"
@@ -64,6 +66,11 @@ def _config(args: argparse.Namespace, **extra: Any) -> QueueConfig:
 def _backend(args: argparse.Namespace) -> Backend:
     config = _config(args)
     return open_backend(config.url, config.name)
+
+
+def _open_queue(args: argparse.Namespace) -> SkunkQueue:
+    config = _config(args)
+    return SkunkQueue(config.name, url=config.url)
 
 
 def _import_path() -> None:
@@ -314,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cancel running jobs too: their workers stop them within about a third of the lease",
     )
     cancel.set_defaults(func=cmd_cancel)
+
+    add_job_commands(sub, _add_common, _open_queue)
 
     schedules = sub.add_parser(
         "schedules", help="list stored cron/interval schedules, or remove one"

@@ -39,6 +39,21 @@ class JobFailed(SkunkQueueError):
         return self.error.get("traceback")
 
 
+class JobNotRetryable(SkunkQueueError, ValueError):
+    """``retry`` refused a job: it is unknown or expired, or not in ``error`` or
+    ``cancelled`` (the message says which)."""
+
+    def __init__(self, job_id: str, state: str | None) -> None:
+        self.job_id = job_id
+        self.state = state
+        why = (
+            "no such job (unknown, or expired after its result_ttl)"
+            if state is None
+            else f"it is {state}; only a job in error or cancelled can be retried"
+        )
+        super().__init__(f"job {job_id} was not retried: {why}")
+
+
 class JobTimeout(SkunkQueueError):
     """Raised inside a job that ran past its event's ``timeout``."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import JobFailed
+from .jobinfo import JobInfo
 from .model import JobRecord, JobState
 from .persistence.base import Backend
 
@@ -24,6 +25,8 @@ class JobSource(Protocol):
     def backend(self) -> Backend: ...
 
     def decode_result(self, record: JobRecord) -> Any: ...
+
+    def accepts_pickle(self, event_name: str) -> bool: ...
 
 
 @dataclass
@@ -64,6 +67,14 @@ class JobHandle:
     def deliveries(self) -> int:
         rec = self.record()
         return rec.deliveries if rec else 0
+
+    def info(self) -> JobInfo | None:
+        """Everything stored about the job, decoded (``JobInfo``); ``None`` if the record
+        is gone (expired or never stored), as ``state`` is."""
+        rec = self.record()
+        if rec is None:
+            return None
+        return JobInfo.of(rec, accepts_pickle=self.queue.accepts_pickle(rec.event))
 
     def wait(self, timeout: float | None = None, poll: float = 0.005) -> Any:
         """Block until the job finishes; return its result.
@@ -134,6 +145,10 @@ class BroadcastHandle:
     @property
     def attempts(self) -> int:
         return sum(h.attempts for h in self.handles)
+
+    def info(self) -> list[JobInfo | None]:
+        """``JobHandle.info()`` of each copy, in the order of ``copies``."""
+        return [h.info() for h in self.handles]
 
     def wait(self, timeout: float | None = None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout

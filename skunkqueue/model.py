@@ -46,6 +46,8 @@ def as_state(value: str) -> JobState:
 WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 #: States a job can still be cancelled from: it has not started.
 CANCELLABLE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+#: States a job can be retried by hand from: it ended without success.
+RETRYABLE = frozenset({JobState.ERROR, JobState.CANCELLED})
 #: States a worker may report for a job it holds.
 OUTCOME_STATES = frozenset({JobState.COMPLETE, JobState.ERROR, JobState.RETRYING, JobState.QUEUED})
 
@@ -63,6 +65,9 @@ class JobRecord:
     ``concurrency``, when set, is the most jobs of this record's ``event`` that may be
     ``running`` at once in the queue when a claim takes this one (``rules.gate_open``);
     ``None``: no limit of its own.
+    ``history`` keeps the errors of earlier attempts, oldest first (at most
+    ``rules.HISTORY_KEEP``): whenever ``error`` is replaced by a later outcome or cleared
+    by a retry by hand, the error it held is appended (``rules.remember_error``).
     """
 
     id: str
@@ -90,6 +95,7 @@ class JobRecord:
     schedule: str | None = None
     parent: str | None = None
     concurrency: int | None = None
+    history: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         # Stores hand back plain strings; an unknown one fails here, not in a comparison.

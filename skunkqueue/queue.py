@@ -5,17 +5,18 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, overload
 
 from . import serialization
+from .checks import finite_number
 from .config import QueueConfig
 from .cron import ScheduleSpec
-from .errors import ConfigurationError, SerializationError, SkunkQueueError
+from .errors import ConfigurationError, JobNotRetryable, SerializationError, SkunkQueueError
 from .events import Event, validate_concurrency, validate_event_options
 from .handles import BroadcastHandle, JobHandle, handle_for
-from .model import JobRecord, JobState
-from .persistence import Backend, ScheduleRecord, open_backend
+from .model import RETRYABLE, JobRecord, JobState, as_state
+from .persistence import Backend, ScheduleRecord, open_backend, rules
 from .registry import lookup_event, register_event
 from .retry import Retry
 
@@ -24,6 +25,8 @@ __all__ = ["SkunkQueue", "lookup_event"]
 #: Reads and compare-and-set writes of a schedule before registering it gives up: each
 #: retry means someone else wrote it in between (a leader advances it once per tick).
 STORE_SCHEDULE_ATTEMPTS = 5
+#: The first page ``retry_all`` lists; each further page is twice the one before.
+RETRY_ALL_FIRST_PAGE = 500
 
 
 class SkunkQueue:
@@ -220,6 +223,69 @@ class SkunkQueue:
         """
         return self.backend.cancel([job_id], self.backend.now(), reason, running=running)[0]
 
+    def retry(self, job_id: str) -> JobHandle:
+        """Put a job that ended in ``error`` or ``cancelled`` back on its route, to run
+        again now: its attempts are kept, its error moves to its history (``info()``).
+        Raises ``JobNotRetryable`` naming the job's state, or saying it is unknown or
+        expired, when the store refuses (atomically: of two concurrent retries of one
+        job, one queues it and the other is refused)."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a string, not {job_id!r}")
+        backend = self.backend
+        if backend.retry([job_id], backend.now())[0]:
+            return JobHandle(self, job_id)
+        record = backend.get(job_id, backend.now())
+        raise JobNotRetryable(job_id, None if record is None else record.state)
+
+    def retry_all(
+        self,
+        state: JobState | str = "error",
+        event: str | None = None,
+        route: str | None = None,
+        since: datetime | float | None = None,
+    ) -> int:
+        """Retry every stored job in ``state`` (``'error'`` or ``'cancelled'``), only those
+        of ``event`` and on ``route`` where given, and with ``since`` only those that
+        finished at or after it (an aware datetime, a naive one in local time, as
+        ``fire_at`` reads it, or epoch seconds). Returns how many were queued again; each
+        job once, even one that fails again while this runs.
+
+        Listings have no cursor yet: each round lists the state (filtered by route in the
+        store) from the start, twice as many records as the round before, until a round
+        lists fewer than it asked for. So it reads at most about four times the records in
+        ``state`` whatever sits in front, and retries in steps of ``rules.MAX_BATCH``."""
+        wanted = _retryable_state(state)
+        after = _epoch_since(since)
+        if event is not None and not isinstance(event, str):
+            raise TypeError(f"event must be an event name, not {event!r}")
+        if route is not None and not isinstance(route, str):
+            raise TypeError(f"route must be a route name, not {route!r}")
+        backend = self.backend
+        seen: set[str] = set()
+        retried = 0
+        limit = RETRY_ALL_FIRST_PAGE
+        while True:
+            listed = backend.list_jobs(backend.now(), state=wanted, route=route, limit=limit)
+            matching = [
+                r.id
+                for r in listed
+                if r.id not in seen
+                and (event is None or r.event == event)
+                and (after is None or (r.finished_at is not None and r.finished_at >= after))
+            ]
+            seen.update(matching)
+            for start in range(0, len(matching), rules.MAX_BATCH):
+                chunk = matching[start : start + rules.MAX_BATCH]
+                retried += sum(backend.retry(chunk, backend.now()))
+            if len(listed) < limit:
+                return retried
+            limit *= 2
+
+    def accepts_pickle(self, event_name: str) -> bool:
+        """Whether pickled payloads and results of ``event_name`` are decoded here: only
+        where the queue or that event opted in to pickle."""
+        return self._accepts_pickle(event_name)
+
     def decode_result(self, record: JobRecord) -> Any:
         if record.serializer == "pickle" and not self._accepts_pickle(record.event):
             raise SerializationError(
@@ -237,3 +303,26 @@ class SkunkQueue:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _retryable_state(state: JobState | str) -> JobState:
+    try:
+        wanted = as_state(state)
+    except ValueError:
+        wanted = None
+    if wanted not in RETRYABLE:
+        raise ValueError(
+            f"retry_all takes state 'error' or 'cancelled' (the states a job can be "
+            f"retried from), not {state!r}"
+        )
+    return wanted
+
+
+def _epoch_since(since: datetime | float | None) -> float | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return since.timestamp()  # a naive datetime is local time, as fire_at reads it
+    if not finite_number(since):
+        raise ValueError(f"since must be a datetime or finite epoch seconds, not {since!r}")
+    return float(since)

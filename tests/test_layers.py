@@ -24,11 +24,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("persistence.", "testing."),
     ("registry", "broadcast", "cron"),
-    ("handles", "events", "jobs"),
+    ("handles", "events", "jobs", "jobinfo"),
     ("queue",),
     ("scheduler.",),
     ("worker.",),
-    ("cli", "__main__", ""),
+    ("cli", "cli_jobs", "__main__", ""),
 ]
 
 

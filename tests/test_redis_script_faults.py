@@ -634,3 +634,37 @@ def test_status_warns_of_quarantined_records(store, redis_server, capsys):
 
     out = capsys.readouterr().out
     assert "WARNING: quarantined records: 1 (malformed" in out
+
+
+# -- retry ----------------------------------------------------------------------------
+
+
+def _errored(store: Store, names: list[str]) -> None:
+    store.backend.put([job(n, result_ttl=100) for n in names], T0)
+    store.backend.claim(["default"], "w", T0, lease=30, limit=len(names))
+    error = {"type": "E", "message": "m"}
+    store.backend.finish([Outcome(n, "error", error=error) for n in names], "w", T0 + 1)
+
+
+def test_retry_leaves_malformed_records_as_they_are_and_retries_the_others(store, caplog):
+    _errored(store, ["good", "history", "expiry", "no-route"])
+    broken = {
+        "history": store.break_job("history", {"hi": "[not json"}),
+        "expiry": store.break_job("expiry", {"x": "later"}),
+        "no-route": store.break_job("no-route", {"r": None}),
+    }
+    answers = store.backend.retry(["good", *broken, "unknown"], T0 + 2)
+    assert answers == [True, False, False, False, False]
+    assert {name: store.raw(f"j:{name}") for name in broken} == broken
+    assert store.indexed("ready:default") == ["good"]
+    for name in broken:
+        assert passed_over(caplog, f"j:{name}"), name
+
+
+def test_retry_with_a_broken_seq_writes_nothing_and_says_which_key(store):
+    _errored(store, ["a"])
+    store.client.set(store.key("seq"), "many")
+    before = store.everything()
+    with pytest.raises(redis.exceptions.ResponseError, match=r"SQ_CORRUPT .*seq is not an integer"):
+        store.backend.retry(["a"], T0 + 2)
+    assert store.everything() == before

@@ -143,7 +143,12 @@ def test_an_older_server_loads_the_script_without_its_declaration(name, redis_se
 
 # -- the Lua record checks mirror the Python codec -------------------------------------------
 
-LUA_KINDS = {"str": {"name", "text", "state"}, "float": {"number"}, "int": {"count"}}
+LUA_KINDS = {
+    "str": {"name", "text", "state"},
+    "float": {"number"},
+    "int": {"count"},
+    "history": {"json"},
+}
 
 
 def lua_tables(client) -> tuple[dict[str, str], set[str], set[str]]:

@@ -395,6 +395,28 @@ class Backend(ABC):
         self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
     ) -> list[bool]: ...
 
+    def retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        """Put finished jobs back on their route by hand; one answer per id.
+
+        Atomically per id (``rules.retry``): a record that exists, has not expired and is
+        ``error`` or ``cancelled`` becomes ``queued`` on its route with ``eta = now`` and a
+        new seq (it leaves after every job already queued there); its error is appended
+        to ``history`` and cleared, as are its result, ``finished_at``, ``expires_at``,
+        owner and lease; ``attempts`` stays and ``deliveries`` becomes ``attempts``, so
+        ``max_deliveries`` counts lost deliveries afresh. Waiting workers are woken as a
+        put of queued jobs wakes them. Any other id (unknown, expired, not finished,
+        complete, or a second copy of an id in this call) answers ``False`` and nothing
+        is written for it. At most ``rules.MAX_BATCH`` ids per call.
+        """
+        rules.check_ids(job_ids)
+        rules.check_retry_count(job_ids)
+        if not job_ids:
+            return []
+        return self._calling(self._retry, job_ids, now)
+
+    @abstractmethod
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]: ...
+
     def sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         """The leader's step: move what has come due, in bounded batches.
 

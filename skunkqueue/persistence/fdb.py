@@ -73,6 +73,7 @@ from .rules import (
     payload_size,
     recover,
     release_held,
+    retry,
     state_on_put,
     take,
     taken_lease,
@@ -740,6 +741,27 @@ class FoundationDBBackend(Backend):
             return answers
 
         return self._run(cancel_all)
+
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        """One transaction; each retried record is written anew with a seq stamped by
+        the commit, as a put's are, so it joins the back of its route's queue."""
+
+        def retry_all(tr: Any) -> list[bool]:
+            answers = []
+            placed: set[str] = set()  # a record stamped in this commit cannot be read back
+            for job_id in job_ids:
+                r = None if job_id in placed else self._read(tr, job_id)
+                after = None if r is None else replace(r)
+                if after is None or not retry(after, now):
+                    answers.append(False)
+                    continue
+                self._unindex(tr, r)
+                self._index(tr, after, place=len(placed))
+                placed.add(job_id)
+                answers.append(True)
+            return answers
+
+        return self._run(retry_all)
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
 

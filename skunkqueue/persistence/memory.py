@@ -28,6 +28,7 @@ from .rules import (
     payload_size,
     recover,
     release_held,
+    retry,
     state_on_put,
     take,
     taken_lease,
@@ -273,6 +274,19 @@ class MemoryBackend(Backend):
                     assert r is not None
                     self._left_running([r.event])  # a slot of its event is free
             self._touch()
+        return answers
+
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        answers = []
+        with self._locked():
+            for job_id in job_ids:
+                r = self._store.jobs.get(job_id)
+                retried = r is not None and retry(r, now)
+                if retried:
+                    r.seq = next(self._store.seq)
+                answers.append(retried)
+            if any(answers):
+                self._touch()
         return answers
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:

@@ -89,7 +89,7 @@ from urllib.parse import urlsplit
 
 from ..config import redact
 from ..errors import BackendUnavailable, ConfigurationError
-from ..model import CANCELLABLE, WAITING, JobRecord, JobState, Outcome
+from ..model import CANCELLABLE, RETRYABLE, WAITING, JobRecord, JobState, Outcome
 from . import mongo_gates
 from .base import Backend, Fence, Lease, ScheduleRecord, Stats, SweepReport, bounded_wait
 from .rules import (
@@ -102,6 +102,7 @@ from .rules import (
     payload_size,
     recover,
     release_held,
+    retry,
     state_on_put,
     taken_lease,
     unchanged_since,
@@ -149,6 +150,7 @@ POLL_MIN, POLL_MAX = 0.01, 0.5
 QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
 WAITING_STATES = sorted(s.value for s in WAITING)
 CANCELLABLE_STATES = sorted(s.value for s in CANCELLABLE)
+RETRYABLE_STATES = sorted(s.value for s in RETRYABLE)
 RECORD_FIELDS = tuple(JobRecord.__dataclass_fields__)
 _STR_FIELDS = ("id", "event", "route", "payload", "serializer", "state")
 
@@ -634,6 +636,47 @@ class MongoBackend(Backend):
         mongo_gates.let_through(self, gated, cancelled=True)
         mongo_gates.let_through(self, stopped)
         return answers
+
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        """One find of the candidates, one counter increment for their new seqs, then a
+        compare-and-set per record (as cancel): of two retries of one job, one wins."""
+        keys = [self._key(i) for i in job_ids]
+        found = {
+            d["id"]: self._record(d)
+            for d in self._jobs.find(
+                {"_id": {"$in": keys}, "state": {"$in": RETRYABLE_STATES}}, hint=BY_ID
+            )
+        }
+        retried: dict[int, tuple[JobRecord, JobRecord]] = {}
+        for place, job_id in enumerate(job_ids):
+            old = found.pop(job_id, None)  # an id given twice is retried once
+            new = None if old is None else self._record(self._document(old))
+            if old is not None and new is not None and retry(new, now):
+                retried[place] = (old, new)
+        if retried:
+            counter = self._counters.find_one_and_update(
+                {"_id": self.queue},
+                {"$inc": {"seq": len(retried)}},
+                upsert=True,
+                return_document=self._pymongo.ReturnDocument.AFTER,
+            )
+            first = counter["seq"] - len(retried)
+            for offset, (_, new) in enumerate(retried.values(), 1):
+                new.seq = first + offset
+        return [
+            place in retried and self._retried_if_unchanged(*retried[place])
+            for place in range(len(job_ids))
+        ]
+
+    def _retried_if_unchanged(self, old: JobRecord, new: JobRecord) -> bool:
+        """Write ``new`` where the record is still ``old``: its seq changes with every
+        retry, so a stale retry never lands on a record that was retried and ended again."""
+        result = self._jobs.replace_one(
+            {"_id": self._key(old.id), "state": old.state, "seq": old.seq},
+            self._document(new),
+            hint=BY_ID,
+        )
+        return result.matched_count == 1
 
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         report = SweepReport()

@@ -444,6 +444,11 @@ class RedisBackend(Backend):
         self._passed_over("cancel", passed)
         return [bool(a) for a in answers]
 
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        answers, passed = self._run("retry", self._job_keys, [number(now), *job_ids])
+        self._passed_over("retry", passed)
+        return [bool(a) for a in answers]
+
     def _sweep(self, now: float, fence: Fence, limit: int = 1000) -> SweepReport:
         keys = [*self._job_keys, self._key("lease:", fence.name)]
         args = [

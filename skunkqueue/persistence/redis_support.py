@@ -67,6 +67,7 @@ FIELDS: dict[str, tuple[str, str]] = {  # JobRecord field -> (hash field, kind)
     "schedule": ("sc", "str"),
     "parent": ("pa", "str"),
     "concurrency": ("cc", "int"),
+    "history": ("hi", "history"),
 }
 DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(JobRecord) if f.default is not dataclasses.MISSING
@@ -77,6 +78,7 @@ DECODE: dict[str, Callable[[str], Any]] = {
     "float": float,
     "int": int,
     "json": json.loads,
+    "history": json.loads,
 }
 BY_CODE = {code: (name, DECODE[kind]) for name, (code, kind) in FIELDS.items()}
 
@@ -110,7 +112,20 @@ def _encode_json(name: str, value: Any) -> str:
     return _JSON.encode(value)
 
 
-_ENCODERS = {"str": _encode_str, "float": _encode_float, "int": _encode_int, "json": _encode_json}
+def _encode_history(name: str, value: Any) -> str:
+    """A JSON array with one entry per line: the scripts append an entry and drop the
+    oldest by these line breaks, never decoding the entries (cjson would round their
+    times to 14 digits). Compact JSON never holds a raw line break of its own."""
+    return "[" + ",\n".join(_JSON.encode(entry) for entry in value) + "]"
+
+
+_ENCODERS = {
+    "str": _encode_str,
+    "float": _encode_float,
+    "int": _encode_int,
+    "json": _encode_json,
+    "history": _encode_history,
+}
 # Fields stored only when they differ from their JobRecord default: (field, hash field,
 # encoder, default). encode_record writes the others itself.
 _OPTIONAL = [
@@ -174,6 +189,7 @@ JOB_SCRIPTS = (
     "sweep",
     "release",
     "stats",
+    "retry",
 )
 OTHER_SCRIPTS = (
     "acquire_lease",

@@ -2,10 +2,10 @@
 
 Backends call these inside their own atomic step (a lock, a transaction, a conditional
 update): which state a put takes, whether a fence holds, whether a schedule's revision
-is still the one a writer expects, what a claim, an outcome, a recovery, a release and a
-cancel do to a record, how big one step may be, and which inputs are refused before any
-store sees them. The Redis scripts mirror these rules in
-Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
+is still the one a writer expects, what a claim, an outcome, a recovery, a release, a
+cancel and a retry by hand do to a record (and which errors its history keeps), how big
+one step may be, and which inputs are refused before any store sees them. The Redis
+scripts mirror these rules in Lua; ``tests/contract/test_rule_book.py`` runs the same cases through every backend,
 Redis included, and compares them with the functions here.
 """
 
@@ -19,6 +19,7 @@ from ..checks import finite_number
 from ..errors import LeaseLost
 from ..model import (
     CANCELLABLE,
+    RETRYABLE,
     Fence,
     JobRecord,
     JobState,
@@ -32,6 +33,9 @@ from ..model import (
 #: of a sweep (due, lapsed, expired), a release or a forget round. The store serves other
 #: clients between steps; a caller that wants more calls again (``more`` says so).
 MAX_BATCH = 250
+#: Earlier attempts' errors a record keeps in ``history``; the oldest go first. (Mirrored
+#: in redis_scripts/_common.lua; tests/contract/test_retry.py goes past it on every store.)
+HISTORY_KEEP = 20
 
 # -- inputs, refused before a store sees them --------------------------------------
 
@@ -42,6 +46,7 @@ _TIMES = ("eta", "created_at", "result_ttl")  # finite numbers
 _OPTIONAL_TIMES = ("lease_until", "started_at", "finished_at", "expires_at", "timeout")
 _COUNTS = ("seq", "attempts", "deliveries", "max_deliveries")  # integers
 _OPTIONAL_DICTS = ("retry", "error")
+_OPTIONAL_LISTS = ("history",)
 
 
 def check_jobs(jobs: Sequence[JobRecord]) -> None:
@@ -75,6 +80,12 @@ def _check_job(job: JobRecord) -> None:
         value = getattr(job, name)
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"job field {name} must be a dict or None, not {value!r}")
+    for name in _OPTIONAL_LISTS:
+        value = getattr(job, name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(entry, dict) for entry in value)
+        ):
+            raise TypeError(f"job field {name} must be a list of dicts or None, not {value!r}")
     check_concurrency(job.concurrency, f"job {job.id}: concurrency")
 
 
@@ -169,6 +180,15 @@ def check_flag(name: str, value: bool) -> None:
     """A yes/no option is a bool: a truthy string such as "no" must not mean yes."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
+def check_retry_count(job_ids: Sequence[str]) -> None:
+    """One ``retry`` call rewrites at most ``MAX_BATCH`` records (one atomic step)."""
+    if len(job_ids) > MAX_BATCH:
+        raise ValueError(
+            f"retry takes at most {MAX_BATCH} job ids in one call, not {len(job_ids)}: "
+            "retry the rest in later calls"
+        )
 
 
 def checked_state(state: str | None) -> JobState | None:
@@ -307,6 +327,10 @@ def apply_outcome(r: JobRecord, outcome: Outcome, now: float) -> None:
         r.state = JobState.QUEUED
         r.deliveries -= 1
         return
+    if r.error is not None:
+        # A running record carries an error only from an attempt that ended retrying; its
+        # times are gone (a retrying record keeps no finish, and the claim replaced the start).
+        remember_error(r, JobState.RETRYING, None, None)
     r.attempts += 1
     r.error = outcome.error
     if outcome.started_at is not None:
@@ -319,6 +343,47 @@ def apply_outcome(r: JobRecord, outcome: Outcome, now: float) -> None:
     r.result = outcome.result
     r.finished_at = now
     r.expires_at = now + r.result_ttl
+
+
+def remember_error(
+    r: JobRecord, ended_in: str, started_at: float | None, finished_at: float | None
+) -> None:
+    """Before ``r.error`` is replaced or cleared: append it to ``r.history`` as the error
+    of attempt ``r.attempts``, which ended in ``ended_in`` (oldest first, the oldest
+    dropped past ``HISTORY_KEEP``). A record without an error is left as it is."""
+    if r.error is None:
+        return
+    entry = {
+        "attempt": r.attempts,
+        "state": str(ended_in),
+        "error": r.error,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+    r.history = [*(r.history or ()), entry][-HISTORY_KEEP:]
+
+
+def retry(r: JobRecord, now: float) -> bool:
+    """``retry``'s rule (by hand): a record in ``error`` or ``cancelled`` that has not
+    expired goes back on its route, due ``now``; anything else is left alone (``False``).
+
+    Its error moves to ``history``; result, finish, expiry, owner and lease are cleared;
+    ``attempts`` stays, and ``deliveries`` is set to ``attempts`` so that the
+    lost-delivery budget (``max_deliveries``) starts over. The backend gives it a new
+    seq, so it joins the back of its route's queue."""
+    if r.state not in RETRYABLE or (r.expires_at is not None and r.expires_at <= now):
+        return False
+    remember_error(r, r.state, r.started_at, r.finished_at)
+    r.state = JobState.QUEUED
+    r.eta = now
+    r.error = None
+    r.result = None
+    r.finished_at = None
+    r.expires_at = None
+    r.owner = None
+    r.lease_until = None
+    r.deliveries = r.attempts
+    return True
 
 
 def recover(r: JobRecord, now: float) -> None:

@@ -38,6 +38,7 @@ from .rules import (
     payload_size,
     recover,
     release_held,
+    retry,
     state_on_put,
     take,
     taken_lease,
@@ -78,6 +79,7 @@ CREATE TABLE IF NOT EXISTS sq_jobs (
     schedule TEXT,
     parent TEXT,
     concurrency INTEGER,
+    history TEXT,
     UNIQUE (queue, id)
 );
 CREATE INDEX IF NOT EXISTS sq_jobs_ready ON sq_jobs (queue, state, route, eta, seq);
@@ -136,7 +138,7 @@ SELECT_JOB = "SELECT {} FROM sq_jobs".format(
     )
 )
 INSERT_COLUMNS = [c for c in COLUMNS if c != "seq"] + ["queue"]
-JSON_COLUMNS = ("retry", "error")
+JSON_COLUMNS = ("retry", "error", "history")
 ALIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 INSERT_JOB = f"""
@@ -166,11 +168,27 @@ SETTLED = (
     "error",
     "finished_at",
     "expires_at",
+    "history",
 )
 SETTLED_VALUES = attrgetter(*SETTLED)
 CANCELLED = ("state", "error", "finished_at", "expires_at")
 #: A running job cancelled also loses its holder and lease.
 CANCELLED_RUNNING = (*CANCELLED, "owner", "lease_until")
+#: What rules.retry changes; the seq is new as well (the back of the route's queue).
+RETRIED = (
+    "state",
+    "eta",
+    "error",
+    "history",
+    "result",
+    "finished_at",
+    "expires_at",
+    "owner",
+    "lease_until",
+    "deliveries",
+)
+#: Columns added since the first schema: a file made before them gets them at open.
+ADDED_COLUMNS = {"concurrency": "INTEGER", "history": "TEXT"}
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
@@ -179,6 +197,8 @@ def _row_to_record(row: Sequence[Any]) -> JobRecord:
         record.retry = json.loads(record.retry)  # type: ignore[arg-type]
     if record.error is not None:
         record.error = json.loads(record.error)  # type: ignore[arg-type]
+    if record.history is not None:
+        record.history = json.loads(record.history)  # type: ignore[arg-type]
     return record
 
 
@@ -323,9 +343,12 @@ class SQLiteBackend(Backend):
 
     def _create_schema(self) -> None:
         with self._write() as db:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(sq_jobs)")}
-            if columns and "concurrency" not in columns:  # made by an earlier version
-                db.execute("ALTER TABLE sq_jobs ADD COLUMN concurrency INTEGER")
+            # A file made by an earlier version gets the columns added since, before the
+            # schema's indexes (some name them) are created.
+            present = {row[1] for row in db.execute("PRAGMA table_info(sq_jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if present and column not in present:
+                    db.execute(f"ALTER TABLE sq_jobs ADD COLUMN {column} {kind}")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -653,6 +676,36 @@ class SQLiteBackend(Backend):
                 db.execute(f"DELETE FROM sq_parked WHERE seq IN ({_marks(seqs)})", seqs)
             if gated or stopped:  # a running job cancelled frees a slot of its event too
                 self._unpark(db, [r.event for r in gated] + stopped)
+        return answers
+
+    def _retry(self, job_ids: Sequence[str], now: float) -> list[bool]:
+        ids = list(dict.fromkeys(job_ids))
+        sql = (
+            f"UPDATE sq_jobs SET {', '.join(f'{c} = ?' for c in RETRIED)}, "
+            "seq = (SELECT MAX(seq) + 1 FROM sq_jobs) WHERE seq = ?"
+        )
+        with self._write() as db:
+            found = {
+                r.id: r
+                for r in map(
+                    _row_to_record,
+                    db.execute(
+                        f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)})",
+                        [self.queue, *ids],
+                    ),
+                )
+            }
+            answers = []
+            for job_id in job_ids:
+                r = found.pop(job_id, None)  # an id given twice is retried once
+                answers.append(r is not None and retry(r, now))
+                if answers[-1]:
+                    values = [getattr(r, c) for c in RETRIED]
+                    encoded = [
+                        json.dumps(v) if c in JSON_COLUMNS and v is not None else v
+                        for c, v in zip(RETRIED, values, strict=True)
+                    ]
+                    db.execute(sql, [*encoded, r.seq])
         return answers
 
     def _pending(self, db: sqlite3.Connection) -> tuple[float | None, float | None, float | None]:

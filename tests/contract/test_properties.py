@@ -2,8 +2,8 @@
 as the oracle (Hypothesis).
 
 Each example opens a fresh queue on the backend under test and on a memory store, drives
-both through the same puts, claims, renewals, outcomes, cancels, releases, promotions and
-clock steps, and after every step requires the same answers and the same records. After
+both through the same puts, claims, renewals, outcomes, cancels, retries by hand,
+releases, promotions and clock steps, and after every step requires the same answers and the same records. After
 every step it also checks invariants that hold on their own: every job is in exactly one
 state, none is lost, a running job has an owner and a live or lapsed lease, and the
 counts equal the listings.
@@ -75,6 +75,7 @@ step = st.one_of(
         st.integers(0, 5),
     ),
     st.tuples(st.just("cancel"), st.integers(0, 20)),
+    st.tuples(st.just("retry"), st.integers(0, 20)),
     st.tuples(st.just("release"), st.sampled_from(OWNERS), st.booleans()),
     st.tuples(st.just("sweep")),
     st.tuples(st.just("tick"), st.sampled_from([1.0, 10.0, 40.0])),
@@ -117,6 +118,7 @@ def view(record: JobRecord | None) -> Any:
         record.attempts,
         *rounded,
         (record.error or {}).get("reason"),
+        [(h["attempt"], h["state"]) for h in record.history or ()],
     )
 
 
@@ -157,6 +159,15 @@ def apply(world: World, op: tuple[Any, ...]) -> None:
             return
         target = world.ids[pick % len(world.ids)]
         got, want = world.both("cancel", [target], now, "changed my mind")
+    elif kind == "retry":
+        (pick,) = args
+        records = {i: world.oracle.get(i, now) for i in world.ids}
+        ended = [i for i, r in records.items() if r and r.state in ("error", "cancelled")]
+        # Mostly a job that ended (a random one is rarely retryable), now and then any job.
+        pool = world.ids if pick % 4 == 0 or not ended else ended
+        if not pool:
+            return
+        got, want = world.both("retry", [pool[pick % len(pool)]], now)
     elif kind == "release":
         owner, first_started = args
         held = world.held(owner)

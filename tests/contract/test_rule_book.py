@@ -413,6 +413,87 @@ def test_cancel_running_acts_on_each_state_as_the_rule_says(backend):
     assert _records(backend, list(CANCELS_RUNNING), at) == expected
 
 
+# -- retry by hand: rules.retry, rules.remember_error ---------------------------------
+
+# id: whether the rule retries it (the table's own check that it covers both answers).
+RETRIES = {
+    "error": True,
+    "error-with-history": True,
+    "error-lost-deliveries": True,
+    "cancelled": True,
+    "cancelled-never-expires": True,
+    "error-expires-now": False,
+    "error-expired": False,
+    "scheduled": False,
+    "queued": False,
+    "retrying": False,
+    "running": False,
+    "complete": False,
+    "unknown": False,
+}
+
+
+def test_retry_acts_on_each_state_as_the_rule_says(backend):
+    earlier = [{"attempt": 1, "state": "retrying", "error": ERR, "started_at": None,
+                "finished_at": None}]  # fmt: skip
+    ran = [job(n, route=n, result_ttl=100.0) for n in ("running", "complete")]
+    ran.append(job("error-with-history", route="ewh", attempts=1, history=earlier))
+    ran += [job("error-expires-now", route="ex", result_ttl=3.0)]
+    ran += [job("error-expired", route="ex2", result_ttl=2.0)]
+    _claimed(backend, ran, "w", NOW - 1, 30)
+    backend.finish(
+        [Outcome("complete", "complete", result='"1"')]
+        + [Outcome(n, "error", error=ERR) for n in ("error-with-history", "error-expires-now")]
+        + [Outcome("error-expired", "error", error=ERR)],
+        "w",
+        NOW - 0.5,
+    )
+    backend.put(
+        [
+            job("error", route="err", state="cancelled", eta=NOW - 2, result_ttl=100.0),
+            job("scheduled", eta=NOW + 60),
+            job("queued", result_ttl=33.3),
+            job("retrying", eta=NOW + 30, state="retrying", error=ERR),
+            job("cancelled", eta=NOW + 30, result_ttl=50.0),
+            job("cancelled-never-expires", state="cancelled", error={"reason": "put so"}),
+            job("error-lost-deliveries", route="lost", max_deliveries=1, result_ttl=100.0),
+        ],
+        NOW - 1,
+    )
+    backend.cancel(["cancelled"], NOW - 1, "not needed")
+    backend.claim(["lost"], "dead", NOW - 1, 0.25)
+    backend.release("dead", NOW - 0.5, started=["error-lost-deliveries"])
+    # "error" is a cancelled put turned into an error by a run: retried, run, failed.
+    backend.retry(["error"], NOW - 1)
+    backend.claim(["err"], "w", NOW - 1, 30)
+    backend.finish([Outcome("error", "error", error=ERR, started_at=NOW - 0.9)], "w", NOW - 0.75)
+    before = _records(backend, list(RETRIES), NOW)
+    assert {n: r.state for n, r in before.items() if r} == {
+        n: n.split("-")[0] for n in RETRIES if n not in ("unknown", "error-expired")
+    } | {"error-expired": "error"}
+    at = NOW + 2.5  # "error-expires-now": finished at NOW - 0.5 with a ttl of 3
+    answers = backend.retry(list(RETRIES), at)
+
+    expected: dict[str, JobRecord | None] = {}
+    ruled: list[bool] = []
+    for name, old in before.items():
+        new, retried = (None, False) if old is None else _ruled(old, rules.retry, at)
+        if old is not None and old.expires_at is not None and old.expires_at <= at:
+            new = None  # gone for get, as for the verb
+        expected[name] = new
+        ruled.append(retried)
+    assert ruled == list(RETRIES.values())
+    assert answers == ruled
+    got = _records(backend, list(RETRIES), at)
+    for name, record in got.items():  # a retried record has a new seq: compared apart
+        if record is not None and expected[name] is not None and RETRIES[name]:
+            assert record.seq > max(r.seq for r in before.values() if r), name
+            expected[name] = replace(expected[name], seq=record.seq)
+    for name in RETRIES:
+        assert got[name] == expected[name], name
+    assert [len(got[n].history) for n in ("error", "error-with-history")] == [1, 2]
+
+
 # -- the fence: rules.fence_holds ---------------------------------------------------
 
 # Every lease is taken by "leader" at NOW for 30 s (until NOW + 30); "released" is then

@@ -24,7 +24,17 @@ from skunkqueue.persistence.base import SCHEDULER_LEASE
 
 from .conftest import E2E, wait_until
 
-SUBCOMMANDS = ["work", "scheduler", "status", "jobs", "cancel", "schedules", "purge"]
+SUBCOMMANDS = [
+    "work",
+    "scheduler",
+    "status",
+    "jobs",
+    "cancel",
+    "show",
+    "retry",
+    "schedules",
+    "purge",
+]
 
 TASKS = """
 from pathlib import Path

@@ -35,6 +35,7 @@
 --   a attempts  d deliveries  m max_deliveries  o owner  l lease_until  b started_at
 --   f finished_at  x expires_at  k result_ttl  tm timeout  rt retry  rs result
 --   er error  sc schedule  pa parent  cc concurrency
+--   hi history: a JSON array with one entry per line, '[e1,\ne2]' (see with_error below)
 -- Times cross as strings: Python's repr() in, '%.17g' out. Lua numbers are doubles, so
 -- tonumber() of such a string is exact and '%.17g' round-trips, while tostring() would
 -- round to 14 digits. Scores handed to ZADD are the strings themselves.
@@ -92,7 +93,7 @@ local KIND = {
   e = 'name', r = 'name', p = 'text', z = 'name', s = 'state', t = 'number', c = 'number',
   q = 'count', a = 'count', d = 'count', m = 'count', o = 'text', l = 'number', b = 'number',
   f = 'number', x = 'number', k = 'number', tm = 'number', rt = 'json', rs = 'text',
-  er = 'json', sc = 'text', pa = 'text', cc = 'count',
+  er = 'json', sc = 'text', pa = 'text', cc = 'count', hi = 'json',
 }
 -- Fields every record has (put writes them; redis_support.ALWAYS_STORED and seq).
 local REQUIRED = {e = true, r = true, p = true, s = true, t = true, q = true}
@@ -499,6 +500,32 @@ local function recover(key, id, route, seq, eta, deliveries, attempts, max_deliv
   return 'queued'
 end
 
+-- rules.remember_error, mirrored: history (as stored, or nil) with the replaced error
+-- (er, as stored) appended as the error of attempt `attempt`, which ended in `state`,
+-- the oldest entries dropped past HISTORY_KEEP (rules.HISTORY_KEEP). Built from the
+-- stored texts, never decoded: cjson would round every time to 14 digits. Entries are
+-- joined by ',\n', and compact JSON holds no raw line break of its own, so the line
+-- breaks count and cut the entries. (A raw line break in er can only be white space
+-- between its tokens, in valid JSON: it becomes a space.)
+local HISTORY_KEEP = 20
+local function json_number(v)
+  if v then return fmt(tonumber(v)) end
+  return 'null'
+end
+local function with_error(history, attempt, state, er, started, finished)
+  local entry = '{"attempt":' .. attempt .. ',"state":"' .. state .. '","error":'
+    .. (string.gsub(er, '\n', ' ')) .. ',"started_at":' .. json_number(started)
+    .. ',"finished_at":' .. json_number(finished) .. '}'
+  if not history or history == '[]' then return '[' .. entry .. ']' end
+  local kept = string.sub(history, 2, -2)
+  local entries = 1
+  for _ in string.gmatch(kept, '\n') do entries = entries + 1 end
+  while entries >= HISTORY_KEEP do
+    kept = string.sub(kept, string.find(kept, '\n', 1, true) + 1)
+    entries = entries - 1
+  end
+  return '[' .. kept .. ',\n' .. entry .. ']'
+end
 
 -- put's reads, checks and staged writes (put.lua; fire_schedule.lua for a tick's jobs):
 -- the `jobs` jobs given in ARGV from position i on, each as: id, expires_at ('' for

@@ -8,6 +8,8 @@
 --   id, state (complete / error / retrying / queued), eta ('' = now),
 --   has_result ('1'/'0'), result, has_error ('1'/'0'), error JSON,
 --   started_at ('' = keep the claim's)
+-- An outcome other than queued moves the error the record held (from an attempt that
+-- ended retrying) to its history, field hi (rules.apply_outcome, rules.remember_error).
 -- Touches     j:<id>, running, held:<owner>, running_by_event, parked:<event> (jobs of
 --             the event held back by a concurrency limit: one let through per job
 --             finished, to ready:<route> + wake:<route>), then by outcome: expiry (complete, error),
@@ -26,7 +28,7 @@ for j = 1, tonumber(ARGV[4]) do
   local key = job_key(id)
   local rec, why = nil, nil
   if not done[id] then  -- a second outcome for a job finished in this call finds it done
-    rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'k', 'a', 'd', 'e'})
+    rec, why = read_job(id, {'s', 'o', 'r', 'q', 't', 'k', 'a', 'd', 'e', 'er', 'hi'})
   end
   if not rec or rec.s ~= 'running' or rec.o ~= owner then
     if why and why ~= MISSING then skip('j:' .. id, why) end
@@ -40,8 +42,12 @@ for j = 1, tonumber(ARGV[4]) do
       hand_back(key, id, route, seq, rec.t, rec.d)
     else
       local fields = {'a', string.format('%d', tonumber(rec.a or '0') + 1)}
+      if rec.er then  -- an error from an attempt that ended retrying: kept in history
+        fields[3], fields[4] = 'hi', with_error(rec.hi, rec.a or '0', 'retrying', rec.er)
+      end
       if ARGV[i + 5] == '1' then
-        fields[3], fields[4] = 'er', ARGV[i + 6]
+        fields[#fields + 1] = 'er'
+        fields[#fields + 1] = ARGV[i + 6]
       else
         write('HDEL', key, 'er')
       end
