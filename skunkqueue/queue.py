@@ -177,7 +177,10 @@ class SkunkQueue:
                 next_fire = existing.next_fire
             else:
                 next_fire = event.schedule.next_after(now)
-            record = ScheduleRecord(event.name, spec, template, next_fire, now)
+            # The operational state (paused, requested runs, the tick log) is the
+            # operator's, not the code's: a redeploy carries it over.
+            state = existing.state if existing is not None else {}
+            record = ScheduleRecord(event.name, spec, template, next_fire, now, state=state)
             seen = 0 if existing is None else existing.revision
             if self.backend.save_schedule(record, now, expected_revision=seen):
                 return

@@ -775,6 +775,7 @@ class FoundationDBBackend(Backend):
             "template": schedule.template,
             "next_fire": schedule.next_fire,
             "updated_at": schedule.updated_at,
+            "state": schedule.state,
         }
         encoded = json.dumps(data).encode()
 
@@ -797,6 +798,7 @@ class FoundationDBBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         # At most MAX_BATCH records (the base's cap), each under the value limit.
         records, _ = self._prepared(jobs, now)
@@ -812,6 +814,7 @@ class FoundationDBBackend(Backend):
                 "template": stored.template,
                 "next_fire": next_fire,
                 "updated_at": now,
+                "state": stored.state if state is None else state,
             }
             self._write_schedule(tr, read.name, json.dumps(data).encode())
             return True

@@ -332,6 +332,7 @@ class MemoryBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         with self._locked():
             check_fence(self._store.leases.get(fence.name), fence, now)
@@ -341,6 +342,8 @@ class MemoryBackend(Backend):
             self._store_jobs(jobs, now)
             advanced = copy.deepcopy(current)
             advanced.next_fire, advanced.updated_at = next_fire, now
+            if state is not None:
+                advanced.state = copy.deepcopy(state)
             self._store_schedule(advanced)
             self._touch()
             return True

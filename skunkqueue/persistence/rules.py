@@ -104,14 +104,8 @@ def check_schedule(schedule: ScheduleRecord) -> None:
         raise TypeError(f"schedules are ScheduleRecords, not {type(schedule).__name__}")
     if not isinstance(schedule.name, str) or not schedule.name:
         raise TypeError(f"a schedule's name must be a non-empty string, not {schedule.name!r}")
-    for name in ("spec", "template"):
-        value = getattr(schedule, name)
-        if not isinstance(value, dict):
-            raise TypeError(f"schedule {schedule.name!r}: {name} must be a dict, not {value!r}")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"schedule {schedule.name!r}: {name} is not JSON: {exc}") from None
+    for name in ("spec", "template", "state"):
+        check_schedule_json(schedule.name, name, getattr(schedule, name))
     for name in ("next_fire", "updated_at"):
         value = getattr(schedule, name)
         if not finite_number(value):
@@ -119,6 +113,16 @@ def check_schedule(schedule: ScheduleRecord) -> None:
                 f"schedule {schedule.name!r}: {name} must be a finite number, not {value!r}"
             )
     checked_count("revision", schedule.revision, minimum=0)
+
+
+def check_schedule_json(schedule: str, name: str, value: Any) -> None:
+    """A schedule's ``spec``, ``template`` or ``state``: a dict that JSON can hold."""
+    if not isinstance(value, dict):
+        raise TypeError(f"schedule {schedule!r}: {name} must be a dict, not {value!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"schedule {schedule!r}: {name} is not JSON: {exc}") from None
 
 
 def check_fence_given(fence: Fence | None, required: bool) -> None:

@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS sq_schedules (
     template TEXT NOT NULL,
     next_fire REAL NOT NULL,
     updated_at REAL NOT NULL,
+    state TEXT,
     PRIMARY KEY (queue, name)
 );
 -- Each schedule name's last revision, kept apart from the schedule. A removed schedule's
@@ -303,6 +304,7 @@ class SQLiteBackend(Backend):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            _add_missing_columns(db)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -629,8 +631,9 @@ class SQLiteBackend(Backend):
             ):
                 return False
             db.execute(
-                "INSERT OR REPLACE INTO sq_schedules (queue, name, spec, template, next_fire, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sq_schedules "
+                "(queue, name, spec, template, next_fire, updated_at, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     self.queue,
                     schedule.name,
@@ -638,6 +641,7 @@ class SQLiteBackend(Backend):
                     json.dumps(schedule.template),
                     schedule.next_fire,
                     schedule.updated_at,
+                    json.dumps(schedule.state),
                 ),
             )
             self._next_revision(db, schedule.name)
@@ -650,6 +654,7 @@ class SQLiteBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         with self._write() as db:
             self._check_fence(db, fence, now)
@@ -660,6 +665,11 @@ class SQLiteBackend(Backend):
                 "UPDATE sq_schedules SET next_fire = ?, updated_at = ? WHERE queue = ? AND name = ?",
                 (next_fire, now, self.queue, read.name),
             )
+            if state is not None:
+                db.execute(
+                    "UPDATE sq_schedules SET state = ? WHERE queue = ? AND name = ?",
+                    (json.dumps(state), self.queue, read.name),
+                )
             self._next_revision(db, read.name)
         return True
 
@@ -682,12 +692,13 @@ class SQLiteBackend(Backend):
     def _schedules(self) -> list[ScheduleRecord]:
         rows = self._read(
             "SELECT s.name, s.spec, s.template, s.next_fire, s.updated_at, "
-            "COALESCE(r.revision, 0) FROM sq_schedules s LEFT JOIN sq_schedule_revisions r "
+            "COALESCE(r.revision, 0), s.state FROM sq_schedules s LEFT JOIN sq_schedule_revisions r "
             "ON r.queue = s.queue AND r.name = s.name WHERE s.queue = ? ORDER BY s.name",
             (self.queue,),
         )
         return [
-            ScheduleRecord(n, json.loads(s), json.loads(t), f, u, v) for n, s, t, f, u, v in rows
+            ScheduleRecord(n, json.loads(s), json.loads(t), f, u, v, json.loads(st or "{}"))
+            for n, s, t, f, u, v, st in rows
         ]
 
     def _remove_schedule(self, name: str) -> bool:
@@ -719,6 +730,19 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+#: Columns added after a table's first release: (table, column, declaration). A file made
+#: by an older version gets them when it is opened (NULL in its rows: older versions'
+#: INSERTs name their columns, so they keep working on the file too).
+ADDED_COLUMNS = [("sq_schedules", "state", "TEXT")]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, declaration in ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _inf_if_none(value: float | None) -> float:
