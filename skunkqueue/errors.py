@@ -41,3 +41,7 @@ class JobFailed(SkunkQueueError):
 
 class JobTimeout(SkunkQueueError):
     """Raised inside a job that ran past its event's ``timeout``."""
+
+
+class UnknownSchedule(SkunkQueueError, LookupError):
+    """No schedule of that name is stored on the queue."""
