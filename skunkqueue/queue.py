@@ -202,8 +202,8 @@ class SkunkQueue:
 
     def pause_schedule(self, name: str, note: str | None = None) -> bool:
         """Skip schedule ``name``'s ticks from now on (logged, and backfillable) until
-        ``resume_schedule``; ``False`` if it was paused already (``note`` then replaces
-        its note). Exact under failover: a leader that read the schedule before the pause
+        ``resume_schedule``; ``False`` if it was paused already (a ``note`` given then
+        replaces its note). Exact under failover: a leader that read the schedule before the pause
         fires nothing of what it read."""
         return schedule_ops.pause(self.backend, name, note)
 

@@ -103,10 +103,9 @@ def pause(backend: Backend, name: str, note: str | None) -> bool:
 
     def change(schedule: ScheduleRecord, now: float) -> tuple[dict[str, Any] | None, bool]:
         was = schedule.state.get("paused")
-        if was and was.get("note") == note:
+        if was and (note is None or was.get("note") == note):
             return None, False
-        at = was["at"] if was else now
-        return {**st.paused(schedule.state, at, note)}, not was
+        return st.paused(schedule.state, was["at"] if was else now, note), not was
 
     return _change(backend, name, change)
 

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("queue",),
     ("scheduler.",),
     ("worker.",),
+    ("cli_schedules",),
     ("cli", "__main__", ""),
 ]
 
