@@ -235,3 +235,47 @@ def test_the_listing_shows_the_timetable_and_lateness(queue):
     assert info.next_fires == [utc(leader.first + m * MINUTE) for m in range(1, 6)]
     [tick] = info.last_ticks
     assert (tick.outcome, tick.lateness) == ("running", pytest.approx(2.5))
+
+
+class LeaderDied(Exception):
+    """The leader's process ends here, as a SIGKILL would end it."""
+
+
+class DiesAroundItsStep:
+    """A backend whose first ``fire_schedule`` kills its leader just before, or just after,
+    the step is written."""
+
+    def __init__(self, inner: object, when: str) -> None:
+        self._inner, self._when = inner, when
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._inner, name)
+        if name != "fire_schedule":
+            return real
+
+        def step(*args: object, **kwargs: object) -> object:
+            if self._when == "before":
+                raise LeaderDied
+            real(*args, **kwargs)
+            raise LeaderDied
+
+        return step
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_requests_run_once_whenever_their_leader_dies(queue, when):
+    name = beat(queue)
+    leader = Leader(queue)
+    run = queue.trigger_schedule(name)
+    assert queue.backfill(name, utc(leader.first - 3 * MINUTE), utc(leader.first)) == 3
+    at = leader.first - 1
+    with pytest.raises(LeaderDied):
+        dying = DiesAroundItsStep(leader.backend, when)
+        fire_due(dying, leader.backend.schedules(), at, leader.fence)  # type: ignore[arg-type]
+
+    later = leader.first + 11 * 86400  # the dead leader's lease has lapsed
+    lease = leader.backend.acquire_lease(SCHEDULER_LEASE, "successor", later, 60)
+    successor = Fence(lease.name, lease.owner, lease.token)
+    fired = fire_due(leader.backend, leader.backend.schedules(), at, successor)
+    assert fired.jobs == (4 if when == "before" else 0), "a request fired twice, or never"
+    assert stored_ids(queue) == {run} | {leader.tick_id(m) for m in (-3, -2, -1)}

@@ -64,6 +64,7 @@ from .rules import (
     cancel,
     check_fence,
     expected_revision_holds,
+    fired_state,
     payload_size,
     recover,
     release_held,
@@ -814,7 +815,7 @@ class FoundationDBBackend(Backend):
                 "template": stored.template,
                 "next_fire": next_fire,
                 "updated_at": now,
-                "state": stored.state if state is None else state,
+                "state": fired_state(stored.state, state),
             }
             self._write_schedule(tr, read.name, json.dumps(data).encode())
             return True

@@ -22,6 +22,7 @@ from .rules import (
     cancel,
     check_fence,
     expected_revision_holds,
+    fired_state,
     lapsed,
     payload_size,
     recover,
@@ -342,8 +343,7 @@ class MemoryBackend(Backend):
             self._store_jobs(jobs, now)
             advanced = copy.deepcopy(current)
             advanced.next_fire, advanced.updated_at = next_fire, now
-            if state is not None:
-                advanced.state = copy.deepcopy(state)
+            advanced.state = copy.deepcopy(fired_state(current.state, state))
             self._store_schedule(advanced)
             self._touch()
             return True

@@ -73,7 +73,7 @@ from .redis_support import (
     server_version,
     takes_script_flags,
 )
-from .rules import MAX_BATCH, state_on_put
+from .rules import MAX_BATCH, fired_state, state_on_put
 
 log = logging.getLogger("skunkqueue.redis")
 
@@ -543,7 +543,7 @@ class RedisBackend(Backend):
             str(read.revision),
             # The script writes this only if the stored revision is the one read, so the
             # read's state is the stored one: keeping it is keeping the stored state.
-            _schedule_json(read, next_fire, now, read.state if state is None else state),
+            _schedule_json(read, next_fire, now, fired_state(read.state, state)),
             *self._put_args(jobs, now)[1:],  # the put's arguments after its own now
         ]
         fired, passed = self._run("fire_schedule", keys, args)

@@ -237,6 +237,13 @@ def unchanged_since(stored: int | None, read: int) -> bool:
     return stored is not None and stored == read
 
 
+def fired_state(stored: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """``fire_schedule``'s rule for a schedule's ``state``: the leader's, when it passes
+    one (what it consumed and logged, decided on the revision it read), else the stored
+    one, kept."""
+    return stored if given is None else given
+
+
 def expected_revision_holds(stored: int | None, expected: int | None) -> bool:
     """``save_schedule``'s rule for ``expected_revision``: with none, always; else the
     revision a reader would see now (``stored``, a schedule that does not exist reading as
