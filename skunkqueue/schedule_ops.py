@@ -81,6 +81,8 @@ class ScheduleInfo:
     pending_triggers: int = 0
     pending_backfill: list[tuple[datetime, datetime]] | None = None
     problem: str | None = None
+    #: When the schedule was first stored (``None`` for one stored before this was kept).
+    created: datetime | None = None
 
 
 def stored_state(existing: ScheduleRecord | None, next_fire: float, now: float) -> dict[str, Any]:
@@ -199,6 +201,7 @@ def _info(backend: Backend, schedule: ScheduleRecord, now: float) -> ScheduleInf
         pending_triggers=len(state.get("triggers", [])),
         pending_backfill=[(when(lo), when(hi)) for lo, hi in state.get("backfill", [])],
         problem=problem,
+        created=when(state.get("since")),
     )
 
 

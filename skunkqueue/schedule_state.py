@@ -137,11 +137,9 @@ def ticks_in(spec: ScheduleSpec, ranges: Ranges, limit: int) -> Iterator[float]:
     """The ticks of ``spec`` inside ``ranges``, oldest first, at most ``limit``."""
     count = 0
     for lo, hi in ranges:
-        tick = spec.next_after(math.ceil(lo) - 1)
-        while tick < hi and count < limit:
+        for tick in spec.ticks_between(lo, hi, limit - count):
             yield tick
             count += 1
-            tick = spec.next_after(tick)
         if count >= limit:
             return
 

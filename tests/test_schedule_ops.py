@@ -15,6 +15,7 @@ from skunkqueue import SkunkQueue
 from skunkqueue.cron import ScheduleSpec
 from skunkqueue.errors import ConfigurationError, UnknownSchedule
 from skunkqueue.persistence.base import SCHEDULER_LEASE, Fence
+from skunkqueue.schedule_ops import stored_state
 from skunkqueue.scheduler.ticks import fire_due, tick_job_id
 
 MINUTE = 60.0
@@ -279,3 +280,17 @@ def test_requests_run_once_whenever_their_leader_dies(queue, when):
     fired = fire_due(leader.backend, leader.backend.schedules(), at, successor)
     assert fired.jobs == (4 if when == "before" else 0), "a request fired twice, or never"
     assert stored_ids(queue) == {run} | {leader.tick_id(m) for m in (-3, -2, -1)}
+
+
+def test_a_new_expression_leaves_the_ticks_it_passes_over_to_backfill(queue):
+    beat(queue)
+    leader = Leader(queue)
+    leader.ticks(0)
+    [before] = queue.backend.schedules()
+    assert queue.schedules()[0].created is not None
+    # The leader is down for ten minutes, then a redeploy changes the interval.
+    later = leader.first + 10 * MINUTE + 30
+    state = stored_state(before, later + 30, later)
+    assert state["gaps"][-1] == [leader.first + MINUTE, later + 30]
+    state = stored_state(before, before.next_fire, later)  # same timetable: nothing new
+    assert state["gaps"] == before.state["gaps"]

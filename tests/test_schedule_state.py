@@ -3,6 +3,10 @@ log's merging and bound, and the one decision every tick passes through."""
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
 
 from skunkqueue import schedule_state as st
@@ -87,3 +91,27 @@ def schedule(state: dict) -> ScheduleRecord:
 def test_a_pause_skips_the_timetable_not_what_an_operator_asks_for(kind, state, decision):
     tick = TickAt(60.0, kind, "beat@60")
     assert decide(None, schedule(state), state, tick, 61.0) == decision  # type: ignore[arg-type]
+
+
+DST_CASES = [  # (cron, zone, from, days)
+    ("*/7 * * * *", "Europe/Berlin", "2026-03-28", 2),  # spring forward
+    ("30 2 * * *", "Europe/Berlin", "2026-03-27", 3),  # a wall time the jump skips
+    ("0,30 1,2 * * *", "America/New_York", "2026-10-31", 3),  # fall back: repeated walls
+    ("* * * * * */20", "Europe/London", "2026-10-25", 0.2),
+    ("*/5 * * * *", "UTC", "2026-12-31", 1),
+]
+
+
+@pytest.mark.parametrize("cron, zone, day, days", DST_CASES)
+def test_walking_a_range_gives_the_ticks_that_next_after_gives(cron, zone, day, days):
+    """``ticks_between`` walks one croniter instead of building one per tick; across DST
+    changes it must keep ``next_after``'s rules exactly."""
+    spec = ScheduleSpec(cron=cron, timezone=zone)
+    lo = datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(zone)).timestamp() + 0.5
+    hi = lo + days * 86400
+    expected, tick = [], spec.next_after(math.ceil(lo) - 1)
+    while tick < hi:
+        expected.append(tick)
+        tick = spec.next_after(tick)
+    assert list(spec.ticks_between(lo, hi, limit=100_000)) == expected
+    assert list(spec.ticks_between(lo, hi, limit=3)) == expected[:3]
