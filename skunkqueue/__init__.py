@@ -13,12 +13,14 @@ from .errors import (
     LeaseLost,
     SerializationError,
     SkunkQueueError,
+    UnknownSchedule,
 )
 from .events import Event
 from .handles import BroadcastHandle, JobHandle
 from .model import JobRecord, JobState
 from .queue import SkunkQueue
 from .retry import Retry
+from .schedule_ops import ScheduleInfo, TickInfo
 
 __version__ = "0.2.0"
 
@@ -35,7 +37,10 @@ __all__ = [
     "LeaseLost",
     "QueueConfig",
     "Retry",
+    "ScheduleInfo",
     "SerializationError",
     "SkunkQueue",
     "SkunkQueueError",
+    "TickInfo",
+    "UnknownSchedule",
 ]

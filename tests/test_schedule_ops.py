@@ -85,6 +85,9 @@ def test_a_paused_schedule_skips_its_ticks_and_logs_them_as_one_entry(queue):
     assert (fired.kind, fired.outcome, fired.job_ids) == ("cron", "queued", (leader.tick_id(0),))
     assert (skipped.outcome, skipped.reason, skipped.count) == ("skipped", "paused", 3)
     assert skipped.until == utc(leader.first + 3 * MINUTE)
+    # A long pause is one range of never-run time, next to the one before the schedule.
+    gaps = queue.backend.schedules()[0].state["gaps"]
+    assert gaps == [[0.0, leader.first], [leader.first + MINUTE, leader.first + 4 * MINUTE]]
 
     assert queue.resume_schedule(name) is True
     assert queue.resume_schedule(name) is False
