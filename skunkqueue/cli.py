@@ -152,6 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         problem = schedule_problem(schedule, now)
         if problem is not None:
             print(f"WARNING: schedule {schedule.name} is broken and never fires: {problem}")
+        paused = schedule.state.get("paused")
+        if paused:
+            note = f": {paused['note']}" if paused.get("note") else ""
+            print(f"schedule {schedule.name} is PAUSED since {_when(paused.get('at'))}{note}")
     return 0
 
 

@@ -31,7 +31,7 @@ def skunq(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     queue.close()
 
 
-def test_pause_resume_and_trigger(skunq) -> None:
+def test_pause_resume_and_trigger(skunq, capsys) -> None:
     assert skunq("--pause", "tasks.report", "--note", "partner API down")[:2] == (
         0,
         "paused tasks.report\n",
@@ -45,6 +45,8 @@ def test_pause_resume_and_trigger(skunq) -> None:
     status, out, _ = skunq("tasks.report")
     assert "PAUSED since" in out and "pending: 1 runs asked for now" in out
     assert "next: " in out and "last ticks: none yet" in out
+    cli.main(["status", "-q", skunq.queue.name, "--url", skunq.queue.config.url])
+    assert "schedule tasks.report is PAUSED since " in capsys.readouterr().out
     assert skunq("--resume", "tasks.report")[:2] == (0, "resumed tasks.report\n")
     assert skunq("--resume", "tasks.report")[:2] == (0, "not paused: tasks.report\n")
 
