@@ -15,6 +15,11 @@ one event, or a MongoDB standalone server (which cannot make the step atomic), s
 tick once while its record exists. A long catch-up (``misfire='all'``) is fired in steps
 of at most ``rules.MAX_BATCH`` jobs, each moving ``next_fire`` to the first tick it left
 out; the leader fires the next step on its next turn.
+
+The same step carries the schedule's operational state (``schedule_state.py``): runs
+asked for by hand (a trigger, a backfill's ticks) leave it in the step that stores their
+jobs, so each runs once, and a pause written since the leader's read fails the step's
+compare-and-set like any other change. Every tick passes through ``decide.decide``.
 """
 
 from __future__ import annotations
