@@ -28,6 +28,8 @@ T = TypeVar("T")
 #: Read-compare-writes before an operator's change gives up: each retry means a write
 #: landed in between (a leader steps a schedule once per tick, or per backfill batch).
 CHANGE_ATTEMPTS = 50
+#: Characters a pause's note may have.
+MAX_NOTE = 1000
 #: Fire times ``ScheduleInfo.next_fires`` lists.
 NEXT_FIRES = 5
 
@@ -102,6 +104,9 @@ def stored_state(existing: ScheduleRecord | None, next_fire: float, now: float) 
 def pause(backend: Backend, name: str, note: str | None) -> bool:
     if note is not None and not isinstance(note, str):
         raise TypeError(f"a pause's note must be text, not {note!r}")
+    if note is not None and len(note) > MAX_NOTE:
+        # The note travels in every step the leader writes (FoundationDB takes 100 kB a value).
+        raise ValueError(f"a pause's note is at most {MAX_NOTE} characters, not {len(note)}")
 
     def change(schedule: ScheduleRecord, now: float) -> tuple[dict[str, Any] | None, bool]:
         was = schedule.state.get("paused")

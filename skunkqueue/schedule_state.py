@@ -112,6 +112,8 @@ def add_range(ranges: Ranges, start: float, end: float) -> Ranges:
 
 def remove_range(ranges: Ranges, start: float, end: float) -> Ranges:
     """``ranges`` without ``[start, end)``."""
+    if start >= end:
+        return [list(r) for r in ranges]
     kept: Ranges = []
     for lo, hi in ranges:
         if hi <= start or lo >= end:

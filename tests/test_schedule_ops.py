@@ -297,3 +297,14 @@ def test_a_new_expression_leaves_the_ticks_it_passes_over_to_backfill(queue):
     assert state["gaps"][-1] == [leader.first + MINUTE, later + 30]
     state = stored_state(before, before.next_fire, later)  # same timetable: nothing new
     assert state["gaps"] == before.state["gaps"]
+
+
+@pytest.mark.parametrize(
+    "note, error", [(7, TypeError), ("x" * 1001, ValueError)], ids=["not text", "too long"]
+)
+def test_a_bad_note_is_refused_and_nothing_is_written(queue, note, error):
+    name = beat(queue)
+    before = queue.backend.schedules()
+    with pytest.raises(error, match="note"):
+        queue.pause_schedule(name, note=note)
+    assert queue.backend.schedules() == before

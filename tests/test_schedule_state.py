@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings, strategies
 
 from skunkqueue import schedule_state as st
 from skunkqueue.cron import ScheduleSpec
@@ -115,3 +117,32 @@ def test_walking_a_range_gives_the_ticks_that_next_after_gives(cron, zone, day, 
         tick = spec.next_after(tick)
     assert list(spec.ticks_between(lo, hi, limit=100_000)) == expected
     assert list(spec.ticks_between(lo, hi, limit=3)) == expected[:3]
+
+
+def _covered(ranges: list, lo: int = 0, hi: int = 60) -> set[int]:
+    return {p for p in range(lo, hi) if any(a <= p < b for a, b in ranges)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    strategies.lists(
+        strategies.tuples(
+            strategies.booleans(), strategies.integers(0, 50), strategies.integers(0, 10)
+        ),
+        max_size=12,
+    )
+)
+def test_ranges_behave_as_sets_of_instants(operations):
+    """Adding and removing ranges is set union and difference on the instants they hold,
+    and the result stays sorted, disjoint and merged."""
+    ranges: list = []
+    expected: set[int] = set()
+    for add, start, length in operations:
+        span = set(range(start, start + length))
+        if add:
+            ranges, expected = st.add_range(ranges, start, start + length), expected | span
+        else:
+            ranges, expected = st.remove_range(ranges, start, start + length), expected - span
+        assert _covered(ranges) == expected
+        assert all(a < b for a, b in ranges)
+        assert all(b1 < a2 for (_, b1), (a2, _) in pairwise(ranges)), "touching ranges merge"
