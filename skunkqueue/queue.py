@@ -197,7 +197,10 @@ class SkunkQueue:
     # -- operating schedules (schedule_ops.py) --------------------------------------
 
     def schedules(self) -> list[ScheduleInfo]:
-        """Every stored schedule of this queue, as an operator sees it (``ScheduleInfo``)."""
+        """Every stored schedule of this queue, as an operator sees it (``ScheduleInfo``).
+
+        Reads each logged tick's job for its state and start: one ``get`` per fired tick
+        in the log (at most 20 a schedule), fine for an operator's look, not a hot path."""
         return schedule_ops.schedule_infos(self.backend)
 
     def pause_schedule(self, name: str, note: str | None = None) -> bool:
