@@ -15,6 +15,7 @@ from .errors import (
     LeaseLost,
     SerializationError,
     SkunkQueueError,
+    UnknownSchedule,
 )
 from .events import Event
 from .handles import BroadcastHandle, JobHandle
@@ -22,6 +23,7 @@ from .jobinfo import JobInfo
 from .model import JobRecord, JobState
 from .queue import SkunkQueue
 from .retry import Retry
+from .schedule_ops import ScheduleInfo, TickInfo
 
 __version__ = "0.2.0"
 
@@ -41,7 +43,10 @@ __all__ = [
     "LeaseLost",
     "QueueConfig",
     "Retry",
+    "ScheduleInfo",
     "SerializationError",
     "SkunkQueue",
     "SkunkQueueError",
+    "TickInfo",
+    "UnknownSchedule",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from . import cli_schedules
 from .cli_jobs import add_job_commands
 from .config import URL_ENV, QueueConfig, redact
 from .cron import ScheduleSpec
@@ -18,6 +19,7 @@ from .model import JobState
 from .persistence import Backend, open_backend
 from .persistence.base import SCHEDULER_LEASE, WORKER_LEASE_PREFIX
 from .queue import SkunkQueue
+from .schedule_ops import schedule_infos
 from .scheduler.ticks import schedule_problem
 
 QUEUE_ENV = "SKUNKQUEUE_QUEUE"
@@ -157,6 +159,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         problem = schedule_problem(schedule, now)
         if problem is not None:
             print(f"WARNING: schedule {schedule.name} is broken and never fires: {problem}")
+        paused = schedule.state.get("paused")
+        if paused:
+            note = f": {paused['note']}" if paused.get("note") else ""
+            print(f"schedule {schedule.name} is PAUSED since {_when(paused.get('at'))}{note}")
     return 0
 
 
@@ -205,6 +211,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_schedules(args: argparse.Namespace) -> int:
     backend = _backend(args)
+    if not args.remove:
+        status = cli_schedules.operate(args, backend)
+        if status is not None:
+            return status
     if args.remove:
         if backend.remove_schedule(args.remove):
             print(f"removed schedule {args.remove}")
@@ -213,16 +223,18 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         return 1
     schedules = backend.schedules()
     now = backend.now()
+    infos = {info.name: info for info in schedule_infos(backend)}
     for schedule in schedules:
         problem = schedule_problem(schedule, now)
+        extra = cli_schedules.summary(infos[schedule.name]) if schedule.name in infos else ""
         if problem is not None:
-            print(f"{schedule.name}  BROKEN: {problem}  next={_when(schedule.next_fire)}")
+            print(f"{schedule.name}  BROKEN: {problem}  next={_when(schedule.next_fire)}{extra}")
             continue
         spec = ScheduleSpec.from_dict(schedule.spec)
         print(
             f"{schedule.name}  {spec.describe()}  route={schedule.template.get('route')}  "
             f"misfire={spec.misfire}  revision={schedule.revision}  "
-            f"next={_when(schedule.next_fire)}"
+            f"next={_when(schedule.next_fire)}{extra}"
         )
     if not schedules:
         print("(no schedules)")
@@ -325,10 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub, _add_common, _open_queue)
 
     schedules = sub.add_parser(
-        "schedules", help="list stored cron/interval schedules, or remove one"
+        "schedules",
+        help="list stored cron/interval schedules, show one, or pause, resume, trigger, "
+        "backfill or remove one",
     )
     _add_common(schedules)
-    schedules.add_argument("--remove", metavar="NAME", default=None)
+    cli_schedules.add_arguments(schedules)
     schedules.set_defaults(func=cmd_schedules)
 
     purge = sub.add_parser("purge", help="cancel every queued job on a route")

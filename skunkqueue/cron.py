@@ -12,8 +12,9 @@ process agrees on the ticks without a stored anchor. Ticks are whole seconds.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -24,6 +25,8 @@ from .checks import seconds
 from .errors import ConfigurationError
 
 MISFIRE_POLICIES = ("coalesce", "all", "skip")
+#: Ticks a cron's jitter is checked against (see ``ScheduleSpec._check_jitter_fits``).
+JITTER_SAMPLE = 200
 
 _SECOND = timedelta(seconds=1)
 
@@ -42,6 +45,8 @@ class ScheduleSpec:
     misfire: str = "coalesce"
     max_catchup: int = 100
     grace: float = 1.0
+    #: Seconds each tick's job may be delayed by, by an amount fixed per tick (``delay``).
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         # Validation lives here, not in build, so specs read back by from_dict are checked too.
@@ -72,6 +77,7 @@ class ScheduleSpec:
                 f"max_catchup must be an integer >= 1, not {self.max_catchup!r}"
             )
         seconds("grace", self.grace, zero=True)
+        object.__setattr__(self, "jitter", seconds("jitter", self.jitter, zero=True))
 
     @classmethod
     def build(
@@ -82,19 +88,62 @@ class ScheduleSpec:
         misfire: str = "coalesce",
         max_catchup: int = 100,
         grace: float | timedelta = 1.0,
+        jitter: float | timedelta | None = None,
     ) -> ScheduleSpec:
         """The spec for a decorator's arguments; ``timezone`` may be a name or a tzinfo,
-        ``every`` and ``grace`` seconds or a timedelta."""
+        ``every``, ``grace`` and ``jitter`` seconds or a timedelta."""
         if isinstance(cron, str):
             cron = " ".join(cron.split())
         if isinstance(every, timedelta):
             every = every.total_seconds()
         if isinstance(grace, timedelta):
             grace = grace.total_seconds()
-        return cls(cron, every, _zone_name(timezone), misfire, max_catchup, grace)
+        if isinstance(jitter, timedelta):
+            jitter = jitter.total_seconds()
+        if jitter is not None:
+            seconds("jitter", jitter)  # given, it must spread something: 0 is a mistake
+        spec = cls(cron, every, _zone_name(timezone), misfire, max_catchup, grace, jitter or 0.0)
+        spec._check_jitter_fits()
+        return spec
+
+    def _check_jitter_fits(self) -> None:
+        """Jitter must stay below the shortest time between two ticks, so a tick's job is
+        always due before the next tick's nominal instant: runs keep the timetable's
+        order, and jitter alone never makes one tick's run overlap the next one's. For
+        a cron, the shortest gap among its first ``JITTER_SAMPLE`` ticks of 2001 (a
+        fixed sample, so the check is the same on every host and at every import)."""
+        if not self.jitter:
+            return
+        if self.every is not None:
+            shortest = self.every
+        else:
+            tick = float(_instant(ZoneInfo(self.timezone), datetime(2001, 1, 1)))
+            shortest = math.inf
+            for _ in range(JITTER_SAMPLE):
+                following = self.next_after(tick)
+                shortest, tick = min(shortest, following - tick), following
+        if self.jitter >= shortest:
+            raise ConfigurationError(
+                f"jitter must be shorter than the time between two ticks ({shortest:g} s), "
+                f"not {self.jitter:g} s: a tick's run must be due before the next tick"
+            )
+
+    def delay(self, name: str, tick: float) -> float:
+        """How long the job of schedule ``name``'s ``tick`` waits past it: in
+        ``[0, jitter)``, drawn from a hash of (name, tick), so every leader, and a
+        successor firing the same tick, computes the same eta."""
+        if not self.jitter:
+            return 0.0
+        digest = hashlib.sha256(f"{name}@{tick:.0f}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 * self.jitter
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # No jitter is left out: a schedule stored before jitter existed keeps comparing
+        # equal, so upgrading does not count as a new expression (which resets next_fire).
+        found = asdict(self)
+        if not self.jitter:
+            del found["jitter"]
+        return found
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleSpec:
@@ -138,6 +187,32 @@ class ScheduleSpec:
             tick = self._last_tick(tick - 1)
         ticks.reverse()
         return ticks
+
+    def ticks_between(self, lo: float, hi: float, limit: int) -> Iterator[float]:
+        """The ticks in ``[lo, hi)``, oldest first, at most ``limit``: what calling
+        ``next_after`` from ``lo`` gives, without building a croniter per tick (a
+        backfill walks up to 100,000 of them)."""
+        if self.every is not None:
+            every = int(self.every)
+            tick, count = math.ceil(lo / every) * every, 0
+            while tick < hi and count < limit:
+                yield float(tick)
+                tick, count = tick + every, count + 1
+            return
+        zone = ZoneInfo(self.timezone)
+        start = math.ceil(lo) - 1
+        walls = _croniter(self.cron, _cursor(zone, start))
+        last, count = start, 0
+        while count < limit:
+            # Skipped walls (spring-forward) all map to the transition and repeated ones
+            # to their first occurrence, as in _instant: an instant seen already is no tick.
+            tick = _instant(zone, walls.get_next(datetime))
+            if tick <= last:
+                continue
+            if tick >= hi:
+                return
+            yield float(tick)
+            last, count = tick, count + 1
 
     def _next_tick(self, s: int) -> int:
         """The first tick > ``s``."""

@@ -63,3 +63,7 @@ class JobCancelled(JobTimeout):
     (``cancel(..., running=True)``), or its lease lapsed and another worker took it. A
     ``JobTimeout`` too, so code that cleans up after a timeout cleans up after this; its
     outcome is not stored either way."""
+
+
+class UnknownSchedule(SkunkQueueError, LookupError):
+    """No schedule of that name is stored on the queue."""

@@ -175,6 +175,10 @@ class ScheduleRecord:
     here is ignored. A record stored by a version without revisions reads as 0. Writes
     that must not undo a change made since a read compare it (``fire_schedule``,
     ``save_schedule(expected_revision=...)``).
+
+    ``state`` is the schedule's operational state (paused or not, requested runs, the
+    tick log: ``scheduler/schedule_state.py``), a JSON object every backend stores as
+    given and no backend interprets. A record stored by a version without it reads as {}.
     """
 
     name: str
@@ -183,6 +187,7 @@ class ScheduleRecord:
     next_fire: float
     updated_at: float = 0.0
     revision: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

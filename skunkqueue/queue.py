@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from . import serialization
+from . import schedule_ops, serialization
 from .checks import finite_number
 from .config import QueueConfig
 from .cron import ScheduleSpec
@@ -19,6 +19,7 @@ from .model import RETRYABLE, JobRecord, JobState, as_state
 from .persistence import Backend, ScheduleRecord, open_backend, rules
 from .registry import lookup_event, register_event
 from .retry import Retry
+from .schedule_ops import ScheduleInfo, stored_state
 
 __all__ = ["SkunkQueue", "lookup_event"]
 
@@ -79,6 +80,7 @@ class SkunkQueue:
         serializer: str | None = None,
         max_deliveries: int | None = None,
         concurrency: int | None = None,
+        jitter: timedelta | float | None = None,
     ) -> Callable[[Callable[..., Any]], Event]: ...
 
     def event(
@@ -99,6 +101,7 @@ class SkunkQueue:
         serializer: str | None = None,
         max_deliveries: int | None = None,
         concurrency: int | None = None,
+        jitter: timedelta | float | None = None,
     ) -> Event | Callable[[Callable[..., Any]], Event]:
         """Register a function as an event of this queue (``@queue.job`` is the same).
 
@@ -109,7 +112,8 @@ class SkunkQueue:
         ``concurrency=n`` lets at most n jobs of the event run at once, across every
         worker and machine (decided by the store when a worker claims one). A cron
         or interval event stores its schedule in the backend now, so any scheduler fires
-        it without importing this module.
+        it without importing this module. ``jitter`` (seconds or a timedelta, shorter than
+        the time between two ticks) delays each tick's job by an amount fixed per tick.
         """
         routes = validate_event_options(
             ["default"] if routes is None else routes,
@@ -129,7 +133,10 @@ class SkunkQueue:
                 misfire=misfire,
                 max_catchup=max_catchup,
                 grace=grace,
+                jitter=jitter,
             )
+        elif jitter is not None:
+            raise ConfigurationError("jitter= spreads a schedule's ticks: give cron= or every=")
 
         def register(function: Callable[..., Any]) -> Event:
             if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
@@ -186,7 +193,8 @@ class SkunkQueue:
                 next_fire = existing.next_fire
             else:
                 next_fire = event.schedule.next_after(now)
-            record = ScheduleRecord(event.name, spec, template, next_fire, now)
+            state = stored_state(existing, next_fire, now)
+            record = ScheduleRecord(event.name, spec, template, next_fire, now, state=state)
             seen = 0 if existing is None else existing.revision
             if self.backend.save_schedule(record, now, expected_revision=seen):
                 return
@@ -194,6 +202,39 @@ class SkunkQueue:
             f"the stored schedule of {event.name!r} changed under each of "
             f"{STORE_SCHEDULE_ATTEMPTS} attempts to store it; is something rewriting it?"
         )
+
+    # -- operating schedules (schedule_ops.py) --------------------------------------
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every stored schedule of this queue, as an operator sees it (``ScheduleInfo``).
+
+        Reads each logged tick's job for its state and start: one ``get`` per fired tick
+        in the log (at most 20 a schedule), fine for an operator's look, not a hot path."""
+        return schedule_ops.schedule_infos(self.backend)
+
+    def pause_schedule(self, name: str, note: str | None = None) -> bool:
+        """Skip schedule ``name``'s ticks from now on (logged, and backfillable) until
+        ``resume_schedule``; ``False`` if it was paused already (a ``note`` given then
+        replaces its note). Exact under failover: a leader that read the schedule before the pause
+        fires nothing of what it read."""
+        return schedule_ops.pause(self.backend, name, note)
+
+    def resume_schedule(self, name: str) -> bool:
+        """Fire ``name``'s ticks again from its next one (those skipped while paused are
+        not fired: ``backfill`` them); ``False`` if it was not paused."""
+        return schedule_ops.resume(self.backend, name)
+
+    def trigger_schedule(self, name: str) -> str:
+        """Ask for one run of ``name`` now, outside its timetable (also while paused); the
+        leader fires it exactly once. Returns the job id the run will have."""
+        return schedule_ops.trigger(self.backend, name)
+
+    def backfill(self, name: str, start: datetime, end: datetime) -> int:
+        """Run, once each, the ticks of ``name`` in ``[start, end)`` (aware datetimes) that
+        never ran: before the schedule was first stored, skipped while paused, missed
+        and coalesced by the misfire policy, or skipped by a decision. Returns how many
+        ticks this call adds to what is requested; calling it again adds none."""
+        return schedule_ops.backfill(self.backend, name, start, end)
 
     # -- jobs by id -----------------------------------------------------------------
 

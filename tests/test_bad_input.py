@@ -164,6 +164,12 @@ def test_bad_routes(queue: SkunkQueue, routes: Any, message: str) -> None:
         ({"serializer": "yaml"}, r"serializer must be one of \('json', 'pickle'\), not 'yaml'"),
         ({"retry": 0}, "Retry.max_attempts must be an integer >= 1, not 0"),
         ({"retry": "3"}, "retry must be a Retry or an int"),
+        ({"jitter": 5}, None),
+        ({"jitter": -1}, "jitter must be a positive, finite number of seconds, not -1"),
+        ({"jitter": "5"}, "jitter must be a positive, finite number of seconds, not '5'"),
+        ({"jitter": True}, "jitter must be a positive, finite number of seconds, not True"),
+        ({"jitter": float("inf")}, "jitter must be a positive, finite number of seconds, not inf"),
+        ({"jitter": 60}, r"jitter must be shorter than the time between two ticks \(60 s\)"),
     ],
 )
 def test_bad_event_options(queue: SkunkQueue, options: dict[str, Any], message: str | None) -> None:

@@ -23,11 +23,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "checks", "serialization", "config", "retry"),
     ("model",),
     ("persistence.", "testing."),
-    ("registry", "broadcast", "cron"),
+    ("registry", "broadcast", "cron", "schedule_state"),
     ("handles", "events", "jobs", "jobinfo"),
+    ("schedule_ops",),
     ("queue",),
     ("scheduler.",),
     ("worker.",),
+    ("cli_schedules",),
     ("cli", "cli_jobs", "__main__", ""),
 ]
 

@@ -525,9 +525,15 @@ class Backend(ABC):
         next_fire: float,
         now: float,
         fence: Fence,
+        *,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         """The leader fires ticks of schedule ``read`` (as it read it): their jobs are
         stored and the schedule moves on to ``next_fire``, in ONE atomic step.
+
+        With ``state``, the schedule's stored ``state`` is replaced by it in that same
+        step (what the leader consumed: a run requested by hand, a backfill's ticks, the
+        tick log); without, the stored state is kept as it is.
 
         In that step: raise ``LeaseLost``, writing nothing, unless ``fence`` is the
         current, unexpired holder of its lease at ``now``. If the stored schedule
@@ -556,7 +562,10 @@ class Backend(ABC):
         rules.check_schedule(read)
         rules.check_fire(jobs, next_fire)
         rules.check_fence_given(fence, required=True)
-        return self._calling(self._fire_schedule, read, jobs, next_fire, now, fence)
+        if state is None:
+            return self._calling(self._fire_schedule, read, jobs, next_fire, now, fence)
+        rules.check_schedule_json(read.name, "state", state)
+        return self._calling(self._fire_schedule, read, jobs, next_fire, now, fence, state)
 
     @abstractmethod
     def _fire_schedule(
@@ -566,6 +575,7 @@ class Backend(ABC):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool: ...
 
     def schedules(self) -> list[ScheduleRecord]:

@@ -69,6 +69,7 @@ from .rules import (
     cancel,
     check_fence,
     expected_revision_holds,
+    fired_state,
     gate_open,
     payload_size,
     recover,
@@ -911,6 +912,7 @@ class FoundationDBBackend(Backend):
             "template": schedule.template,
             "next_fire": schedule.next_fire,
             "updated_at": schedule.updated_at,
+            "state": schedule.state,
         }
         encoded = json.dumps(data).encode()
 
@@ -933,6 +935,7 @@ class FoundationDBBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         # At most MAX_BATCH records (the base's cap), each under the value limit.
         records, _ = self._prepared(jobs, now)
@@ -948,6 +951,7 @@ class FoundationDBBackend(Backend):
                 "template": stored.template,
                 "next_fire": next_fire,
                 "updated_at": now,
+                "state": fired_state(stored.state, state),
             }
             self._write_schedule(tr, read.name, json.dumps(data).encode())
             return True

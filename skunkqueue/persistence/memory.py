@@ -23,6 +23,7 @@ from .rules import (
     cancel,
     check_fence,
     expected_revision_holds,
+    fired_state,
     gate_open,
     lapsed,
     payload_size,
@@ -403,6 +404,7 @@ class MemoryBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         with self._locked():
             check_fence(self._store.leases.get(fence.name), fence, now)
@@ -412,6 +414,7 @@ class MemoryBackend(Backend):
             self._store_jobs(jobs, now)
             advanced = copy.deepcopy(current)
             advanced.next_fire, advanced.updated_at = next_fire, now
+            advanced.state = copy.deepcopy(fired_state(current.state, state))
             self._store_schedule(advanced)
             self._touch()
             return True

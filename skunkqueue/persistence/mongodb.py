@@ -828,6 +828,7 @@ class MongoBackend(Backend):
             "template": schedule.template,
             "next_fire": schedule.next_fire,
             "updated_at": schedule.updated_at,
+            "state": schedule.state,
         }
         if fence is not None and self.transactions:
 
@@ -881,11 +882,14 @@ class MongoBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         # Seqs are taken outside the transaction, so producers' puts never conflict with it.
         documents = self._numbered(jobs, now)
         same = {"_id": self._key(read.name), "q": self.queue, **_revision_is(read.revision)}
         advance = {"$set": {"next_fire": next_fire, "updated_at": now}, "$inc": {"revision": 1}}
+        if state is not None:
+            advance["$set"]["state"] = state
         if not self.transactions:
             return self._fire_without_transaction(read, documents, same, advance, now, fence)
 
@@ -935,6 +939,7 @@ class MongoBackend(Backend):
                 next_fire=d["next_fire"],
                 updated_at=d.get("updated_at", 0.0),
                 revision=d.get("revision", 0),
+                state=d.get("state") or {},
             )
             for d in found
         ]
@@ -943,7 +948,7 @@ class MongoBackend(Backend):
         # The document stays, without q (so no listing finds it), to keep the name's revision.
         removed = self._schedule_docs.update_one(
             {"_id": self._key(name), "q": self.queue},
-            {"$unset": {"q": "", "spec": "", "template": ""}},
+            {"$unset": {"q": "", "spec": "", "template": "", "state": ""}},
             hint=BY_ID,
         )
         return removed.matched_count == 1

@@ -74,7 +74,7 @@ from .redis_support import (
     server_version,
     takes_script_flags,
 )
-from .rules import MAX_BATCH, state_on_put
+from .rules import MAX_BATCH, fired_state, state_on_put
 
 log = logging.getLogger("skunkqueue.redis")
 
@@ -549,6 +549,7 @@ class RedisBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         keys = [
             *self._job_keys,
@@ -562,7 +563,9 @@ class RedisBackend(Backend):
             str(fence.token),
             read.name,
             str(read.revision),
-            _schedule_json(read, next_fire, now),
+            # The script writes this only if the stored revision is the one read, so the
+            # read's state is the stored one: keeping it is keeping the stored state.
+            _schedule_json(read, next_fire, now, fired_state(read.state, state)),
             *self._put_args(jobs, now)[1:],  # the put's arguments after its own now
         ]
         fired, passed = self._run("fire_schedule", keys, args)
@@ -586,6 +589,7 @@ class RedisBackend(Backend):
                     d["next_fire"],
                     d["updated_at"],
                     int(revision.get(name, 0)),
+                    d.get("state", {}),
                 )
             )
         return found
@@ -635,7 +639,12 @@ class RedisBackend(Backend):
         self._client.close()
 
 
-def _schedule_json(schedule: ScheduleRecord, next_fire: float, updated_at: float) -> str:
+def _schedule_json(
+    schedule: ScheduleRecord,
+    next_fire: float,
+    updated_at: float,
+    state: dict[str, Any] | None = None,
+) -> str:
     """What the ``schedules`` hash holds for a schedule (its revision is kept apart)."""
     return json.dumps(
         {
@@ -643,5 +652,6 @@ def _schedule_json(schedule: ScheduleRecord, next_fire: float, updated_at: float
             "template": schedule.template,
             "next_fire": next_fire,
             "updated_at": updated_at,
+            "state": schedule.state if state is None else state,
         }
     )

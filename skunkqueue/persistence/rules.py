@@ -126,14 +126,8 @@ def check_schedule(schedule: ScheduleRecord) -> None:
         raise TypeError(f"schedules are ScheduleRecords, not {type(schedule).__name__}")
     if not isinstance(schedule.name, str) or not schedule.name:
         raise TypeError(f"a schedule's name must be a non-empty string, not {schedule.name!r}")
-    for name in ("spec", "template"):
-        value = getattr(schedule, name)
-        if not isinstance(value, dict):
-            raise TypeError(f"schedule {schedule.name!r}: {name} must be a dict, not {value!r}")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"schedule {schedule.name!r}: {name} is not JSON: {exc}") from None
+    for name in ("spec", "template", "state"):
+        check_schedule_json(schedule.name, name, getattr(schedule, name))
     for name in ("next_fire", "updated_at"):
         value = getattr(schedule, name)
         if not finite_number(value):
@@ -141,6 +135,16 @@ def check_schedule(schedule: ScheduleRecord) -> None:
                 f"schedule {schedule.name!r}: {name} must be a finite number, not {value!r}"
             )
     checked_count("revision", schedule.revision, minimum=0)
+
+
+def check_schedule_json(schedule: str, name: str, value: Any) -> None:
+    """A schedule's ``spec``, ``template`` or ``state``: a dict that JSON can hold."""
+    if not isinstance(value, dict):
+        raise TypeError(f"schedule {schedule!r}: {name} must be a dict, not {value!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"schedule {schedule!r}: {name} is not JSON: {exc}") from None
 
 
 def check_fence_given(fence: Fence | None, required: bool) -> None:
@@ -300,6 +304,13 @@ def unchanged_since(stored: int | None, read: int) -> bool:
     """``fire_schedule``'s rule: the schedule still exists (``stored`` is its revision, or
     ``None`` when there is none) and no write changed it since it was read at ``read``."""
     return stored is not None and stored == read
+
+
+def fired_state(stored: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """``fire_schedule``'s rule for a schedule's ``state``: the leader's, when it passes
+    one (what it consumed and logged, decided on the revision it read), else the stored
+    one, kept."""
+    return stored if given is None else given
 
 
 def expected_revision_holds(stored: int | None, expected: int | None) -> bool:

@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS sq_schedules (
     template TEXT NOT NULL,
     next_fire REAL NOT NULL,
     updated_at REAL NOT NULL,
+    state TEXT,
     PRIMARY KEY (queue, name)
 );
 -- Each schedule name's last revision, kept apart from the schedule. A removed schedule's
@@ -187,8 +188,6 @@ RETRIED = (
     "lease_until",
     "deliveries",
 )
-#: Columns added since the first schema: a file made before them gets them at open.
-ADDED_COLUMNS = {"concurrency": "INTEGER", "history": "TEXT"}
 
 
 def _row_to_record(row: Sequence[Any]) -> JobRecord:
@@ -345,10 +344,7 @@ class SQLiteBackend(Backend):
         with self._write() as db:
             # A file made by an earlier version gets the columns added since, before the
             # schema's indexes (some name them) are created.
-            present = {row[1] for row in db.execute("PRAGMA table_info(sq_jobs)")}
-            for column, kind in ADDED_COLUMNS.items():
-                if present and column not in present:
-                    db.execute(f"ALTER TABLE sq_jobs ADD COLUMN {column} {kind}")
+            _add_missing_columns(db)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -830,8 +826,9 @@ class SQLiteBackend(Backend):
             ):
                 return False
             db.execute(
-                "INSERT OR REPLACE INTO sq_schedules (queue, name, spec, template, next_fire, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sq_schedules "
+                "(queue, name, spec, template, next_fire, updated_at, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     self.queue,
                     schedule.name,
@@ -839,6 +836,7 @@ class SQLiteBackend(Backend):
                     json.dumps(schedule.template),
                     schedule.next_fire,
                     schedule.updated_at,
+                    json.dumps(schedule.state),
                 ),
             )
             self._next_revision(db, schedule.name)
@@ -851,6 +849,7 @@ class SQLiteBackend(Backend):
         next_fire: float,
         now: float,
         fence: Fence,
+        state: dict[str, Any] | None = None,
     ) -> bool:
         with self._write() as db:
             self._check_fence(db, fence, now)
@@ -861,6 +860,11 @@ class SQLiteBackend(Backend):
                 "UPDATE sq_schedules SET next_fire = ?, updated_at = ? WHERE queue = ? AND name = ?",
                 (next_fire, now, self.queue, read.name),
             )
+            if state is not None:
+                db.execute(
+                    "UPDATE sq_schedules SET state = ? WHERE queue = ? AND name = ?",
+                    (json.dumps(state), self.queue, read.name),
+                )
             self._next_revision(db, read.name)
         return True
 
@@ -883,12 +887,13 @@ class SQLiteBackend(Backend):
     def _schedules(self) -> list[ScheduleRecord]:
         rows = self._read(
             "SELECT s.name, s.spec, s.template, s.next_fire, s.updated_at, "
-            "COALESCE(r.revision, 0) FROM sq_schedules s LEFT JOIN sq_schedule_revisions r "
+            "COALESCE(r.revision, 0), s.state FROM sq_schedules s LEFT JOIN sq_schedule_revisions r "
             "ON r.queue = s.queue AND r.name = s.name WHERE s.queue = ? ORDER BY s.name",
             (self.queue,),
         )
         return [
-            ScheduleRecord(n, json.loads(s), json.loads(t), f, u, v) for n, s, t, f, u, v in rows
+            ScheduleRecord(n, json.loads(s), json.loads(t), f, u, v, json.loads(st or "{}"))
+            for n, s, t, f, u, v, st in rows
         ]
 
     def _remove_schedule(self, name: str) -> bool:
@@ -920,6 +925,23 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+#: Columns added after a table's first release: (table, column, declaration). A file made
+#: by an older version gets them when it is opened (NULL in its rows: older versions'
+#: INSERTs name their columns, so they keep working on the file too).
+ADDED_COLUMNS = [
+    ("sq_jobs", "concurrency", "INTEGER"),
+    ("sq_jobs", "history", "TEXT"),
+    ("sq_schedules", "state", "TEXT"),
+]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, declaration in ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if present and column not in present:  # (no columns: the table is yet to be made)
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _inf_if_none(value: float | None) -> float:

@@ -15,21 +15,31 @@ one event, or a MongoDB standalone server (which cannot make the step atomic), s
 tick once while its record exists. A long catch-up (``misfire='all'``) is fired in steps
 of at most ``rules.MAX_BATCH`` jobs, each moving ``next_fire`` to the first tick it left
 out; the leader fires the next step on its next turn.
+
+The same step carries the schedule's operational state (``schedule_state.py``): runs
+asked for by hand (a trigger, a backfill's ticks) leave it in the step that stores their
+jobs, so each runs once, and a pause written since the leader's read fails the step's
+compare-and-set like any other change. Every tick passes through ``decide.decide``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
+from .. import schedule_state
 from ..broadcast import broadcast_copies
 from ..cron import ScheduleSpec
 from ..errors import BackendUnavailable, LeaseLost
 from ..model import JobRecord
 from ..persistence import rules
 from ..persistence.base import Backend, Fence, ScheduleRecord
+from ..schedule_state import has_requests
+from .decide import TickAt, decide
 
 log = logging.getLogger("skunkqueue.scheduler")
 
@@ -48,15 +58,25 @@ def tick_job_id(queue: str, event: str, tick: float) -> str:
     return f"{queue}:{event}@{instant}"
 
 
-def tick_record(queue: str, schedule: ScheduleRecord, tick: float, now: float) -> JobRecord:
-    """The job of one tick, from the schedule's stored template."""
+def tick_record(
+    queue: str,
+    schedule: ScheduleRecord,
+    tick: float,
+    now: float,
+    *,
+    job_id: str | None = None,
+    spec: ScheduleSpec | None = None,
+) -> JobRecord:
+    """The job of one tick, from the schedule's stored template: due at the tick, plus
+    ``spec``'s jitter for it when given; ``job_id`` for a run that is no tick of the
+    timetable (one asked for by hand)."""
     template = schedule.template
     return JobRecord(
-        id=tick_job_id(queue, template["event"], tick),
+        id=job_id or tick_job_id(queue, template["event"], tick),
         event=template["event"],
         route=template["route"],
         payload=template["payload"],
-        eta=tick,
+        eta=tick + (0.0 if spec is None else spec.delay(schedule.name, tick)),
         created_at=now,
         schedule=schedule.name,
         **{k: template[k] for k in TEMPLATE_FIELDS if k in template},
@@ -64,9 +84,15 @@ def tick_record(queue: str, schedule: ScheduleRecord, tick: float, now: float) -
 
 
 def tick_jobs(
-    backend: Backend, schedule: ScheduleRecord, tick: float, now: float
+    backend: Backend,
+    schedule: ScheduleRecord,
+    tick: float,
+    now: float,
+    *,
+    job_id: str | None = None,
+    spec: ScheduleSpec | None = None,
 ) -> list[JobRecord]:
-    job = tick_record(backend.queue, schedule, tick, now)
+    job = tick_record(backend.queue, schedule, tick, now, job_id=job_id, spec=spec)
     if schedule.template.get("queue_type") == "broadcast":
         return broadcast_copies(backend, job, now)
     return [job]
@@ -106,9 +132,10 @@ def fire_due(
     fence: Fence,
     broken: dict[str, tuple[str, str]] | None = None,
 ) -> Fired:
-    """Fire the due ticks of ``schedules``, each schedule's in one atomic step with its
-    advance (at most ``rules.MAX_BATCH`` jobs a step); a schedule fired is updated in
-    place (``next_fire``, ``updated_at``, ``revision``), as stored.
+    """Fire what is due of ``schedules``: their timetables' ticks and the runs operators
+    asked for (``trigger``, ``backfill``), each schedule's in one atomic step with its
+    advance and its new state (at most ``rules.MAX_BATCH`` jobs a step); a schedule fired
+    is updated in place (``next_fire``, ``updated_at``, ``revision``, ``state``), as stored.
 
     A schedule this host cannot decode is skipped, so every other one still fires: it is
     logged once per change and kept in ``broken`` (name -> (fingerprint, reason)) until
@@ -117,17 +144,15 @@ def fire_due(
     fired = Fired()
     broken = {} if broken is None else broken
     for schedule in schedules:
-        if schedule.next_fire > now:
+        if schedule.next_fire > now and not has_requests(schedule.state):
             continue
         known = broken.get(schedule.name)
         if known is not None and known[0] == fingerprint(schedule):
             continue
         try:
             spec = ScheduleSpec.from_dict(schedule.spec)
-            ticks = spec.due_ticks(schedule.next_fire, now)
-            step, jobs = one_step(backend, schedule, ticks, now)
-            rules.check_jobs(jobs)
-            next_fire = ticks[len(step)] if len(step) < len(ticks) else spec.next_after(now)
+            step = plan_step(backend, schedule, spec, now)
+            rules.check_jobs(step.jobs)
         except (BackendUnavailable, LeaseLost):
             raise  # the store, not the record: the scheduler backs off and tries again
         except Exception as exc:  # noqa: BLE001 - a stored record must not stop the others
@@ -141,47 +166,198 @@ def fire_due(
         broken.pop(schedule.name, None)
         # A tick with more broadcast copies than one step takes: the rest are put first,
         # stored once by id, and the step fires the tick with the copies it takes.
-        overflow = jobs[rules.MAX_BATCH :]
+        overflow = step.jobs[rules.MAX_BATCH :]
         if overflow:
             backend.put(overflow, now)
-        if not backend.fire_schedule(schedule, jobs[: rules.MAX_BATCH], next_fire, now, fence):
+        jobs = step.jobs[: rules.MAX_BATCH]
+        if not backend.fire_schedule(schedule, jobs, step.next_fire, now, fence, state=step.state):
             log.info("schedule %s changed since it was read: reading it again", schedule.name)
             fired.stale = True
             continue
-        missed = "" if len(ticks) <= 1 else f" ({len(ticks)} ticks due, misfire={spec.misfire})"
-        for tick in step:
-            log.info(
-                "cron %s fired tick %s%s",
-                schedule.name,
-                tick_job_id(backend.queue, schedule.name, tick),
-                missed,
-            )
-        schedule.next_fire, schedule.updated_at = next_fire, now
+        for entry in step.entries:
+            _log_decided(backend.queue, schedule.name, entry, spec)
+        schedule.next_fire, schedule.updated_at = step.next_fire, now
         schedule.revision += 1  # what fire_schedule stored
-        fired.ticks += len(step)
-        fired.jobs += len(jobs)
+        schedule.state = step.state
+        fired.ticks += step.fired
+        fired.jobs += len(step.jobs)
     return fired
 
 
-def one_step(
-    backend: Backend, schedule: ScheduleRecord, ticks: list[float], now: float
-) -> tuple[list[float], list[JobRecord]]:
-    """The first of ``ticks`` whose jobs one ``fire_schedule`` takes (``rules.MAX_BATCH``
-    jobs; always at least one tick, whose jobs may be more), and their jobs."""
-    step: list[float] = []
-    jobs: list[JobRecord] = []
+def _log_decided(queue: str, name: str, entry: dict[str, Any], spec: ScheduleSpec) -> None:
+    missed = entry.get("missed", 0)
+    note = f" ({missed} earlier ticks missed, misfire={spec.misfire})" if missed else ""
+    if entry["outcome"] == "fired":
+        run = entry["jobs"][0] if entry["jobs"] else tick_job_id(queue, name, entry["tick"])
+        log.info("%s %s fired tick %s%s", entry["kind"], name, run, note)
+    else:
+        when = schedule_state.instant_text(entry["tick"])
+        log.info("%s %s skipped tick %s (%s)%s", entry["kind"], name, when, entry["reason"], note)
+
+
+@dataclass
+class Step:
+    """One schedule's step as planned: the jobs to store, where the timetable moves on
+    to, and the state to store with them (requests consumed, gaps, the tick log)."""
+
+    jobs: list[JobRecord]
+    next_fire: float
+    state: dict[str, Any]
+    fired: int = 0  # ticks fired
+    #: The log entries of this step, as decided (the stored log merges runs of skips).
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def room_for(self, more: list[JobRecord]) -> bool:
+        """Whether ``more`` jobs fit in this step; the first tick always does, whatever
+        its size (a broadcast's copies beyond one step are put ahead of it)."""
+        return not self.jobs or len(self.jobs) + len(more) <= rules.MAX_BATCH
+
+    def decided_tick(
+        self,
+        tick: TickAt,
+        jobs: list[JobRecord] | None,
+        reason: str | None,
+        now: float,
+        missed: int = 0,
+    ) -> None:
+        """Log ``tick`` as fired with ``jobs``, or skipped (``jobs`` None) for ``reason``."""
+        entry_jobs = None if jobs is None else [j.id for j in jobs][:LOGGED_JOB_IDS]
+        self.log(
+            schedule_state.log_entry(
+                tick.tick, tick.kind, now, jobs=entry_jobs, reason=reason, missed=missed
+            )
+        )
+        if jobs is not None:
+            self.jobs += jobs
+            self.fired += 1
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.state["log"] = schedule_state.logged(self.state.get("log", []), entry)
+        self.entries.append(entry)
+
+    def gap(self, start: float, end: float) -> None:
+        gaps = schedule_state.add_range(self.state.get("gaps", []), start, end)
+        self.state["gaps"] = schedule_state.bounded(gaps)
+
+    def ran(self, start: float, end: float) -> None:
+        self.state["gaps"] = schedule_state.remove_range(self.state.get("gaps", []), start, end)
+
+
+#: Job ids a log entry keeps of one tick (a broadcast tick has one per live worker).
+LOGGED_JOB_IDS = 10
+
+
+def plan_step(backend: Backend, schedule: ScheduleRecord, spec: ScheduleSpec, now: float) -> Step:
+    """Decide what one step of ``schedule`` fires: its timetable's due ticks first (they
+    are the ones late), then runs requested by hand, then backfilled ticks, each through
+    ``decide``, in as many as one step's ``rules.MAX_BATCH`` jobs take."""
+    step = Step([], schedule.next_fire, copy.deepcopy(schedule.state))
+    if schedule.next_fire <= now:
+        _plan_timetable(backend, schedule, spec, now, step)
+    _plan_triggers(backend, schedule, now, step)
+    _plan_backfill(backend, schedule, spec, now, step)
+    return step
+
+
+def _plan_timetable(
+    backend: Backend, schedule: ScheduleRecord, spec: ScheduleSpec, now: float, step: Step
+) -> None:
+    """The due ticks per the misfire policy; every tick passed over without a run (missed,
+    or skipped by ``decide``) becomes a gap a backfill can run later."""
+    ticks = spec.due_ticks(schedule.next_fire, now)
+    first = ticks[0] if ticks else spec.next_after(now)
+    missed = 0
+    if first > schedule.next_fire:
+        missed = schedule_state.count_ticks(
+            spec, [[schedule.next_fire, first]], schedule_state.MAX_COUNTED
+        )
+        step.gap(schedule.next_fire, first)
+    if not ticks and missed:  # the misfire policy dropped every due tick
+        entry = schedule_state.log_entry(schedule.next_fire, "cron", now, reason="missed")
+        step.log({**entry, "count": missed})
+    done = 0
     for tick in ticks:
-        more = tick_jobs(backend, schedule, tick, now)
-        if step and len(jobs) + len(more) > rules.MAX_BATCH:
+        at = TickAt(tick, "cron", tick_job_id(backend.queue, schedule.template["event"], tick))
+        decision = decide(backend, schedule, step.state, at, now)
+        jobs = tick_jobs(backend, schedule, tick, now, spec=spec) if decision.fire else None
+        if jobs is not None and not step.room_for(jobs):
             break
-        step.append(tick)
-        jobs += more
-    return step, jobs
+        step.decided_tick(at, jobs, decision.reason, now, missed if done == 0 else 0)
+        if jobs is None:
+            step.gap(tick, spec.next_after(tick))
+        done += 1
+    step.next_fire = ticks[done] if done < len(ticks) else spec.next_after(now)
+
+
+def _plan_triggers(backend: Backend, schedule: ScheduleRecord, now: float, step: Step) -> None:
+    """Runs asked for by hand, oldest first: each leaves the requests in the step that
+    fires it (or decides to skip it), so it runs once, whichever leader gets there."""
+    requests = step.state.get("triggers", [])
+    done = 0
+    for request in requests:
+        at = TickAt(request["at"], "trigger", request["id"])
+        decision = decide(backend, schedule, step.state, at, now)
+        jobs = None
+        if decision.fire:
+            jobs = tick_jobs(backend, schedule, now, now, job_id=request["id"])
+            if not step.room_for(jobs):
+                break
+        step.decided_tick(at, jobs, decision.reason, now)
+        done += 1
+    if requests:
+        step.state["triggers"] = requests[done:]
+        if not step.state["triggers"]:
+            del step.state["triggers"]
+
+
+def _plan_backfill(
+    backend: Backend, schedule: ScheduleRecord, spec: ScheduleSpec, now: float, step: Step
+) -> None:
+    """The never-run ticks of the requested ranges, oldest first, under their own cron job
+    ids (so a put by id also refuses a second run while the record exists). A tick fired
+    leaves the gaps; one skipped stays there, and leaves the request either way."""
+    requests = step.state.get("backfill", [])
+    if not requests:
+        return
+    gaps = step.state.get("gaps", [])
+    targets: schedule_state.Ranges = []
+    for lo, hi in requests:
+        targets += schedule_state.intersect(gaps, lo, hi)
+    limit = rules.MAX_BATCH
+    processed, stopped = 0, None
+    for tick in schedule_state.ticks_in(spec, targets, limit):
+        at = TickAt(tick, "backfill", tick_job_id(backend.queue, schedule.template["event"], tick))
+        decision = decide(backend, schedule, step.state, at, now)
+        jobs = tick_jobs(backend, schedule, tick, now, spec=spec) if decision.fire else None
+        if jobs is not None and not step.room_for(jobs):
+            stopped = tick
+            break
+        step.decided_tick(at, jobs, decision.reason, now)
+        if jobs is not None:
+            step.ran(tick, spec.next_after(tick))
+        processed += 1
+    if stopped is None and processed < limit:
+        remaining: schedule_state.Ranges = []  # every requested tick is decided
+    else:
+        until = stopped if stopped is not None else spec.next_after(tick)
+        remaining = schedule_state.remove_range(requests, requests[0][0], until)
+    if remaining:
+        step.state["backfill"] = remaining
+    else:
+        del step.state["backfill"]
 
 
 def next_fire_time(
     schedules: list[ScheduleRecord], broken: dict[str, tuple[str, str]] | None = None
 ) -> float | None:
-    """The earliest tick to wake for; a broken schedule's is not (it would be now, forever)."""
+    """The earliest tick to wake for (now, for a schedule with runs requested by hand); a
+    broken schedule's is not (it would be now, forever)."""
     skip = broken or {}
-    return min((s.next_fire for s in schedules if s.name not in skip), default=None)
+    return min(
+        (
+            min(s.next_fire, s.updated_at) if has_requests(s.state) else s.next_fire
+            for s in schedules
+            if s.name not in skip
+        ),
+        default=None,
+    )

@@ -17,6 +17,7 @@ test_properties.py).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -847,3 +848,28 @@ def test_claim_lets_jobs_through_as_the_gate_rule_says(backend):
         stored = backend.get(name, NOW)
         assert stored.state == ("running" if through else "queued"), name
         assert stored.concurrency == GATES[name][0], name
+
+
+# -- fire_schedule's state: rules.fired_state -----------------------------------------
+
+# case: (the state stored before the step, the state the leader passes or None)
+FIRED_STATES: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
+    "none given, none stored": ({}, None),
+    "none given, kept": ({"paused": {"at": NOW, "note": "n"}}, None),
+    "given replaces": ({"triggers": [{"id": "t", "at": NOW}]}, {"log": [{"tick": NOW}]}),
+    "given empty clears": ({"backfill": [[NOW - 60, NOW]]}, {}),
+}
+
+
+def test_fire_schedule_stores_the_state_as_the_rule_says(backend):
+    fence = lead(backend, NOW)
+    for name, (stored, given) in FIRED_STATES.items():
+        backend.save_schedule(ScheduleRecord(name, {"every": 5}, {}, NOW, NOW, state=stored), NOW)
+        [read] = [s for s in backend.schedules() if s.name == name]
+        assert backend.fire_schedule(read, [], NOW + 5, NOW, fence, state=given) is True
+    after = {s.name: s.state for s in backend.schedules()}
+    for name, (stored, given) in FIRED_STATES.items():
+        assert after[name] == rules.fired_state(stored, given), name
+    assert len({json.dumps(s, sort_keys=True) for s in after.values()}) > 1, (
+        "every case had the same outcome"
+    )
