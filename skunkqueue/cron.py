@@ -25,6 +25,8 @@ from .checks import seconds
 from .errors import ConfigurationError
 
 MISFIRE_POLICIES = ("coalesce", "all", "skip")
+#: What a tick does while an earlier run is unfinished (``scheduler/overlap.py``).
+OVERLAP_POLICIES = ("allow", "skip", "buffer_one", "buffer_all", "cancel_other")
 #: Ticks a cron's jitter is checked against (see ``ScheduleSpec._check_jitter_fits``).
 JITTER_SAMPLE = 200
 
@@ -47,6 +49,8 @@ class ScheduleSpec:
     grace: float = 1.0
     #: Seconds each tick's job may be delayed by, by an amount fixed per tick (``delay``).
     jitter: float = 0.0
+    #: One of ``OVERLAP_POLICIES``.
+    overlap: str = "allow"
 
     def __post_init__(self) -> None:
         # Validation lives here, not in build, so specs read back by from_dict are checked too.
@@ -78,6 +82,10 @@ class ScheduleSpec:
             )
         seconds("grace", self.grace, zero=True)
         object.__setattr__(self, "jitter", seconds("jitter", self.jitter, zero=True))
+        if not isinstance(self.overlap, str) or self.overlap not in OVERLAP_POLICIES:
+            raise ConfigurationError(
+                f"overlap={self.overlap!r} is not one of {', '.join(map(repr, OVERLAP_POLICIES))}"
+            )
 
     @classmethod
     def build(
@@ -89,6 +97,7 @@ class ScheduleSpec:
         max_catchup: int = 100,
         grace: float | timedelta = 1.0,
         jitter: float | timedelta | None = None,
+        overlap: str = "allow",
     ) -> ScheduleSpec:
         """The spec for a decorator's arguments; ``timezone`` may be a name or a tzinfo,
         ``every``, ``grace`` and ``jitter`` seconds or a timedelta."""
@@ -102,7 +111,9 @@ class ScheduleSpec:
             jitter = jitter.total_seconds()
         if jitter is not None:
             seconds("jitter", jitter)  # given, it must spread something: 0 is a mistake
-        spec = cls(cron, every, _zone_name(timezone), misfire, max_catchup, grace, jitter or 0.0)
+        spec = cls(
+            cron, every, _zone_name(timezone), misfire, max_catchup, grace, jitter or 0.0, overlap
+        )
         spec._check_jitter_fits()
         return spec
 
@@ -140,9 +151,12 @@ class ScheduleSpec:
     def to_dict(self) -> dict[str, Any]:
         # No jitter is left out: a schedule stored before jitter existed keeps comparing
         # equal, so upgrading does not count as a new expression (which resets next_fire).
+        # The same for the default overlap policy.
         found = asdict(self)
         if not self.jitter:
             del found["jitter"]
+        if self.overlap == "allow":
+            del found["overlap"]
         return found
 
     @classmethod

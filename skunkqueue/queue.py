@@ -81,6 +81,7 @@ class SkunkQueue:
         max_deliveries: int | None = None,
         concurrency: int | None = None,
         jitter: timedelta | float | None = None,
+        overlap: str = "allow",
     ) -> Callable[[Callable[..., Any]], Event]: ...
 
     def event(
@@ -102,6 +103,7 @@ class SkunkQueue:
         max_deliveries: int | None = None,
         concurrency: int | None = None,
         jitter: timedelta | float | None = None,
+        overlap: str = "allow",
     ) -> Event | Callable[[Callable[..., Any]], Event]:
         """Register a function as an event of this queue (``@queue.job`` is the same).
 
@@ -114,6 +116,9 @@ class SkunkQueue:
         or interval event stores its schedule in the backend now, so any scheduler fires
         it without importing this module. ``jitter`` (seconds or a timedelta, shorter than
         the time between two ticks) delays each tick's job by an amount fixed per tick.
+        ``overlap`` says what a tick does while an earlier run is unfinished: ``'allow'``
+        (run anyway), ``'skip'``, ``'buffer_one'``, ``'buffer_all'`` or ``'cancel_other'``
+        (see ``scheduler/overlap.py``).
         """
         routes = validate_event_options(
             ["default"] if routes is None else routes,
@@ -134,9 +139,20 @@ class SkunkQueue:
                 max_catchup=max_catchup,
                 grace=grace,
                 jitter=jitter,
+                overlap=overlap,
             )
+            if schedule.overlap != "allow" and self.config.queue_type == "broadcast":
+                raise ConfigurationError(
+                    f"overlap={overlap!r} keeps one run at a time, but a broadcast queue runs "
+                    "a copy of each tick on every worker: use overlap='allow' here"
+                )
         elif jitter is not None:
             raise ConfigurationError("jitter= spreads a schedule's ticks: give cron= or every=")
+        elif overlap != "allow":
+            raise ConfigurationError(
+                "overlap= decides what a schedule's ticks do while a run is unfinished: "
+                "give cron= or every=, or use concurrency= to limit runs of any event"
+            )
 
         def register(function: Callable[..., Any]) -> Event:
             if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..persistence.base import Backend, ScheduleRecord
 from ..schedule_state import is_paused
+from . import overlap
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,12 @@ class TickAt:
 
 @dataclass(frozen=True)
 class Decision:
+    """Fire the tick or not (``reason`` says why not); ``cancel``: runs the overlap policy
+    ``cancel_other`` stops once the step that fires the tick is stored."""
+
     fire: bool
     reason: str | None = None
+    cancel: tuple[str, ...] = ()
 
 
 FIRE = Decision(True)
@@ -46,12 +51,19 @@ def decide(
     state: dict[str, Any],
     tick: TickAt,
     now: float,
+    runs: overlap.Runs | None = None,
+    policy: str = "allow",
 ) -> Decision:
     """Fire ``tick``, or skip it and say why.
 
     A paused schedule skips its timetable's ticks; a run asked for by hand (``trigger``,
-    ``backfill``) is an operator's explicit act and runs while paused. ``backend`` is
-    there for rules that must look at the jobs of earlier ticks (``state['log']``)."""
+    ``backfill``) is an operator's explicit act and runs while paused. Then the overlap
+    ``policy`` (``scheduler/overlap.py``) judges every tick, whatever brought it, by the
+    schedule's unfinished runs: those in ``state[overlap.LIVE]``, read through ``runs``
+    (one read per run and step), and those fired earlier in the step."""
     if tick.kind == "cron" and is_paused(state):
         return Decision(False, "paused")
-    return FIRE
+    if not overlap.tracks(policy):
+        return FIRE
+    verdict = overlap.judge(policy, (runs or overlap.Runs()).unfinished(backend, state, now))
+    return Decision(verdict.fire, verdict.reason, verdict.cancel)

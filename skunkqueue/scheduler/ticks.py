@@ -39,7 +39,8 @@ from ..model import JobRecord
 from ..persistence import rules
 from ..persistence.base import Backend, Fence, ScheduleRecord
 from ..schedule_state import has_requests
-from .decide import TickAt, decide
+from . import overlap
+from .decide import Decision, TickAt, decide
 
 log = logging.getLogger("skunkqueue.scheduler")
 
@@ -79,8 +80,18 @@ def tick_record(
         eta=tick + (0.0 if spec is None else spec.delay(schedule.name, tick)),
         created_at=now,
         schedule=schedule.name,
-        **{k: template[k] for k in TEMPLATE_FIELDS if k in template},
+        **{
+            **{k: template[k] for k in TEMPLATE_FIELDS if k in template},
+            **_one_at_a_time(schedule),
+        },
     )
+
+
+def _one_at_a_time(schedule: ScheduleRecord) -> dict[str, Any]:
+    """A policy that keeps runs from overlapping gives the tick's job ``concurrency=1``:
+    the store then never starts it while a job of its event runs (``Backend.claim``)."""
+    policy = schedule.spec.get("overlap", "allow") if isinstance(schedule.spec, dict) else "allow"
+    return {"concurrency": 1} if overlap.serialises(policy) else {}
 
 
 def tick_jobs(
@@ -174,6 +185,8 @@ def fire_due(
             log.info("schedule %s changed since it was read: reading it again", schedule.name)
             fired.stale = True
             continue
+        if step.cancel:
+            _cancel_others(backend, schedule.name, step, now)
         for entry in step.entries:
             _log_decided(backend.queue, schedule.name, entry, spec)
         schedule.next_fire, schedule.updated_at = step.next_fire, now
@@ -195,6 +208,19 @@ def _log_decided(queue: str, name: str, entry: dict[str, Any], spec: ScheduleSpe
         log.info("%s %s skipped tick %s (%s)%s", entry["kind"], name, when, entry["reason"], note)
 
 
+def _cancel_others(backend: Backend, name: str, step: Step, now: float) -> None:
+    """``cancel_other``: the runs a tick of the stored step superseded are cancelled, a
+    running one stopped by its worker (``Backend.cancel(running=True)``). After the step,
+    so a step that fails its compare-and-set cancels nothing; a leader that dies in
+    between leaves them in the state's runs, and the next tick cancels them."""
+    superseded = list(dict.fromkeys(step.cancel))
+    reason = overlap.cancel_reason(name, step.newest or "a later tick")
+    answers = backend.cancel(superseded, now, reason, running=True)
+    for job_id, cancelled in zip(superseded, answers, strict=True):
+        if cancelled:
+            log.info("schedule %s: cancelled %s (overlap=cancel_other)", name, job_id)
+
+
 @dataclass
 class Step:
     """One schedule's step as planned: the jobs to store, where the timetable moves on
@@ -206,6 +232,19 @@ class Step:
     fired: int = 0  # ticks fired
     #: The log entries of this step, as decided (the stored log merges runs of skips).
     entries: list[dict[str, Any]] = field(default_factory=list)
+    #: The schedule's overlap policy, and its unfinished runs as this step sees them.
+    policy: str = "allow"
+    runs: overlap.Runs = field(default_factory=overlap.Runs)
+    #: Runs to cancel once the step is stored (``cancel_other``), and the newest run fired.
+    cancel: list[str] = field(default_factory=list)
+    newest: str | None = None
+
+    def decide(
+        self, backend: Backend, schedule: ScheduleRecord, tick: TickAt, now: float
+    ) -> Decision:
+        decision = decide(backend, schedule, self.state, tick, now, self.runs, self.policy)
+        self.cancel += decision.cancel
+        return decision
 
     def room_for(self, more: list[JobRecord]) -> bool:
         """Whether ``more`` jobs fit in this step; the first tick always does, whatever
@@ -230,6 +269,9 @@ class Step:
         if jobs is not None:
             self.jobs += jobs
             self.fired += 1
+            self.newest = jobs[0].id if jobs else self.newest
+            if overlap.tracks(self.policy):
+                self.runs.fired(self.state, [j.id for j in jobs])
 
     def log(self, entry: dict[str, Any]) -> None:
         self.state["log"] = schedule_state.logged(self.state.get("log", []), entry)
@@ -251,7 +293,7 @@ def plan_step(backend: Backend, schedule: ScheduleRecord, spec: ScheduleSpec, no
     """Decide what one step of ``schedule`` fires: its timetable's due ticks first (they
     are the ones late), then runs requested by hand, then backfilled ticks, each through
     ``decide``, in as many as one step's ``rules.MAX_BATCH`` jobs take."""
-    step = Step([], schedule.next_fire, copy.deepcopy(schedule.state))
+    step = Step([], schedule.next_fire, copy.deepcopy(schedule.state), policy=spec.overlap)
     if schedule.next_fire <= now:
         _plan_timetable(backend, schedule, spec, now, step)
     _plan_triggers(backend, schedule, now, step)
@@ -278,7 +320,7 @@ def _plan_timetable(
     done = 0
     for tick in ticks:
         at = TickAt(tick, "cron", tick_job_id(backend.queue, schedule.template["event"], tick))
-        decision = decide(backend, schedule, step.state, at, now)
+        decision = step.decide(backend, schedule, at, now)
         jobs = tick_jobs(backend, schedule, tick, now, spec=spec) if decision.fire else None
         if jobs is not None and not step.room_for(jobs):
             break
@@ -296,7 +338,7 @@ def _plan_triggers(backend: Backend, schedule: ScheduleRecord, now: float, step:
     done = 0
     for request in requests:
         at = TickAt(request["at"], "trigger", request["id"])
-        decision = decide(backend, schedule, step.state, at, now)
+        decision = step.decide(backend, schedule, at, now)
         jobs = None
         if decision.fire:
             jobs = tick_jobs(backend, schedule, now, now, job_id=request["id"])
@@ -327,7 +369,7 @@ def _plan_backfill(
     processed, stopped = 0, None
     for tick in schedule_state.ticks_in(spec, targets, limit):
         at = TickAt(tick, "backfill", tick_job_id(backend.queue, schedule.template["event"], tick))
-        decision = decide(backend, schedule, step.state, at, now)
+        decision = step.decide(backend, schedule, at, now)
         jobs = tick_jobs(backend, schedule, tick, now, spec=spec) if decision.fire else None
         if jobs is not None and not step.room_for(jobs):
             stopped = tick
