@@ -107,8 +107,11 @@ def show(info: ScheduleInfo) -> list[str]:
     """One schedule, whole, for a reader."""
     lines = [
         f"{info.name}  {info.expression}  ({info.timezone})  route={info.route}  "
-        f"misfire={info.misfire}  jitter={info.jitter:g}s  revision={info.revision}"
+        f"misfire={info.misfire}  jitter={info.jitter:g}s  overlap={info.overlap}  "
+        f"concurrency={info.concurrency or '-'}  revision={info.revision}"
     ]
+    if info.unfinished_runs:
+        lines.append(f"  unfinished runs: {', '.join(info.unfinished_runs)}")
     if info.problem:
         lines.append(f"  BROKEN: {info.problem}")
     if info.paused:

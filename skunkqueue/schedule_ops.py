@@ -85,6 +85,12 @@ class ScheduleInfo:
     problem: str | None = None
     #: When the schedule was first stored (``None`` for one stored before this was kept).
     created: datetime | None = None
+    #: What a tick does while an earlier run is unfinished (``scheduler/overlap.py``), and
+    #: the most runs of the event at once (its tick jobs' ``concurrency``; ``None``: no limit).
+    overlap: str = "allow"
+    concurrency: int | None = None
+    #: The runs the overlap policy waits on: fired and unfinished when the leader last looked.
+    unfinished_runs: list[str] | None = None
 
 
 def stored_state(existing: ScheduleRecord | None, next_fire: float, now: float) -> dict[str, Any]:
@@ -207,6 +213,11 @@ def _info(backend: Backend, schedule: ScheduleRecord, now: float) -> ScheduleInf
         pending_backfill=[(when(lo), when(hi)) for lo, hi in state.get("backfill", [])],
         problem=problem,
         created=when(state.get("since")),
+        overlap=str(raw.get("overlap", "allow")),
+        concurrency=1
+        if raw.get("overlap", "allow") != "allow"
+        else schedule.template.get("concurrency"),
+        unfinished_runs=list(state.get("live", [])) or None,
     )
 
 

@@ -73,14 +73,16 @@ def test_skip_skips_ticks_while_a_run_is_unfinished_and_logs_why(queue):
     assert claim(leader, t0 + 1) == [leader.tick_id(0)]
     leader.ticks(1, 2)  # the first run is still running
     assert state_of(leader, 1, t0 + 121) is None and state_of(leader, 2, t0 + 121) is None
+    info = queue.schedules()[0]
+    assert (info.overlap, info.concurrency) == ("skip", 1)
+    assert info.unfinished_runs == [leader.tick_id(0)]
     skipped = [e for e in last_log(queue) if e["outcome"] == "skipped"]
     assert skipped and leader.tick_id(0) in skipped[-1]["reason"]
     assert skipped[-1]["reason"].startswith("overlap=skip")
     finish(leader, leader.tick_id(0), t0 + 150)
     leader.ticks(3)
     assert state_of(leader, 3, t0 + 181) == "queued"
-    # A skipped tick never ran: a backfill can run it (and obeys the policy too).
-    assert queue.schedules()[0].name == "tasks.beat"
+    assert queue.schedules()[0].unfinished_runs == [leader.tick_id(3)]
 
 
 def test_buffer_one_keeps_one_run_waiting_behind_the_running_one(queue):
