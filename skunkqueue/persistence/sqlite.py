@@ -640,21 +640,19 @@ class SQLiteBackend(Backend):
             if len(rows) < MAX_BATCH:
                 return released
 
+    def _records_by_id(self, db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, JobRecord]:
+        """The stored records of ``ids`` (each id once), by id."""
+        rows = db.execute(
+            f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)})", [self.queue, *ids]
+        )
+        return {r.id: r for r in map(_row_to_record, rows)}
+
     def _cancel(
         self, job_ids: Sequence[str], now: float, reason: str, running: bool = False
     ) -> list[bool]:
         ids = list(dict.fromkeys(job_ids))
         with self._write() as db:
-            found = {
-                r.id: r
-                for r in map(
-                    _row_to_record,
-                    db.execute(
-                        f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)})",
-                        [self.queue, *ids],
-                    ),
-                )
-            }
+            found = self._records_by_id(db, ids)
             answers, cancelled, gated, stopped = [], [], [], []
             for job_id in job_ids:
                 r = found.get(job_id)
@@ -681,16 +679,7 @@ class SQLiteBackend(Backend):
             "seq = (SELECT MAX(seq) + 1 FROM sq_jobs) WHERE seq = ?"
         )
         with self._write() as db:
-            found = {
-                r.id: r
-                for r in map(
-                    _row_to_record,
-                    db.execute(
-                        f"{SELECT_JOB} WHERE queue = ? AND id IN ({_marks(ids)})",
-                        [self.queue, *ids],
-                    ),
-                )
-            }
+            found = self._records_by_id(db, ids)
             answers = []
             for job_id in job_ids:
                 r = found.pop(job_id, None)  # an id given twice is retried once
