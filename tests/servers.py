@@ -221,9 +221,14 @@ class MongoServer:
         import pymongo
         import pymongo.errors
 
-        # An empty --config turns off the search for ./secantusd.toml and ~/.secantus/.
+        # A --config of our own turns off the search for ./secantusd.toml and ~/.secantus/.
+        # It turns off the TTL monitor too: the contract tests drive time with a clock of
+        # 2023 (support.T0), so on the real clock every record they finish has long
+        # expired, and a monitor pass (every minute) would delete records under a running
+        # test and stall the server while it deletes thousands of them. Nothing here tests
+        # the monitor itself (that is MongoDB's); test_mongo_backend checks the expire_on it reads.
         config = self.dir / "secantusd.toml"
-        config.touch()
+        config.write_text("[storage]\nttl_sweep_seconds = 0\n")
         argv = [
             self.binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", ":memory:", "--log-level", "WARNING",
