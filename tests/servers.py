@@ -217,23 +217,43 @@ class MongoServer:
     def log(self) -> Path:
         return self.dir / f"secantusd-{self.port}.log"
 
+    def _without_ttl_monitor(self) -> list[str]:
+        """The command that starts the stand-in with its TTL monitor off.
+
+        The contract tests drive time with a clock of 2023 (``support.T0``), so on the real
+        clock every record they finish has long expired: a monitor pass (every minute)
+        deleted records under running tests and stalled the server while it deleted
+        thousands, long enough to time out the lease renewals of end-to-end processes.
+        Nothing here tests the monitor itself (that is MongoDB's; test_mongo_backend checks
+        the ``expire_on`` it reads). secantusd-py's command line cannot turn it off (its
+        config file's ``ttl_sweep_seconds`` is read but not passed on), so its own Python
+        runs its command line with the server's ``ttl_sweep_seconds=0``: still a separate
+        process, in the stand-in's own virtualenv. A binary without that Python beside it
+        (``$SKUNKQUEUE_SECANTUSD`` elsewhere) runs as it is, monitor on.
+        """
+        python = Path(self.binary).with_name("python3")
+        if not python.exists():
+            return [self.binary]
+        launch = (
+            "import functools, sys; from secantus import cli; "
+            "cli.SecantusDBServer = functools.partial(cli.SecantusDBServer, ttl_sweep_seconds=0); "
+            "sys.exit(cli.main(sys.argv[1:]))"
+        )
+        return [str(python), "-c", launch]
+
     def start(self, timeout: float = 30.0) -> MongoServer:
         import pymongo
         import pymongo.errors
 
-        # A --config of our own turns off the search for ./secantusd.toml and ~/.secantus/.
-        # It turns off the TTL monitor too: the contract tests drive time with a clock of
-        # 2023 (support.T0), so on the real clock every record they finish has long
-        # expired, and a monitor pass (every minute) would delete records under a running
-        # test and stall the server while it deletes thousands of them. Nothing here tests
-        # the monitor itself (that is MongoDB's); test_mongo_backend checks the expire_on it reads.
+        # An empty --config turns off the search for ./secantusd.toml and ~/.secantus/.
         config = self.dir / "secantusd.toml"
-        config.write_text("[storage]\nttl_sweep_seconds = 0\n")
-        argv = [
-            self.binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
+        config.touch()
+        options = [
+            "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", ":memory:", "--log-level", "WARNING",
             *(["--standalone"] if self.standalone else []),
         ]  # fmt: skip
+        argv = [*self._without_ttl_monitor(), *options]
         # ':memory:' is a temp directory: keep it (and any left by a kill) under self.dir.
         env = {**os.environ, "TMPDIR": str(self.dir)}
         with self.log.open("ab") as log:
