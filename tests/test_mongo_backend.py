@@ -365,3 +365,26 @@ def test_a_half_open_connection_fails_a_call_within_the_socket_timeout(mongo_ser
         assert "MongoDB at" in str(raised.value) and raised.value.__cause__ is not None
     finally:
         proxy.close()
+
+
+def test_a_cancel_that_meets_a_promotion_between_its_read_and_its_write_still_cancels(opened):
+    """MongoDB's cancel reads and then compare-and-sets: a sweep promoting the job in
+    between (scheduled -> queued) must not make it answer False, since the job is
+    cancellable either way (the other stores decide it in one atomic step)."""
+    backend = opened()
+    backend.put([job("j", eta=T0 + 10)], T0)
+    fence = Fence(
+        SCHEDULER_LEASE, "leader", backend.acquire_lease(SCHEDULER_LEASE, "leader", T0, 60).token
+    )
+    real_find = backend._jobs.find
+
+    def find_then_promote(*args: Any, **kwargs: Any) -> Any:
+        found = list(real_find(*args, **kwargs))
+        backend._jobs.find = real_find  # once
+        assert backend.sweep(T0 + 11, fence).promoted == 1
+        return found
+
+    backend._jobs.find = find_then_promote
+    assert backend.cancel(["j"], T0 + 11, "not wanted") == [True]
+    stored = backend.get("j", T0 + 11)
+    assert (stored.state, stored.error) == ("cancelled", {"reason": "not wanted"})

@@ -148,6 +148,8 @@ INDEXES[JOBS].update(mongo_gates.GATE_INDEXES)
 POLL_MIN, POLL_MAX = 0.01, 0.5
 
 QUEUED, RUNNING = JobState.QUEUED, JobState.RUNNING
+#: Reads and compare-and-sets a cancel gives one job whose record keeps changing under it.
+CANCEL_ATTEMPTS = 5
 WAITING_STATES = sorted(s.value for s in WAITING)
 CANCELLABLE_STATES = sorted(s.value for s in CANCELLABLE)
 RETRYABLE_STATES = sorted(s.value for s in RETRYABLE)
@@ -621,17 +623,28 @@ class MongoBackend(Backend):
         gated: list[JobRecord] = []
         stopped: list[JobRecord] = []
         for job_id in job_ids:
-            old = found.pop(job_id, None)
-            new = None if old is None else self._record(self._document(old))
-            # The write is a compare-and-set on state, owner and deliveries: a holder's
-            # outcome or a recovery that lands first makes this cancel answer False.
-            if old is None or new is None or not cancel(new, now, reason, running):
-                answers.append(False)
-                continue
-            answers.append(self._replace_if_unchanged(old, new, stored.get(job_id)))
-            if answers[-1] and old.state == QUEUED and old.concurrency is not None:
+            old = found.pop(job_id, None)  # an id given twice is cancelled once
+            done = False
+            for _ in range(CANCEL_ATTEMPTS):
+                new = None if old is None else self._record(self._document(old))
+                if old is None or new is None or not cancel(new, now, reason, running):
+                    break
+                # A compare-and-set on state, owner and deliveries. A change that lands
+                # between the read and the write (a promotion, a claim, an outcome, a
+                # recovery) makes it miss: the record is read again and the rule applied
+                # to what is stored now, as the other stores decide in one atomic step.
+                if self._replace_if_unchanged(old, new, stored.get(job_id)):
+                    done = True
+                    break
+                document = self._jobs.find_one(
+                    {"_id": self._key(job_id), "state": {"$in": states}}, hint=BY_ID
+                )
+                old = None if document is None else self._record(document)
+                stored[job_id] = None if document is None else document["state"]
+            answers.append(done)
+            if done and old is not None and old.state == QUEUED and old.concurrency is not None:
                 gated.append(old)
-            elif answers[-1] and old.state == RUNNING:
+            elif done and old is not None and old.state == RUNNING:
                 stopped.append(old)  # a slot of its event is free
         mongo_gates.let_through(self, gated, cancelled=True)
         mongo_gates.let_through(self, stopped)
