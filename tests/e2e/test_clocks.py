@@ -76,7 +76,11 @@ with open('fired.json', 'w') as out:
 # Seconds a worker's job lease lasts. A heartbeat call gives up after a third of it, and
 # the MongoDB stand-in, loaded, can take longer than 2 / 3 s to answer one.
 LEASES = {"sqlite": 2.0, "redis": 2.0, "mongodb": 6.0}
-LEADER_TTL = "2"
+# The leader's lease, per store; well under the 20 s shifts either way, so a standby that
+# went by its own clock would still take the lead. The MongoDB stand-in, on a loaded
+# machine (the suite runs in three workers), can take longer than a third of 2 s to answer
+# a renewal: the healthy leader then lost its own lease (token 1 -> 2, same owner).
+LEADER_TTLS = {"sqlite": "2", "redis": "2", "mongodb": "6"}
 
 
 def shifted_python(e2e: E2E, script: str, shift: float) -> None:
@@ -94,7 +98,8 @@ def test_processes_with_skewed_clocks_agree_on_the_stores(
     e2e.write_module("clock_tasks", TASKS)
     backend = e2e.queue().backend
 
-    slow_leader = e2e.start("scheduler", "--leader-ttl", LEADER_TTL, clock_shift=-20.0)
+    leader_ttl = LEADER_TTLS[store]
+    slow_leader = e2e.start("scheduler", "--leader-ttl", leader_ttl, clock_shift=-20.0)
     # Leases are listed as of time 0, so that the record is found whatever its holder's
     # clock made of its end.
     leader = wait_until(
@@ -102,7 +107,7 @@ def test_processes_with_skewed_clocks_agree_on_the_stores(
         what="the slow scheduler leading",
     )
     assert leader.info["pid"] == slow_leader.pid
-    e2e.start("scheduler", "--leader-ttl", LEADER_TTL, clock_shift=20.0, name="standby")
+    e2e.start("scheduler", "--leader-ttl", leader_ttl, clock_shift=20.0, name="standby")
     lease = LEASES[store]
     e2e.env["SQ_TEST_LEASE"] = repr(lease)
     common = ("--no-scheduler", "--lease", repr(lease), "--import", "clock_tasks")
@@ -151,7 +156,7 @@ def test_processes_with_skewed_clocks_agree_on_the_stores(
         f"deliveries {record.deliveries}"
     )
 
-    # The standby has campaigned every LEADER_TTL / 3 s for all of the above.
+    # The standby has campaigned every leader_ttl / 3 s for all of the above.
     now = backend.now()
     (still,) = backend.leases(SCHEDULER_LEASE, 0.0)
     assert (still.owner, still.token) == (leader.owner, leader.token), (
